@@ -1,0 +1,217 @@
+"""The ``raysel`` command: a thin layer over the Python API (raysel.run_sweep, raysel.load_spec)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "tune_configs"
+QUICKSTART = CONFIG_DIR / "quickstart.yaml"
+EXIT_BAD_INPUT = 2
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _epilog(*examples: str) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in examples)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raysel", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Ray-distributed sweeps of selective LM fine-tuning methods (Ray Tune + Optuna + MLflow).",
+        epilog=_epilog("raysel quickstart", "raysel sweep tune_configs/quickstart.yaml --set protocol.num_samples=4",
+                       "raysel list"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=_epilog(*examples),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    sweep = add("sweep", "run a sweep from a YAML spec (locally, or on the cluster at RAY_ADDRESS / --address)",
+                "raysel sweep tune_configs/standard_lm_seeds.yaml",
+                "raysel sweep tune_configs/quickstart.yaml --set protocol.num_samples=4 --set params.max_steps=20",
+                "raysel sweep tune_configs/quickstart.yaml --resume")
+    sweep.add_argument("spec", help="path of a sweep spec (YAML)")
+    _add_set(sweep)
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    sweep.add_argument("--no-progress", action="store_true", help="Ray's own output instead of the progress bar")
+
+    validate = add("validate", "check a spec (fields, methods, params, search space) without starting anything",
+                   "raysel validate tune_configs/quickstart.yaml --set params.lr=-1")
+    validate.add_argument("spec")
+    _add_set(validate)
+
+    add("list", "list methods, protocols, configs and built-in models and data", "raysel list")
+
+    report = add("report", "print the summary table of a finished sweep", "raysel report raysel_results/quickstart")
+    report.add_argument("sweep", help="the sweep's directory (storage_path/name)")
+    report.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+
+    add("prepare", "build and cache the built-in models and data (idempotent)", "raysel prepare")
+
+    quick = add("quickstart", "prepare the built-ins and run a short real sweep on them (a few minutes on 2 cores)",
+                "raysel quickstart", "raysel quickstart --set protocol.num_samples=2")
+    _add_set(quick)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field by its dotted path (repeatable), e.g. params.lr=1e-4")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if args.command in ("quickstart", "prepare") else None
+    from raysel.data.errors import DataError
+    from raysel.models.errors import ModelError
+    from raysel.spec import SpecError
+
+    try:
+        return {"sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list, "report": cmd_report,
+                "prepare": cmd_prepare, "quickstart": cmd_quickstart}[args.command](args)
+    except (SpecError, DataError, ModelError, FileNotFoundError) as err:
+        errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, markup=True)
+        return EXIT_BAD_INPUT
+
+
+def cmd_validate(args) -> int:
+    from raysel.spec import load_spec
+    from raysel.sweep import expand
+
+    spec = load_spec(args.spec, args.overrides)
+    phases = expand(spec)
+    console.print(f"[green]ok[/green] {args.spec}: sweep {spec.name!r}, protocol {spec.protocol.kind}, "
+                  f"arms {[a.name for a in spec.resolved_arms()]}, "
+                  f"{sum(p.num_trials for p in phases)} trial(s) in the first phase(s)")
+    return 0
+
+
+def _preflight(spec) -> None:
+    """Fail on missing models/data before Ray starts (and before anything is logged)."""
+    from raysel.models import is_builtin, load_model
+    from raysel.models.errors import ModelError
+
+    for arm in spec.resolved_arms():
+        name = arm.model.name
+        if is_builtin(name) or Path(name).exists():
+            try:
+                load_model(name, "causal_lm" if "gpt" in name else "sequence_classification")
+            except ModelError:
+                raise
+            except Exception:  # a task mismatch is the method's business; existence is what we check
+                pass
+
+
+def cmd_sweep(args) -> int:
+    from raysel.spec import load_spec
+    from raysel.sweep import run_sweep
+
+    spec = load_spec(args.spec, args.overrides + ([f"ray.address={args.address}"] if args.address else []))
+    _preflight(spec)
+    result = run_sweep(spec, resume=args.resume, progress=not args.no_progress)
+    _print_result(result)
+    return 1 if result.num_errors else 0
+
+
+def _print_result(result) -> None:
+    from raysel.report import markdown_table  # noqa: F401  (same numbers as the artifact)
+
+    table = Table(title=f"sweep {result.name}: summary")
+    for column in result.summary.columns:
+        table.add_column(str(column), justify="right" if column not in ("arm", "metric") else "left")
+    for row in result.summary.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    if result.best_configs:
+        for arm, params in result.best_configs.items():
+            console.print(f"best config [{arm}]: {params}")
+    console.print(f"trials: {len(result.trials)} ({result.num_errors} failed) → {result.storage_path}")
+    if result.parent_run_id:
+        console.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}\n"
+                      f"  open the UI with: mlflow ui --backend-store-uri {result.tracking_uri}")
+
+
+def cmd_list(args) -> int:
+    from raysel.data.sources import BUILTIN_DATA
+    from raysel.methods import get_method, method_names
+    from raysel.models import BUILTIN_MODELS
+
+    def table(title: str, rows: list[tuple[str, str]]) -> None:
+        t = Table(title=title, show_header=False, title_justify="left")
+        t.add_column(style="bold")
+        t.add_column()
+        for row in rows:
+            t.add_row(*row)
+        console.print(t)
+
+    table("methods", [(n, (get_method(n).__doc__ or "").strip().splitlines()[0] if get_method(n).__doc__ else "")
+                      for n in method_names()])
+    table("protocols", [("search", "Optuna (seeded TPE) over the search space"),
+                        ("seeds", "a fixed config on every seed (50-run: 0..49; 5-seed: 13 21 42 87 100)"),
+                        ("search+seeds", "Optuna on dev, then the best config on every seed"),
+                        ("per_seed_grid", "LM-BFF: grid per data seed, dev-best config's test score")])
+    table("configs", [(str(p.relative_to(CONFIG_DIR.parent)), _first_comment(p))
+                      for p in sorted(CONFIG_DIR.glob("*.yaml"))])
+    table("built-in models", sorted(BUILTIN_MODELS.items()))
+    table("built-in data", sorted(BUILTIN_DATA.items()))
+    return 0
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from raysel.report import load, markdown_table, summarize
+    from raysel.spec import ProtocolSpec
+
+    trials = load(args.sweep)
+    state = json.loads((Path(args.sweep) / "sweep.json").read_text())
+    summary = summarize(trials, ProtocolSpec.model_validate(state["spec"]["protocol"]))
+    if args.format == "csv":
+        print(summary.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(summary.to_json(orient="records", indent=2))
+    else:
+        print(markdown_table(summary))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from raysel.data.pydocs import corpus_stats
+    from raysel.models import prepare_all
+
+    stats = corpus_stats()
+    console.print("pydocs corpus: " + ", ".join(f"{part} {s['articles']} articles" for part, s in stats.items()))
+    for name, path in prepare_all(progress=True).items():
+        console.print(f"[green]ready[/green] {name}: {path}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from raysel.spec import load_spec
+    from raysel.sweep import run_sweep
+
+    cmd_prepare(args)
+    spec = load_spec(QUICKSTART, args.overrides)
+    result = run_sweep(spec, resume=False, progress=True)
+    _print_result(result)
+    return 1 if result.num_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

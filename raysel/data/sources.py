@@ -1,0 +1,101 @@
+"""From a spec's ``data:`` section to texts or labelled examples, whatever the source.
+
+| data.name                     | LM splits (train / dev / test)            | classification              |
+|-------------------------------|-------------------------------------------|-----------------------------|
+| pydocs                        | finetune / objective / test parts         | –                           |
+| pydocs-mixed                  | mixed pool / objective / test             | –                           |
+| pydocs-topics                 | –                                         | built-in task (k-shot: k)   |
+| a local .txt / .jsonl file    | 80 / 10 / 10 by a stable hash             | jsonl with label_field      |
+| a local LM-BFF task directory | –                                         | {k}-{seed}/ or train/dev/test.tsv |
+| anything else                 | HF dataset train / validation / test      | same, with label_field      |
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from raysel.data.errors import DataError
+from raysel.data.loaders import LabeledSplits, load_hf_dataset, load_jsonl, load_lm_bff_dir, load_text_file
+from raysel.data.pydocs import load_mixed_pool, load_pydocs
+from raysel.data.topics import LABELS as TOPIC_LABELS
+from raysel.data.topics import k_shot_split, load_topics
+
+BUILTIN_DATA = {
+    "pydocs": "LM corpus: Python's own documentation pages and stdlib docstrings (English prose)",
+    "pydocs-mixed": "pydocs fine-tuning pool mixed 50/50 with code, licence text and tables (for IGF)",
+    "pydocs-topics": "classification: stdlib docstrings labelled by module family (5 classes)",
+}
+LM_SPLITS = ("train", "dev", "test")
+
+
+def _hash_split(key: str) -> str:
+    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "train" if u < 0.8 else "dev" if u < 0.9 else "test"
+
+
+def _cap(items: list, data) -> list:
+    return items[:data.max_examples] if data.max_examples else items
+
+
+def lm_splits(data) -> dict[str, list[str]]:
+    """Texts per split for causal-LM fine-tuning: {"train", "dev", "test"} → list of articles."""
+    if data.name in ("pydocs", "pydocs-mixed"):
+        train = load_mixed_pool() if data.name == "pydocs-mixed" else load_pydocs("finetune")
+        return {"train": _cap([a.text for a in train], data), "dev": [a.text for a in load_pydocs("objective")],
+                "test": [a.text for a in load_pydocs("test")]}
+    if data.name in BUILTIN_DATA:
+        raise DataError(f"data.name {data.name!r} is a classification task; a causal-LM method needs "
+                        f"pydocs, pydocs-mixed, a text/jsonl file or an HF text dataset")
+    path = Path(data.name)
+    if path.is_file():
+        texts = load_jsonl(path, data.text_field) if path.suffix == ".jsonl" else load_text_file(path)
+        splits: dict[str, list[str]] = {s: [] for s in LM_SPLITS}
+        for text in texts:
+            splits[_hash_split(text)].append(text)
+        empty = [s for s, t in splits.items() if not t]
+        if empty:
+            raise DataError(f"{path}: too few articles ({len(texts)}) to fill the {', '.join(empty)} split(s); "
+                            "give at least ~20 articles separated by blank lines")
+        splits["train"] = _cap(splits["train"], data)
+        return splits
+    hf_split = {"train": "train", "dev": "validation", "test": "test"}
+    splits = {s: list(load_hf_dataset(data.name, data.config, split=hf_split[s], text_field=data.text_field))
+              for s in LM_SPLITS}
+    splits["train"] = _cap(splits["train"], data)
+    return splits
+
+
+def classification_splits(data, seed: int) -> LabeledSplits:
+    """Labelled examples per split; with ``data.k`` the LM-BFF k-shot split of ``seed``."""
+    if data.name == "pydocs-topics":
+        train, dev = load_topics("train"), load_topics("dev")
+        if data.k:
+            train, dev = k_shot_split(train, data.k, seed)
+        return LabeledSplits(_cap(train, data), dev, load_topics("test"), TOPIC_LABELS)
+    if data.name in BUILTIN_DATA:
+        raise DataError(f"data.name {data.name!r} is an LM corpus; a classification task needs "
+                        "pydocs-topics, an LM-BFF directory, a labelled jsonl file or an HF dataset with label_field")
+    path = Path(data.name)
+    if path.is_dir():
+        task_dir = path / f"{data.k}-{seed}" if data.k else path
+        if not task_dir.is_dir():
+            raise DataError(f"{task_dir}: no such k-shot directory; LM-BFF layout is {{task}}/{{k}}-{{seed}}/"
+                            "{train,dev,test}.tsv (write one with raysel.data.write_k_shot)")
+        splits = load_lm_bff_dir(task_dir)
+        return LabeledSplits(_cap(splits.train, data), splits.dev, splits.test, splits.labels)
+    examples = {s: load_hf_dataset(data.name, data.config, split=hf, text_field=data.text_field,
+                                   label_field=data.label_field)
+                for s, hf in (("train", "train"), ("dev", "validation"), ("test", "test"))}
+    labels = sorted({label for _, label in examples["train"]}, key=str)
+    index = {label: i for i, label in enumerate(labels)}
+    converted = {}
+    for split, rows in examples.items():
+        unknown = {label for _, label in rows} - set(index)
+        if unknown:
+            raise DataError(f"dataset {data.name!r} split {split!r}: labels {sorted(unknown, key=str)[:5]} "
+                            f"are not in the training labels {labels}")
+        converted[split] = [(text, index[label]) for text, label in rows]
+    train = converted["train"]
+    if data.k:
+        train, converted["dev"] = k_shot_split(train, data.k, seed)
+    return LabeledSplits(_cap(train, data), converted["dev"], converted["test"], tuple(map(str, labels)))

@@ -1,0 +1,57 @@
+"""The method contract: what every recipe in raysel/methods implements.
+
+A method is a registry key, a pydantic ``Params`` model (every hyperparameter, validated) and a
+``train_loop(params, run)``. The loop never imports Ray or MLflow: everything it needs from the
+scheduler comes through the ``RunContext`` (seed, device, ranks, reporting, checkpoints).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import pydantic
+import torch
+
+
+class MethodParams(pydantic.BaseModel):
+    """Base for a method's hyperparameters: unknown keys are errors, values are validated."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@runtime_checkable
+class RunContext(Protocol):
+    """What a training loop sees of the trial running it (in-process or on Ray Train workers)."""
+
+    seed: int  # the protocol seed (run seed for the 50-run protocol, data seed for the 5-seed one)
+    device: torch.device
+    rank: int
+    world_size: int
+    model: Any  # raysel.spec.ModelSpec
+    data: Any  # raysel.spec.DataSpec
+    artifact_dir: Path
+
+    def report(self, step: int, **metrics: float) -> None:
+        """Record metrics at the loop's own global step (and attach a pending checkpoint)."""
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Hand a resumable state to the scheduler; it is saved with the next ``report``."""
+
+    def restore(self) -> dict[str, Any] | None:
+        """The last checkpointed state when the trial was restarted, else None."""
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device and wrap for data parallelism when running on several workers."""
+
+    def set_tags(self, **tags: str) -> None:
+        """Attach descriptive tags to the trial's tracking run (e.g. which detector ran)."""
+
+
+class Method(Protocol):
+    """A fine-tuning recipe that raysel can schedule."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]]
+
+    def train_loop(self, params: MethodParams, run: RunContext) -> dict[str, float]:
+        """Train and evaluate; return the final metrics."""

@@ -1,0 +1,120 @@
+"""The one fine-tuning loop every method shares (so that comparisons between methods are fair).
+
+AdamW, linear schedule with warmup, gradient accumulation, clipping, bf16 autocast on CUDA,
+evaluation every ``eval_every`` optimizer steps, a checkpoint with every evaluation. A method
+customises it with two functions: ``next_batch(step, micro, generator)`` gives the next
+micro-batch (or None to skip it, e.g. a filter rejected it) and ``evaluate(model)`` the metrics.
+Batches are drawn from a generator seeded by (seed, step, micro, rank), so a restarted trial
+replays exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import pydantic
+import torch
+from pydantic import Field
+
+from raysel.methods.base import MethodParams, RunContext
+
+Batch = dict[str, torch.Tensor]
+
+
+class LoopParams(MethodParams):
+    """Optimisation hyperparameters shared by every method's fine-tuning loop."""
+
+    lr: float = Field(5e-5, gt=0)  # AdamW peak learning rate
+    weight_decay: float = Field(0.0, ge=0)
+    adam_eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0)  # linear warmup, then linear decay to 0 at max_steps
+    max_steps: int = Field(60, gt=0)  # optimizer steps ("batches" in the IGF paper)
+    batch_size: int = Field(16, gt=0)  # examples per optimizer step, over all workers
+    grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
+    max_grad_norm: float | None = Field(1.0, gt=0)  # None: no clipping
+    eval_every: int = Field(10, gt=0)  # evaluate (and checkpoint) every N optimizer steps
+
+    @pydantic.model_validator(mode="after")
+    def _check_schedule(self):
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        return self
+
+
+def micro_batch_size(params: LoopParams, world_size: int) -> int:
+    """Examples per micro-batch on one worker: batch_size split over accumulation and workers."""
+    return max(1, params.batch_size // (params.grad_accum * world_size))
+
+
+def batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
+              next_batch: Callable[[int, int, torch.Generator], Batch | None],
+              evaluate: Callable[[torch.nn.Module], dict[str, float]]) -> dict[str, float]:
+    """Train ``model`` for ``params.max_steps`` optimizer steps; return the last evaluation."""
+    model = run.prepare_model(model)
+    plain = getattr(model, "module", model)  # unwrapped from DDP for evaluation and state
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, eps=params.adam_eps,
+                                  weight_decay=params.weight_decay)
+    schedule = linear_schedule(optimizer, params.warmup_steps, params.max_steps)
+    start, evaluation = 0, {}
+    state = run.restore()
+    if state is not None:
+        plain.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start, evaluation = state["step"], state["evaluation"]
+    else:
+        evaluation = evaluate(plain)
+        run.report(0, **evaluation)
+    for step in range(start + 1, params.max_steps + 1):
+        model.train()
+        losses = []
+        for micro in range(params.grad_accum):
+            batch = next_batch(step, micro, batch_generator(run.seed, step, micro, run.rank))
+            if batch is None:
+                continue
+            with autocast(run.device):
+                loss = model(**{k: v.to(run.device) for k, v in batch.items()}).loss / params.grad_accum
+            loss.backward()
+            losses.append(float(loss.detach()) * params.grad_accum)
+        if params.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
+        metrics: dict[str, float] = {"lr": schedule.get_last_lr()[0]}
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if losses:
+            metrics["train_loss"] = sum(losses) / len(losses)
+        if step % params.eval_every == 0 or step == params.max_steps:
+            evaluation = evaluate(plain)
+            metrics.update(evaluation)
+            run.checkpoint({"model": plain.state_dict(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "step": step, "evaluation": evaluation})
+        run.report(step, **metrics)
+    return dict(evaluation)
+
+
+def state_summary(model: torch.nn.Module) -> dict[str, Any]:
+    """Parameter counts, for a method's tags."""
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}

@@ -1,0 +1,71 @@
+"""Standard fine-tuning: the baseline every selective method is compared with.
+
+Causal LM (reports dev/test perplexity per step) or sequence classification (dev/test accuracy),
+through the shared loop of raysel.methods.loop.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from raysel.data.batches import ClassificationBatches, TokenWindows
+from raysel.data.sources import classification_splits, lm_splits
+from raysel.methods.base import RunContext
+from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
+from raysel.metrics import accuracy, perplexity
+from raysel.models import load_model
+
+
+class StandardParams(LoopParams):
+    task: Literal["causal_lm", "classification"] = "causal_lm"
+    context_len: int = Field(32, gt=1)  # tokens per causal-LM context
+    max_length: int = Field(128, gt=1)  # classification: truncate inputs to this many tokens
+    eval_examples: int = Field(128, gt=0)  # LM: dev/test windows; classification: cap per eval split
+    eval_batch_size: int = Field(64, gt=0)
+
+
+class Standard:
+    name: ClassVar[str] = "standard"
+    Params: ClassVar[type[StandardParams]] = StandardParams
+
+    def train_loop(self, params: StandardParams, run: RunContext) -> dict[str, float]:
+        if params.task == "causal_lm":
+            return self._causal_lm(params, run)
+        return self._classification(params, run)
+
+    def _causal_lm(self, params: StandardParams, run: RunContext) -> dict[str, float]:
+        model, tokenizer = load_model(run.model.name, "causal_lm")
+        splits = lm_splits(run.data)
+        train = TokenWindows(tokenizer, splits["train"], params.context_len)
+        dev = TokenWindows(tokenizer, splits["dev"], params.context_len).fixed(params.eval_examples, seed=0)
+        test = TokenWindows(tokenizer, splits["test"], params.context_len).fixed(params.eval_examples, seed=1)
+        per_micro = micro_batch_size(params, run.world_size)
+
+        def next_batch(step: int, micro: int, generator: torch.Generator):
+            ids = train.sample(per_micro, generator)
+            return {"input_ids": ids, "labels": ids}
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return {"dev_perplexity": perplexity(m, dev, params.eval_batch_size),
+                    "test_perplexity": perplexity(m, test, params.eval_batch_size)}
+
+        return fine_tune(model, params, run, next_batch, evaluate)
+
+    def _classification(self, params: StandardParams, run: RunContext) -> dict[str, float]:
+        data = classification_splits(run.data, seed=run.seed)
+        model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))
+        train = ClassificationBatches(tokenizer, data.train, params.max_length)
+        dev = ClassificationBatches(tokenizer, data.dev[:params.eval_examples], params.max_length)
+        test = ClassificationBatches(tokenizer, data.test[:params.eval_examples], params.max_length)
+        per_micro = micro_batch_size(params, run.world_size)
+
+        def next_batch(step: int, micro: int, generator: torch.Generator):
+            return train.sample(per_micro, generator)
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return {f"{name}_accuracy": accuracy(split.predict(m, params.eval_batch_size), split.labels)
+                    for name, split in (("dev", dev), ("test", test))}
+
+        return fine_tune(model, params, run, next_batch, evaluate)

@@ -1,0 +1,79 @@
+"""Evaluation metrics: perplexity, accuracy, SQuAD-normalised F1 and exact match."""
+from __future__ import annotations
+
+import collections
+import math
+import re
+import string
+from typing import Iterable, Sequence
+
+import torch
+
+
+@torch.no_grad()
+def lm_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor, batch_size: int = 32,
+                attention_mask: torch.Tensor | None = None) -> tuple[float, int]:
+    """Summed next-token NLL over ``input_ids`` [N, T] (padding masked) and the token count."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(input_ids), batch_size):
+        ids = input_ids[start:start + batch_size].to(device)
+        mask = None if attention_mask is None else attention_mask[start:start + batch_size].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        targets = ids[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                                reduction="none").view_as(targets)
+        keep = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask[:, 1:].bool()
+        total += float(nll[keep].double().sum())
+        count += int(keep.sum())
+    model.train(was_training)
+    return total, count
+
+
+def perplexity(model: torch.nn.Module, input_ids: torch.Tensor, batch_size: int = 32,
+               attention_mask: torch.Tensor | None = None) -> float:
+    """exp(mean next-token NLL) of a causal LM over a set of token windows."""
+    total, count = lm_loss_sum(model, input_ids, batch_size, attention_mask)
+    return math.exp(total / max(count, 1))
+
+
+def accuracy(predictions: Sequence[int] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
+    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
+    return float((predictions == labels).float().mean()) if len(labels) else float("nan")
+
+
+# ---------------------------------------------------------------- SQuAD F1 / EM
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _token_f1(prediction: str, truth: str) -> float:
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    if not pred or not gold:
+        return float(pred == gold)
+    common = collections.Counter(pred) & collections.Counter(gold)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_f1(prediction: str, answers: str | Iterable[str]) -> float:
+    """Token F1 against the best-matching gold answer."""
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    return max((_token_f1(prediction, a) for a in answers), default=0.0)
+
+
+def squad_em(prediction: str, answers: str | Iterable[str]) -> float:
+    """Exact match after SQuAD normalisation (not the CaMeLS reference's prefix match)."""
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    return float(any(normalize_answer(prediction) == normalize_answer(a) for a in answers))

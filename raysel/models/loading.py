@@ -1,0 +1,89 @@
+"""``load_model``: a built-in name, a local directory, or a Hugging Face hub name."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from raysel.models.builtin import BUILTINS, is_builtin, load_builtin
+from raysel.models.errors import ModelError
+from raysel.models.hf import DType, check_task_name, load_pretrained, resolve_dtype
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as set now or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    now = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+              for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return now or bool(constants.HF_HUB_OFFLINE)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or os.sep + os.sep in name or name.count("/") > 1
+
+
+def _check_local_dir(path: Path, name: str) -> None:
+    if not path.is_dir():
+        raise ModelError(f"model path {name!r} is a file; expected a directory written by save_pretrained")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model directory {name!r} has no config.json; expected a directory written by "
+                         f"save_pretrained with config.json and weights ({' or '.join(WEIGHT_FILES)})")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise ModelError(f"model directory {name!r} has no weights; expected one of: {', '.join(WEIGHT_FILES)}")
+
+
+def _hub_error(name: str, offline: bool, err: Exception) -> ModelError:
+    from huggingface_hub import constants
+
+    where = f"the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+    how = (f"download it once where there is network (`hf download {name}`, with HF_HUB_OFFLINE unset) "
+           f"or pass a local directory written by save_pretrained")
+    close = difflib.get_close_matches(name, list(BUILTINS), n=1, cutoff=0.75) if "/" not in name else []
+    hint = f"unknown built-in {name!r} (did you mean {close[0]!r}?); " if close else ""
+    head = (f"{hint}model {name!r} is not a built-in ({', '.join(BUILTINS)}), not a local directory, "
+            f"and not in {where}")
+    if offline:
+        return ModelError(f"{head}; HF_HUB_OFFLINE is set, so nothing is downloaded. To get it: {how}.")
+    return ModelError(f"{head}, and the hub could not provide it ({type(err).__name__}: {err}). "
+                      f"Check the name and your network, or {how}.")
+
+
+def load_model(
+    name: str,
+    task: str,
+    *,
+    num_labels: int | None = None,
+    dtype: DType = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model and its tokenizer for ``task`` ("causal_lm", "sequence_classification", "masked_lm").
+
+    ``name`` is a built-in (:data:`BUILTIN_MODELS`), a local directory written by
+    ``save_pretrained``, or a Hugging Face hub name (local cache only under HF_HUB_OFFLINE).
+    ``num_labels`` (default 2) only applies to sequence_classification; ``dtype`` is a torch
+    floating dtype, its name, or "auto". The tokenizer always has a pad token (eos for GPT-2
+    style models) and ``model.config.pad_token_id`` matches it. Raises :class:`ModelError`.
+    """
+    check_task_name(task)
+    dt = resolve_dtype(dtype)
+    if num_labels is not None and num_labels < 1:
+        raise ModelError(f"num_labels must be a positive integer, got {num_labels}")
+    if is_builtin(name):
+        return load_builtin(name, task, num_labels=num_labels, dtype=dt)
+    path = Path(name).expanduser()
+    if path.exists():
+        _check_local_dir(path, name)
+        return load_pretrained(path, task, label=name, num_labels=num_labels, dtype=dt, local_files_only=True)
+    if _looks_like_path(name):
+        raise ModelError(f"model path {name!r} does not exist (and it is not a built-in: {', '.join(BUILTINS)})")
+    offline = hub_offline()
+    try:
+        return load_pretrained(name, task, label=name, num_labels=num_labels, dtype=dt, local_files_only=offline)
+    except OSError as e:
+        raise _hub_error(name, offline, e) from e

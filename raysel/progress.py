@@ -1,0 +1,104 @@
+"""Live sweep progress in the terminal (a Ray Tune callback on the driver).
+
+Shows trials done / running / failed and the best metric so far, prints one line per finished
+trial, and closes the MLflow run of a trial that Tune stopped early (ASHA) or that died without
+closing its own run.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class SweepProgress(Callback):
+    def __init__(self, sweep: str, phase: str, total: int, metric: str, mode: str, *,
+                 tracking_uri: str | None = None, enabled: bool = True, console: Console | None = None):
+        self.sweep, self.phase, self.total, self.metric, self.mode = sweep, phase, total, metric, mode
+        self.tracking_uri, self.enabled = tracking_uri, enabled
+        self.console = console or Console(stderr=True)
+        self.running: set[str] = set()
+        self.done = self.failed = 0
+        self.best: float | None = None
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state: leave the live display behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("_progress", "_task", "console")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _progress=None, _task=None, console=Console(stderr=True))
+
+    # -- context manager: the bar lives for one phase
+    def __enter__(self) -> "SweepProgress":
+        if self.enabled:
+            self._progress = Progress(TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                      console=self.console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("sweep", total=self.total, label=f"{self.sweep}/{self.phase}",
+                                                 status=self._status())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._refresh()
+            self._progress.stop()
+
+    def _status(self) -> str:
+        best = "–" if self.best is None else f"{self.best:.4g}"
+        return f"running {len(self.running)} · failed {self.failed} · best {self.metric} {best}"
+
+    def _refresh(self) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done + self.failed, status=self._status())
+
+    def _log(self, text: str) -> None:
+        if self.enabled:
+            self.console.log(text)
+
+    # -- Tune callback hooks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+                self.best = float(value)
+        self._refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        last = trial.last_result or {}
+        stopped_early = not last.get("done", False)
+        self._close_run(last.get("mlflow_run_id"), "FINISHED", stopped_early)
+        value = last.get(self.metric)
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "–"
+        self._log(f"trial {trial.trial_id} {'stopped early' if stopped_early else 'done'}: "
+                  f"{self.metric}={shown} at step {last.get('step', '–')}")
+        self._refresh()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        self._close_run((trial.last_result or {}).get("mlflow_run_id"), "FAILED", False)
+        self._log(f"[red]trial {trial.trial_id} failed[/red] (see {trial.path})")
+        self._refresh()
+
+    def _close_run(self, run_id: str | None, status: str, stopped_early: bool) -> None:
+        if not (self.tracking_uri and run_id):
+            return
+        import mlflow
+
+        client = mlflow.MlflowClient(self.tracking_uri)
+        if stopped_early:
+            client.set_tag(run_id, "raysel.stopped_early", "true")
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status=status)

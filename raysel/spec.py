@@ -1,0 +1,414 @@
+"""Sweep specs: the YAML files in tune_configs/, their ``--set`` overrides and their validation.
+
+A spec is validated completely before Ray starts: every problem is collected and raised once as
+a ``SpecError`` whose lines name the field and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
+import yaml
+from pydantic import Field
+
+from raysel.methods import UnknownMethodError, get_method
+
+SEED_PRESETS: dict[str, list[int]] = {
+    "50-run": list(range(50)),  # IGF: 50 runs, error bars ±1 SE
+    "5-seed": [13, 21, 42, 87, 100],  # LM-BFF / kernel: k-shot data seeds
+}
+RESERVED_TRIAL_KEYS = ("arm", "method", "seed", "stage", "model", "data")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
+
+
+class SpecError(ValueError):
+    """A spec problem (or several), one line each: ``field: what is wrong (allowed: ...)``."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        head = f"invalid sweep spec{f' {source}' if source else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- search space
+class Uniform(_Strict):
+    distribution: Literal["uniform"]
+    low: float
+    high: float
+
+
+class LogUniform(_Strict):
+    distribution: Literal["loguniform"]
+    low: float
+    high: float
+
+
+class IntRange(_Strict):
+    distribution: Literal["int"]
+    low: int
+    high: int  # inclusive, as in Optuna
+    step: int = 1
+    log: bool = False
+
+
+class Categorical(_Strict):
+    distribution: Literal["categorical"]
+    choices: list[Any]
+
+
+Distribution = Annotated[
+    Union[Uniform, LogUniform, IntRange, Categorical], Field(discriminator="distribution")
+]
+
+
+def is_distribution(value: Any) -> bool:
+    return isinstance(value, (Uniform, LogUniform, IntRange, Categorical))
+
+
+def distribution_bounds(dist: Any) -> list[Any]:
+    """Representative values of a distribution (its ends or choices), used to validate it."""
+    if isinstance(dist, Categorical):
+        return list(dist.choices)
+    return [dist.low, dist.high]
+
+
+def grid_values(dist: Any) -> list[Any]:
+    """The values a grid protocol enumerates for one search-space entry."""
+    if isinstance(dist, Categorical):
+        return list(dist.choices)
+    if isinstance(dist, IntRange) and not dist.log:
+        return list(range(dist.low, dist.high + 1, dist.step))
+    raise ValueError("only categorical and int distributions can be enumerated on a grid")
+
+
+# ---------------------------------------------------------------- parts of a spec
+class ModelSpec(_Strict):
+    name: str = "tiny-gpt2-random"  # built-in name (raysel list), hub name or local path
+
+
+class DataSpec(_Strict):
+    name: str = "pydocs"  # built-in name, HF dataset name, or a local file/directory
+    config: str | None = None  # HF dataset config, e.g. wikitext-103-raw-v1
+    text_field: str = "text"  # column holding the text (HF datasets, JSONL, CSV)
+    label_field: str = "label"  # column holding the label (classification)
+    k: int | None = Field(None, gt=0)  # k-shot per label; the split's seed is the protocol seed
+    max_examples: int | None = Field(None, gt=0)  # cap on training examples (fast tests)
+
+
+class ArmSpec(_Strict):
+    name: str
+    method: str
+    params: dict[str, Any] = {}
+    search_space: dict[str, Any] = {}
+    model: ModelSpec | None = None  # defaults to the spec's model
+    data: DataSpec | None = None  # defaults to the spec's data
+
+
+class ProtocolSpec(_Strict):
+    kind: Literal["search", "seeds", "search+seeds", "per_seed_grid"] = "search"
+    metric: str  # what the search optimises / the grid selects on (a dev metric)
+    mode: Literal["min", "max"]
+    report_metric: str | None = None  # what the tables compare (default: metric)
+    num_samples: int = Field(8, gt=0)  # Optuna trials per arm (search, search+seeds)
+    search_seed: int = 0  # the run seed of every search trial, and the TPE sampler's seed
+    seeds: Union[Literal["50-run", "5-seed"], list[int]] = "50-run"
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(SEED_PRESETS[self.seeds]) if isinstance(self.seeds, str) else list(self.seeds)
+
+    @property
+    def compared_metric(self) -> str:
+        return self.report_metric or self.metric
+
+
+class SchedulerSpec(_Strict):
+    kind: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, gt=0)  # in the loop's global steps
+    reduction_factor: float = Field(3.0, gt=1)
+    max_t: int | None = Field(None, gt=0)
+
+
+class ResourcesSpec(_Strict):
+    workers: int = Field(0, ge=0)  # 0: loop in the trial process; N: Ray Train TorchTrainer, N workers
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, gt=0)  # None: as many as resources allow
+    max_failures: int = Field(1, ge=-1)  # restarts of a failed trial from its last checkpoint
+
+
+class TrackingSpec(_Strict):
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"  # any MLflow tracking URI; relative sqlite paths → cwd
+    experiment: str | None = None  # default: the sweep's name
+
+
+class RaySpec(_Strict):
+    address: str | None = None  # None: RAY_ADDRESS or a local Ray started for the sweep
+    num_cpus: int | None = Field(None, gt=0)  # local Ray only
+    object_store_memory: int | None = Field(None, gt=0)  # bytes, local Ray only
+
+
+class SweepSpec(_Strict):
+    name: str = "sweep"
+    method: str | None = None  # single-arm shorthand for arms: [{name: method, method, params, ...}]
+    params: dict[str, Any] = {}
+    search_space: dict[str, Any] = {}
+    arms: list[ArmSpec] = []
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    protocol: ProtocolSpec
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    ray: RaySpec = RaySpec()
+    storage_path: str = "raysel_results"
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _name_is_a_path_part(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", v):
+            raise ValueError("must be letters, digits, '_', '-', '.', '+' (it names a directory)")
+        return v
+
+    def resolved_arms(self) -> list[ArmSpec]:
+        """The arms with the spec's defaults filled in (a single-arm spec becomes one arm)."""
+        arms = self.arms or [
+            ArmSpec(name=self.method or "", method=self.method or "", params=self.params,
+                    search_space=self.search_space)
+        ]
+        return [a.model_copy(update={"model": a.model or self.model, "data": a.data or self.data})
+                for a in arms]
+
+    def parsed_search_space(self, arm: ArmSpec) -> dict[str, Any]:
+        """An arm's search space with distributions parsed (fixed values stay as they are)."""
+        return {key: _parse_space_value(value) for key, value in arm.search_space.items()}
+
+
+def _parse_space_value(value: Any) -> Any:
+    if isinstance(value, dict) and "distribution" in value:
+        return pydantic.TypeAdapter(Distribution).validate_python(value)
+    return value
+
+
+# ---------------------------------------------------------------- loading and validation
+def load_spec(source: "str | os.PathLike | dict | SweepSpec",
+              overrides: "list[str] | dict[str, Any] | None" = None) -> SweepSpec:
+    """Load a spec from a YAML path or a dict, apply ``a.b=c`` overrides, validate everything."""
+    if isinstance(source, SweepSpec):
+        if not overrides:
+            return source
+        source = source.model_dump(mode="json", exclude_unset=True)
+    label = None
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        label = str(path)
+        raw = _read_yaml(path)
+        raw.setdefault("name", path.stem)
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(raw, key, value, label)
+    return validate_spec(raw, label)
+
+
+def validate_spec(raw: dict[str, Any], label: str | None = None) -> SweepSpec:
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise SpecError([_format_pydantic_error(e) for e in err.errors()], label) from None
+    problems = _check_semantics(spec)
+    if problems:
+        raise SpecError(problems, label)
+    return spec
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError([f"file {str(path)!r} does not exist (give a YAML spec, e.g. tune_configs/quickstart.yaml)"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise SpecError(["the file must hold a mapping of spec fields (name, method, protocol, ...)"], str(path))
+    return raw
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML (lists, bools, null, numbers), with 1e-4-style floats as floats."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value) else value
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(overrides: "list[str] | dict[str, Any] | None") -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError([f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. params.lr=1e-4"])
+        parsed[key.strip()] = parse_value(value.strip())
+    return parsed
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, label: str | None) -> None:
+    node: Any = raw
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError([f"--set {dotted}: {'.'.join(parts[:i])} has {len(node)} items; "
+                                 f"use an index 0..{len(node) - 1}"], label)
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise SpecError([f"--set {dotted}: {'.'.join(parts[:i + 1])} is a value, not a section"], label)
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise SpecError([f"--set {dotted}: index out of range"], label)
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _format_pydantic_error(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    loc = re.sub(r"\.(uniform|loguniform|int|categorical)\b", "", loc)
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key (misspelt?)"
+    if kind == "literal_error":
+        return f"{loc}: {error.get('input')!r} is not allowed; {msg[0].lower() + msg[1:]}"
+    if kind == "union_tag_invalid":
+        return (f"{loc}: unknown distribution {error.get('input', {}).get('distribution')!r}; "
+                f"allowed: {', '.join(DISTRIBUTIONS)}")
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    return f"{loc}: {msg} (got {error.get('input')!r})"
+
+
+def _check_semantics(spec: SweepSpec) -> list[str]:
+    """Cross-field checks: methods exist, params and search spaces fit each method's Params."""
+    problems: list[str] = []
+    protocol = spec.protocol
+    if spec.arms and (spec.method or spec.params or spec.search_space):
+        problems.append("method/params/search_space: give either top-level method/params/search_space or arms, not both")
+    if not spec.arms and not spec.method:
+        problems.append("method: required (or give arms: [...]); see `raysel list` for the methods")
+    if isinstance(protocol.seeds, list) and (not protocol.seeds or len(set(protocol.seeds)) != len(protocol.seeds)):
+        problems.append("protocol.seeds: must be a non-empty list of distinct integers, or '50-run' / '5-seed'")
+    arms = spec.resolved_arms()
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        problems.append(f"arms: names must be distinct (got {names})")
+    for index, arm in enumerate(arms):
+        where = f"arms.{index}" if spec.arms else ""
+        problems += _check_arm(arm, where, protocol.kind)
+    if spec.resources.workers == 0 and spec.resources.gpus_per_worker > 1:
+        problems.append("resources.gpus_per_worker: a workers: 0 trial runs in one process; use at most 1 GPU")
+    if spec.tracking.enabled and not spec.tracking.uri:
+        problems.append("tracking.uri: empty; give an MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, ...)")
+    elif spec.tracking.enabled and not re.match(r"^[a-z][a-z0-9+.-]*:", spec.tracking.uri):
+        problems.append(f"tracking.uri: {spec.tracking.uri!r} is not a URI; allowed: sqlite:///PATH, "
+                        "http(s)://HOST:PORT, databricks, file:PATH, postgresql://...")
+    return problems
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _check_arm(arm: ArmSpec, where: str, kind: str) -> list[str]:
+    try:
+        method = get_method(arm.method)
+    except UnknownMethodError as err:
+        return [f"{_join(where, 'method')}: {err}"]
+    problems: list[str] = []
+    fields = method.Params.model_fields
+    for key in arm.params:
+        if key in RESERVED_TRIAL_KEYS:
+            problems.append(f"{_join(where, 'params', key)}: {key!r} is reserved; set it in the spec's own section")
+    try:
+        space = {k: _parse_space_value(v) for k, v in arm.search_space.items()}
+    except pydantic.ValidationError as err:
+        return problems + [_format_pydantic_error({**e, "loc": (where, "search_space", *e["loc"])})
+                           for e in err.errors()]
+    needs_distribution = kind in ("search", "search+seeds")
+    if needs_distribution and not any(is_distribution(v) for v in space.values()):
+        problems.append(f"{_join(where, 'search_space')}: empty; protocol {kind!r} needs at least one "
+                        f"distribution ({', '.join(DISTRIBUTIONS)})")
+    for key, value in space.items():
+        at = _join(where, "search_space", key)
+        if key not in fields:
+            problems.append(f"{at}: {method.name!r} has no parameter {key!r}; allowed: {', '.join(sorted(fields))}")
+            continue
+        problems += _check_distribution(value, at, kind)
+    problems += _check_params(method, {**arm.params, **{k: v for k, v in space.items() if not is_distribution(v)}},
+                              _join(where, "params"))
+    # every value a distribution can produce must be a valid parameter: check its ends/choices
+    for key, value in space.items():
+        if key in fields and is_distribution(value):
+            for bound in distribution_bounds(value):
+                problems += _check_params(method, {**arm.params, key: bound}, _join(where, "search_space"),
+                                          only=key, value_note=f" (search-space value {bound!r})")
+    return list(dict.fromkeys(problems))
+
+
+def _check_distribution(value: Any, at: str, kind: str) -> list[str]:
+    if not is_distribution(value):
+        return []
+    problems = []
+    if isinstance(value, Categorical) and not value.choices:
+        problems.append(f"{at}.choices: empty; give at least one value")
+    if isinstance(value, (Uniform, LogUniform, IntRange)) and not value.low < value.high:
+        problems.append(f"{at}: low ({value.low}) must be below high ({value.high})")
+    if isinstance(value, LogUniform) and value.low <= 0:
+        problems.append(f"{at}.low: a loguniform distribution needs low > 0 (got {value.low})")
+    if isinstance(value, (Uniform, LogUniform)) and not all(map(math.isfinite, (value.low, value.high))):
+        problems.append(f"{at}: low and high must be finite")
+    if kind == "per_seed_grid":
+        try:
+            grid_values(value)
+        except ValueError as err:
+            problems.append(f"{at}: {err} (protocol 'per_seed_grid')")
+    if kind == "seeds":
+        problems.append(f"{at}: protocol 'seeds' runs a fixed config; give a value, not a distribution "
+                        "(or use 'search+seeds')")
+    return problems
+
+
+def _check_params(method: Any, params: dict[str, Any], where: str, *, only: str | None = None,
+                  value_note: str = "") -> list[str]:
+    try:
+        method.Params.model_validate(params)
+    except pydantic.ValidationError as err:
+        out = []
+        for e in err.errors():
+            if only is not None and (not e["loc"] or e["loc"][0] != only):
+                continue
+            out.append(_format_pydantic_error({**e, "loc": (where, *e["loc"])}).replace(
+                f" (got {e.get('input')!r})", value_note or f" (got {e.get('input')!r})"))
+        return out
+    return []

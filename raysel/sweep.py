@@ -1,0 +1,344 @@
+"""Running a sweep: protocols expand into phases, each phase is one Ray Tune ``Tuner``.
+
+| protocol      | phases                                                                 |
+|---------------|------------------------------------------------------------------------|
+| search        | per arm: Optuna (seeded TPE) over the arm's search space, one seed     |
+| seeds         | one grid: arms × protocol seeds, fixed configs                         |
+| search+seeds  | the search phases, then one grid: each arm's best config × seeds       |
+| per_seed_grid | one grid: arms × grid of the search space × seeds; selection per seed  |
+
+Every phase's trials are children of the sweep's MLflow parent run. A phase's Tune experiment is
+named after the sweep and the phase, so ``resume=True`` restores unfinished phases and reuses
+finished ones without re-running or re-logging them.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform,
+                         grid_values, is_distribution, load_spec, parse_overrides)
+from raysel.tracking import (TrackingInfo, end_run, ensure_experiment, log_artifacts, log_summary_metrics,
+                             resolve_uri, start_parent_run)
+from raysel.trial import TrialSettings, make_trainable
+
+STATE_FILE = "sweep.json"
+
+
+@dataclass
+class Phase:
+    """One Tuner: a search over one variant's distributions, or a grid of fixed variants × seeds."""
+
+    label: str  # names the Tune experiment directory: "{sweep}/{label}"
+    stage: str  # "search" | "seeds" | "grid"
+    variants: list[dict[str, Any]]  # arm, method, stage, params (values or distributions), model, data
+    seeds: list[int]
+    num_samples: int = 1  # Optuna trials (search phases)
+
+    @property
+    def is_search(self) -> bool:
+        return self.stage == "search"
+
+    @property
+    def num_trials(self) -> int:
+        return self.num_samples if self.is_search else len(self.variants) * len(self.seeds)
+
+
+def _variant(arm: ArmSpec, stage: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"arm": arm.name, "method": arm.method, "stage": stage, "params": params,
+            "model": arm.model.model_dump(), "data": arm.data.model_dump()}
+
+
+def expand(spec: SweepSpec) -> list[Phase]:
+    """The phases a protocol starts with (``search+seeds`` adds its seeds phase after the search)."""
+    protocol, arms = spec.protocol, spec.resolved_arms()
+    if protocol.kind in ("search", "search+seeds"):
+        return [Phase(label=f"search-{arm.name}", stage="search", seeds=[protocol.search_seed],
+                      num_samples=protocol.num_samples,
+                      variants=[_variant(arm, "search", {**arm.params, **spec.parsed_search_space(arm)})])
+                for arm in arms]
+    if protocol.kind == "seeds":
+        variants = [_variant(arm, "seeds", {**arm.params, **spec.parsed_search_space(arm)}) for arm in arms]
+        return [Phase(label="seeds", stage="seeds", variants=variants, seeds=protocol.seed_list)]
+    variants = []
+    for arm in arms:
+        space = spec.parsed_search_space(arm)
+        keys = sorted(space)
+        choices = [grid_values(space[k]) if is_distribution(space[k]) else [space[k]] for k in keys]
+        for combo in itertools.product(*choices):
+            variants.append(_variant(arm, "grid", {**arm.params, **dict(zip(keys, combo))}))
+    return [Phase(label="grid", stage="grid", variants=variants, seeds=protocol.seed_list)]
+
+
+def seeds_phase(spec: SweepSpec, best_params: dict[str, dict[str, Any]]) -> Phase:
+    """search+seeds, second half: every arm's best config on every protocol seed."""
+    variants = [_variant(arm, "seeds", best_params[arm.name]) for arm in spec.resolved_arms()]
+    return Phase(label="seeds", stage="seeds", variants=variants, seeds=spec.protocol.seed_list)
+
+
+def _tune_domain(dist: Any):
+    from ray import tune
+
+    if isinstance(dist, Uniform):
+        return tune.uniform(dist.low, dist.high)
+    if isinstance(dist, LogUniform):
+        return tune.loguniform(dist.low, dist.high)
+    if isinstance(dist, IntRange):
+        if dist.log:
+            return tune.lograndint(dist.low, dist.high + 1)
+        return tune.qrandint(dist.low, dist.high, dist.step) if dist.step > 1 else tune.randint(dist.low, dist.high + 1)
+    if isinstance(dist, Categorical):
+        return tune.choice(dist.choices)
+    raise TypeError(dist)
+
+
+def param_space(phase: Phase) -> dict[str, Any]:
+    from ray import tune
+
+    if phase.is_search:
+        variant = phase.variants[0]
+        params = {k: _tune_domain(v) if is_distribution(v) else v for k, v in variant["params"].items()}
+        return {"variant": {**variant, "params": params}, "seed": phase.seeds[0]}
+    return {"variant": tune.grid_search(phase.variants), "seed": tune.grid_search(phase.seeds)}
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class SweepResult:
+    """What a sweep produced: one row per trial, the best config(s), where everything lies."""
+
+    name: str
+    trials: pd.DataFrame
+    best_config: dict[str, Any] | None  # the best search trial's params (single arm), else None
+    best_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per arm, from search phases
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    storage_path: Path = Path(".")
+    summary: pd.DataFrame | None = None
+
+    @property
+    def num_errors(self) -> int:
+        return int(self.trials["error"].notna().sum()) if "error" in self.trials else 0
+
+
+def trials_frame(result_grid, phase: Phase) -> pd.DataFrame:
+    """Ray's result table with raysel's column names: arm, seed, stage, params.*, metrics."""
+    rows = []
+    for result in result_grid:
+        config = result.config or {}
+        variant = config.get("variant", {})
+        row = {"phase": phase.label, "stage": variant.get("stage", phase.stage), "arm": variant.get("arm"),
+               "method": variant.get("method"), "seed": config.get("seed"),
+               "trial_id": (result.metrics or {}).get("trial_id"),
+               "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}"}
+        row.update({f"params.{k}": v for k, v in variant.get("params", {}).items()})
+        row["model.name"] = variant.get("model", {}).get("name")
+        row["data.name"] = variant.get("data", {}).get("name")
+        metrics = {k: v for k, v in (result.metrics or {}).items()
+                   if k not in ("config", "trial_id") and not isinstance(v, dict)}
+        row.update(metrics)
+        row["path"] = result.path
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_params(frame: pd.DataFrame, metric: str, mode: str) -> dict[str, dict[str, Any]]:
+    """Per arm, the params of the trial with the best final ``metric``."""
+    best = {}
+    for arm, group in frame.dropna(subset=[metric]).groupby("arm", sort=False):
+        row = group.sort_values(metric, ascending=(mode == "min")).iloc[0]
+        best[arm] = {k[len("params."):]: _plain(v) for k, v in row.items() if k.startswith("params.") and _present(v)}
+    return best
+
+
+def _present(value: Any) -> bool:
+    return not (isinstance(value, float) and value != value)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+# ---------------------------------------------------------------- running
+def _init_ray(spec: SweepSpec) -> bool:
+    """Join the spec's (or RAY_ADDRESS's) cluster, or start a local one. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
+    if not address:
+        kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
+                      include_dashboard=spec.resources.workers > 0)
+    ray.init(**kwargs)
+    return True
+
+
+def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path, callbacks: list, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    protocol = spec.protocol
+    trainable = make_trainable(settings)
+    path = storage / spec.name / phase.label
+    if resume and tune.Tuner.can_restore(str(path)):
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=param_space(phase))
+    scheduler = None
+    if spec.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="step", grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor,
+                                  max_t=spec.scheduler.max_t or 10**9)
+    concurrency = spec.resources.max_concurrent_trials
+    if spec.resources.workers > 0 and concurrency is None:
+        concurrency = 1  # Train-in-Tune trials compete for CPUs with their own workers
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(phase),
+        tune_config=tune.TuneConfig(
+            metric=protocol.metric, mode=protocol.mode, num_samples=phase.num_samples if phase.is_search else 1,
+            search_alg=OptunaSearch(seed=protocol.search_seed) if phase.is_search else None,
+            scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}/{phase.label}", storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks, verbose=0 if callbacks else 1),
+    )
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directories (Ray's default spells out the whole nested config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: bool = False,
+              progress: bool = True, overrides: "list[str] | dict[str, Any] | None" = None,
+              **more_overrides: Any) -> SweepResult:
+    """Run a sweep (the API behind ``raysel sweep``); keyword overrides use ``__`` for dots.
+
+    ``run_sweep("tune_configs/quickstart.yaml", protocol__num_samples=4)`` ==
+    ``raysel sweep tune_configs/quickstart.yaml --set protocol.num_samples=4``.
+    """
+    merged = parse_overrides(overrides)
+    merged.update({k.replace("__", "."): v for k, v in more_overrides.items()})
+    spec = load_spec(spec_or_path, merged)
+    storage = Path(spec.storage_path).resolve()
+    sweep_dir = storage / spec.name
+    state = _read_state(sweep_dir) if resume else None
+    if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
+        raise SpecError([f"storage_path: {sweep_dir} already holds a sweep named {spec.name!r}; "
+                         "continue it with --resume, or choose another name (--set name=...) or storage_path"])
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # not every step reports every metric
+    started_ray = _init_ray(spec)
+    try:
+        return _run_phases(spec, storage, sweep_dir, state, resume, progress)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | None, resume: bool,
+                progress: bool) -> SweepResult:
+    from raysel.progress import SweepProgress
+
+    tracking, parent = _open_tracking(spec, state)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    state = {"name": spec.name, "parent_run_id": parent, "spec": spec.model_dump(mode="json"),
+             "tracking_uri": tracking.uri if tracking else None, "finished_phases": (state or {}).get("finished_phases", [])}
+    _write_state(sweep_dir, state)
+    settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
+                             cpus_per_worker=spec.resources.cpus_per_worker,
+                             gpus_per_worker=spec.resources.gpus_per_worker,
+                             max_failures=spec.resources.max_failures, storage_path=str(sweep_dir))
+    phases = expand(spec)
+    frames, best = [], {}
+    status = "FAILED"
+    try:
+        index = 0
+        while index < len(phases):
+            phase = phases[index]
+            reporter = SweepProgress(spec.name, phase.label, phase.num_trials, spec.protocol.metric,
+                                     spec.protocol.mode, tracking_uri=tracking.uri if tracking else None,
+                                     enabled=progress)
+            with reporter:
+                grid = _tuner(spec, phase, settings, storage, [reporter], resume).fit()
+            frame = trials_frame(grid, phase)
+            frames.append(frame)
+            if phase.is_search:
+                best.update(best_params(frame, spec.protocol.metric, spec.protocol.mode))
+            state["finished_phases"] = sorted(set(state["finished_phases"]) | {phase.label})
+            _write_state(sweep_dir, state)
+            if index == len(phases) - 1 and spec.protocol.kind == "search+seeds":
+                missing = [a.name for a in spec.resolved_arms() if a.name not in best]
+                if missing:
+                    raise RuntimeError(f"no search trial of arm(s) {missing} reported {spec.protocol.metric!r}; "
+                                       "cannot run the seeds phase")
+                phases.append(seeds_phase(spec, best))
+            index += 1
+        status = "FINISHED"
+    finally:
+        if tracking and parent:
+            end_run(tracking.uri, parent, status)
+    trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    result = SweepResult(name=spec.name, trials=trials, best_configs=best,
+                         best_config=next(iter(best.values())) if len(best) == 1 else None,
+                         parent_run_id=parent, tracking_uri=tracking.uri if tracking else None,
+                         storage_path=sweep_dir)
+    _finish(spec, result)
+    return result
+
+
+def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | None, str | None]:
+    if not spec.tracking.enabled:
+        return None, None
+    uri = resolve_uri(spec.tracking.uri)
+    experiment = spec.tracking.experiment or spec.name
+    experiment_id = ensure_experiment(uri, experiment)
+    parent = (state or {}).get("parent_run_id")
+    if parent is None:
+        parent = start_parent_run(uri, experiment_id, spec.name, {"raysel.protocol": spec.protocol.kind},
+                                  {"protocol": spec.protocol.model_dump(mode="json"),
+                                   "arms": ",".join(a.name for a in spec.resolved_arms())})
+    else:
+        from raysel.tracking import _client
+
+        _client(uri).update_run(parent, status="RUNNING")
+    return TrackingInfo(uri=uri, experiment_id=experiment_id, parent_run_id=parent, sweep=spec.name), parent
+
+
+def _finish(spec: SweepSpec, result: SweepResult) -> None:
+    """Summary table → SweepResult, files under the sweep's storage, artifacts of the parent run."""
+    from raysel.report import summarize
+
+    result.summary = summarize(result.trials, spec.protocol)
+    result.trials.to_csv(result.storage_path / "trials.csv", index=False)
+    result.summary.to_csv(result.storage_path / "summary.csv", index=False)
+    (result.storage_path / "best_configs.json").write_text(json.dumps(result.best_configs, indent=2, default=str))
+    if result.parent_run_id and result.tracking_uri:
+        files = [result.storage_path / n for n in ("trials.csv", "summary.csv", "best_configs.json")]
+        log_artifacts(result.tracking_uri, result.parent_run_id, files, "report")
+        metrics = {}
+        for _, row in result.summary.iterrows():
+            for column in ("mean", "se", "std"):
+                if column in row and _present(row[column]):
+                    metrics[f"{row['arm']}.{row['metric']}.{column}"] = row[column]
+        log_summary_metrics(result.tracking_uri, result.parent_run_id, metrics)
+
+
+def _read_state(sweep_dir: Path) -> dict | None:
+    path = sweep_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_state(sweep_dir: Path, state: dict) -> None:
+    (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))

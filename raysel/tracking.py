@@ -1,0 +1,194 @@
+"""MLflow: one parent run per sweep, one child run per trial, logged from inside the trial.
+
+One pattern only: the trial (rank 0 under Ray Train) logs its own run with the loop's global step.
+Restarts and resumed sweeps find the trial's existing run by its Ray trial id instead of opening a
+second one. Values of keys that look like secrets are replaced before anything is logged.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+SECRET_KEY = re.compile(r"(token|passw(or)?d|secret|credential|api[_-]?key|access[_-]?key|private[_-]?key|(^|[._-])key)$",
+                        re.IGNORECASE)
+URI_PASSWORD = re.compile(r"(//[^/:@]+:)[^@/]+@")
+REDACTED = "***"
+MAX_PARAM_CHARS = 6000  # MLflow's limit for a param value
+
+
+@dataclass(frozen=True)
+class TrackingInfo:
+    """What a trial needs to log into the sweep's MLflow experiment (picklable)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None = None
+    sweep: str = ""
+
+
+def resolve_uri(uri: str) -> str:
+    """Make relative ``sqlite:///x.db`` URIs absolute, so trials in other directories share the store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"params": {"lr": 1e-4}}`` → ``{"params.lr": 1e-4}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def redact(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Hide secret-looking values (by key) and passwords inside URIs."""
+    out = {}
+    for key, value in flat.items():
+        if SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, ""):
+            out[key] = REDACTED
+        elif isinstance(value, str):
+            out[key] = URI_PASSWORD.sub(rf"\1{REDACTED}@", value)
+        else:
+            out[key] = value
+    return out
+
+
+def loggable_params(tree: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:MAX_PARAM_CHARS] for k, v in redact(flatten(tree)).items()}
+
+
+def _client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if needed (concurrent creators tolerated)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # another process created it between our two calls
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def start_parent_run(uri: str, experiment_id: str, sweep: str, tags: Mapping[str, str],
+                     params: Mapping[str, Any]) -> str:
+    client = _client(uri)
+    run = client.create_run(experiment_id, run_name=sweep,
+                            tags={"raysel.role": "sweep", "raysel.sweep": sweep, **tags})
+    _log_params(client, run.info.run_id, loggable_params(params))
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+def log_artifacts(uri: str, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+    client = _client(uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_summary_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _is_number(v)]
+    if items:
+        _client(uri).log_batch(run_id, metrics=items)
+
+
+def _log_params(client, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return value is not None and not isinstance(value, bool) and float(value) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+class TrialLogger:
+    """Logs one trial into its MLflow child run (reused if the trial restarts)."""
+
+    def __init__(self, info: TrackingInfo, trial_id: str, run_name: str, tags: Mapping[str, str],
+                 params: Mapping[str, Any]):
+        self.uri = info.uri
+        self.client = _client(info.uri)
+        self.run_id = self._find_run(info, trial_id)
+        if self.run_id is None:
+            all_tags = {"raysel.role": "trial", "raysel.trial_id": trial_id, "raysel.sweep": info.sweep, **tags}
+            if info.parent_run_id:
+                all_tags["mlflow.parentRunId"] = info.parent_run_id
+            run = self.client.create_run(info.experiment_id, run_name=run_name, tags=all_tags)
+            self.run_id = run.info.run_id
+            _log_params(self.client, self.run_id, loggable_params(params))
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+
+    @classmethod
+    def attach(cls, info: TrackingInfo, run_id: str) -> "TrialLogger":
+        """A logger for a run another process opened (rank 0 of a Ray Train trial)."""
+        logger = cls.__new__(cls)
+        logger.uri, logger.client, logger.run_id = info.uri, _client(info.uri), run_id
+        return logger
+
+    def _find_run(self, info: TrackingInfo, trial_id: str) -> str | None:
+        query = f"tags.`raysel.trial_id` = '{trial_id}'"
+        if info.parent_run_id:
+            query += f" and tags.`mlflow.parentRunId` = '{info.parent_run_id}'"
+        runs = self.client.search_runs([info.experiment_id], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _is_number(v)]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in redact(dict(tags)).items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class NullLogger:
+    """What non-zero ranks and untracked sweeps get: the same calls, nothing logged."""
+
+    run_id = None
+
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
