@@ -150,6 +150,14 @@ class TrackingSpec(_Strict):
     uri: str = "sqlite:///mlflow.db"  # any MLflow tracking URI; relative sqlite paths → cwd
     experiment: str | None = None  # default: the sweep's name
 
+    @pydantic.field_validator("uri")
+    @classmethod
+    def _is_a_uri(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", v):
+            raise ValueError(f"{v!r} is not a tracking URI; allowed: sqlite:///PATH, http(s)://HOST:PORT, "
+                             "postgresql://..., databricks, file:PATH")
+        return v
+
 
 class RaySpec(_Strict):
     address: str | None = None  # None: RAY_ADDRESS or a local Ray started for the sweep
@@ -224,7 +232,8 @@ def validate_spec(raw: dict[str, Any], label: str | None = None) -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(raw)
     except pydantic.ValidationError as err:
-        raise SpecError([_format_pydantic_error(e) for e in err.errors()], label) from None
+        found = [_format_pydantic_error(e) for e in err.errors()]
+        raise SpecError(list(dict.fromkeys(found + _check_raw_arms(raw))), label) from None
     problems = _check_semantics(spec)
     if problems:
         raise SpecError(problems, label)
@@ -328,11 +337,23 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
         problems += _check_arm(arm, where, protocol.kind)
     if spec.resources.workers == 0 and spec.resources.gpus_per_worker > 1:
         problems.append("resources.gpus_per_worker: a workers: 0 trial runs in one process; use at most 1 GPU")
-    if spec.tracking.enabled and not spec.tracking.uri:
-        problems.append("tracking.uri: empty; give an MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, ...)")
-    elif spec.tracking.enabled and not re.match(r"^[a-z][a-z0-9+.-]*:", spec.tracking.uri):
-        problems.append(f"tracking.uri: {spec.tracking.uri!r} is not a URI; allowed: sqlite:///PATH, "
-                        "http(s)://HOST:PORT, databricks, file:PATH, postgresql://...")
+    return problems
+
+
+def _check_raw_arms(raw: dict[str, Any]) -> list[str]:
+    """Method-level checks of the arms that parse, so that one run reports every problem."""
+    kind = (raw.get("protocol") or {}).get("kind", "search") if isinstance(raw.get("protocol"), dict) else "search"
+    if isinstance(raw.get("arms"), list) and raw["arms"]:
+        candidates = [(f"arms.{i}", a) for i, a in enumerate(raw["arms"])]
+    else:
+        candidates = [("", {"name": "arm", "method": raw.get("method"), "params": raw.get("params", {}),
+                            "search_space": raw.get("search_space", {})})]
+    problems: list[str] = []
+    for where, arm in candidates:
+        try:
+            problems += _check_arm(ArmSpec.model_validate(arm), where, kind)
+        except pydantic.ValidationError:
+            continue  # its structural errors are already reported
     return problems
 
 
@@ -350,11 +371,15 @@ def _check_arm(arm: ArmSpec, where: str, kind: str) -> list[str]:
     for key in arm.params:
         if key in RESERVED_TRIAL_KEYS:
             problems.append(f"{_join(where, 'params', key)}: {key!r} is reserved; set it in the spec's own section")
-    try:
-        space = {k: _parse_space_value(v) for k, v in arm.search_space.items()}
-    except pydantic.ValidationError as err:
-        return problems + [_format_pydantic_error({**e, "loc": (where, "search_space", *e["loc"])})
-                           for e in err.errors()]
+    space = {}
+    for key, value in arm.search_space.items():
+        try:
+            space[key] = _parse_space_value(value)
+        except pydantic.ValidationError as err:
+            problems += [_format_pydantic_error({**e, "loc": (*filter(None, [where]), "search_space", key, *e["loc"])})
+                         for e in err.errors()]
+    if len(space) < len(arm.search_space):
+        return problems
     needs_distribution = kind in ("search", "search+seeds")
     if needs_distribution and not any(is_distribution(v) for v in space.values()):
         problems.append(f"{_join(where, 'search_space')}: empty; protocol {kind!r} needs at least one "

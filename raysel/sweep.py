@@ -205,7 +205,9 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
         tune_config=tune.TuneConfig(
             metric=protocol.metric, mode=protocol.mode, num_samples=phase.num_samples if phase.is_search else 1,
             search_alg=OptunaSearch(seed=protocol.search_seed) if phase.is_search else None,
-            scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname),
+            scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
+            # in-process trials reuse their actor: no fresh interpreter importing torch per trial
+            reuse_actors=spec.resources.workers == 0),
         run_config=tune.RunConfig(
             name=f"{spec.name}/{phase.label}", storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
@@ -260,31 +262,30 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
                              max_failures=spec.resources.max_failures, storage_path=str(sweep_dir))
-    phases = expand(spec)
     frames, best = [], {}
+
+    def run_phase(phase: Phase) -> None:
+        reporter = SweepProgress(spec.name, phase.label, phase.num_trials, spec.protocol.metric, spec.protocol.mode,
+                                 tracking_uri=tracking.uri if tracking else None, enabled=progress)
+        with reporter:
+            grid = _tuner(spec, phase, settings, storage, [reporter], resume).fit()
+        frame = trials_frame(grid, phase)
+        frames.append(frame)
+        if phase.is_search:
+            best.update(best_params(frame, spec.protocol.metric, spec.protocol.mode))
+        state["finished_phases"] = sorted(set(state["finished_phases"]) | {phase.label})
+        _write_state(sweep_dir, state)
+
     status = "FAILED"
     try:
-        index = 0
-        while index < len(phases):
-            phase = phases[index]
-            reporter = SweepProgress(spec.name, phase.label, phase.num_trials, spec.protocol.metric,
-                                     spec.protocol.mode, tracking_uri=tracking.uri if tracking else None,
-                                     enabled=progress)
-            with reporter:
-                grid = _tuner(spec, phase, settings, storage, [reporter], resume).fit()
-            frame = trials_frame(grid, phase)
-            frames.append(frame)
-            if phase.is_search:
-                best.update(best_params(frame, spec.protocol.metric, spec.protocol.mode))
-            state["finished_phases"] = sorted(set(state["finished_phases"]) | {phase.label})
-            _write_state(sweep_dir, state)
-            if index == len(phases) - 1 and spec.protocol.kind == "search+seeds":
-                missing = [a.name for a in spec.resolved_arms() if a.name not in best]
-                if missing:
-                    raise RuntimeError(f"no search trial of arm(s) {missing} reported {spec.protocol.metric!r}; "
-                                       "cannot run the seeds phase")
-                phases.append(seeds_phase(spec, best))
-            index += 1
+        for phase in expand(spec):
+            run_phase(phase)
+        if spec.protocol.kind == "search+seeds":
+            missing = [a.name for a in spec.resolved_arms() if a.name not in best]
+            if missing:
+                raise RuntimeError(f"no search trial of arm(s) {missing} reported {spec.protocol.metric!r}; "
+                                   "cannot run the seeds phase")
+            run_phase(seeds_phase(spec, best))
         status = "FINISHED"
     finally:
         if tracking and parent:

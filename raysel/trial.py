@@ -180,7 +180,7 @@ def _last_logged_step(logger: Any) -> int:
     keys = [k for k in run.data.metrics if k != "step"]
     if not keys:
         return -1
-    return max(m.step for m in logger.client.get_metric_history(logger.run_id, keys[0]))
+    return max(m.step for key in keys for m in logger.client.get_metric_history(logger.run_id, key))
 
 
 # ---------------------------------------------------------------- running one trial
@@ -223,6 +223,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             run = TuneRun(seed=seed, device=pick_device(settings.gpus_per_worker > 0), rank=0, world_size=1,
                           model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
                           artifact_dir=artifact_dir, logger=logger)
+            run.set_tags(**{"raysel.world_size": "1", "raysel.device": str(run.device)})
             run.finish(method.train_loop(params, run))
         else:
             _fit_with_ray_train(variant, seed, settings, trial_id, logger.run_id, artifact_dir)
@@ -275,6 +276,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     run = TrainRun(seed=seed, device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
                    model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
                    artifact_dir=Path(config["artifact_dir"]), logger=logger)
+    run.set_tags(**{"raysel.world_size": str(world_size), "raysel.device": str(run.device)})
     run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
 
 

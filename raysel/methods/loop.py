@@ -4,8 +4,8 @@ AdamW, linear schedule with warmup, gradient accumulation, clipping, bf16 autoca
 evaluation every ``eval_every`` optimizer steps, a checkpoint with every evaluation. A method
 customises it with two functions: ``next_batch(step, micro, generator)`` gives the next
 micro-batch (or None to skip it, e.g. a filter rejected it) and ``evaluate(model)`` the metrics.
-Batches are drawn from a generator seeded by (seed, step, micro, rank), so a restarted trial
-replays exactly the batches it would have seen.
+Batches are drawn from a generator seeded by (seed, step, micro, rank) and the dropout RNG state
+is checkpointed, so a restarted trial replays exactly the steps it would have taken.
 """
 from __future__ import annotations
 
@@ -77,11 +77,13 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
                                   weight_decay=params.weight_decay)
     schedule = linear_schedule(optimizer, params.warmup_steps, params.max_steps)
     start, evaluation = 0, {}
+    torch.manual_seed(run.seed + 7919 * run.rank)  # dropout; batches have their own generators
     state = run.restore()
     if state is not None:
         plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
         start, evaluation = state["step"], state["evaluation"]
     else:
         evaluation = evaluate(plain)
@@ -109,7 +111,8 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
             evaluation = evaluate(plain)
             metrics.update(evaluation)
             run.checkpoint({"model": plain.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "step": step, "evaluation": evaluation})
+                            "schedule": schedule.state_dict(), "step": step, "evaluation": evaluation,
+                            "rng": torch.get_rng_state()})
         run.report(step, **metrics)
     return dict(evaluation)
 

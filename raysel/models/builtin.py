@@ -37,10 +37,10 @@ class Builtin:
 
 BUILTINS: dict[str, Builtin] = {
     "tiny-gpt2-random": Builtin(
-        "2-layer GPT-2 (n_embd 64, 2 heads, ctx 256, 0.23M params), deterministic random init, "
+        "2-layer GPT-2 (n_embd 64, 2 heads, ctx 256, 0.24M params), deterministic random init, "
         "byte-level BPE vocab 2000; for fast tests", ("causal_lm", "sequence_classification")),
     "tiny-bert": Builtin(
-        "2-layer BERT (hidden 64, 2 heads, ffn 128, 0.21M params), deterministic random init, "
+        "2-layer BERT (hidden 64, 2 heads, ffn 128, 0.22M params), deterministic random init, "
         "byte-level BPE vocab 2000; for fast tests", ("sequence_classification", "masked_lm")),
     "tiny-gpt2": Builtin(
         "4-layer GPT-2 (n_embd 192, 4 heads, ctx 256, 3.4M params) pretrained on CPU on the built-in "

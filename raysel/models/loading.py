@@ -26,7 +26,8 @@ def hub_offline() -> bool:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", ".\\")) or os.sep + os.sep in name or name.count("/") > 1
+    """Hub names are ``name`` or ``org/name``; anything else that does not exist is a bad path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def _check_local_dir(path: Path, name: str) -> None:

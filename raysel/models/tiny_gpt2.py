@@ -31,6 +31,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from raysel.models import tokenizers as toks
 from raysel.models.cache import cache_dir as default_cache_dir
 from raysel.models.errors import ModelError
+from raysel.models.hf import quiet
 
 NAME = "tiny-gpt2"
 RECIPE_VERSION = 1
@@ -42,7 +43,7 @@ ARCH: dict[str, int] = {"n_layer": 4, "n_embd": 192, "n_head": 4, "n_positions":
 class Recipe:
     """Pretraining hyperparameters (the defaults are what ``raysel prepare`` uses)."""
 
-    steps: int = 1200
+    steps: int = 600
     batch_size: int = 16
     context: int = 128
     lr: float = 2e-3
@@ -186,8 +187,8 @@ def build_model(vocab_size: int, eot_id: int, seed: int = 0) -> GPT2LMHeadModel:
 def prepare_tiny_gpt2(
     cache_dir: str | Path | None = None,
     *,
-    max_minutes: float = 8.0,
-    steps: int = Recipe.steps,
+    max_minutes: float = 8.5,
+    steps: int | None = None,
     progress: bool = True,
     force: bool = False,
     recipe: Recipe | None = None,
@@ -195,12 +196,14 @@ def prepare_tiny_gpt2(
 ) -> Path:
     """Pretrain tiny-gpt2 and cache it; return its directory (at once if already prepared).
 
-    Training stops after ``steps`` optimizer steps or ``max_minutes`` of training, whichever
-    comes first (the cosine schedule follows whichever is further along). ``corpus`` may map
+    Training stops after ``steps`` optimizer steps (default ``Recipe.steps``, 600) or
+    ``max_minutes`` of training, whichever comes first (the cosine schedule follows whichever
+    is further along, so a busy machine gets fewer steps, not a worse schedule). ``corpus`` may map
     "pretrain" and "test" to texts instead of ``raysel.data.load_pydocs``. ``force`` retrains.
     """
     t0 = time.monotonic()
-    r = dataclasses.replace(recipe or Recipe(), steps=steps)
+    r = recipe or Recipe()
+    r = dataclasses.replace(r, steps=steps) if steps is not None else r
     train_texts = list(corpus["pretrain"]) if corpus else pydocs_texts("pretrain")
     sha = toks.corpus_sha256(train_texts)
     final = model_dir(cache_dir)
@@ -215,9 +218,10 @@ def prepare_tiny_gpt2(
         data, test = _encode(raw, train_texts), _encode(raw, test_texts)
         windows = eval_windows(test, r.context, r.eval_windows)
         model = build_model(len(tok), tok.eos_token_id, r.seed)
-        ppl0 = perplexity(model, windows)
-        stats = _train(model, data, r, max_minutes * 60.0, progress)
-        ppl = perplexity(model, windows)
+        with quiet():  # no "pass an attention_mask" warning: windows hold no padding
+            ppl0 = perplexity(model, windows)
+            stats = _train(model, data, r, max_minutes * 60.0, progress)
+            ppl = perplexity(model, windows)
         manifest = {
             "name": NAME, "recipe_version": RECIPE_VERSION, "corpus_sha256": sha,
             "corpus": "raysel.data.load_pydocs('pretrain')" if corpus is None else "custom",
@@ -232,8 +236,9 @@ def prepare_tiny_gpt2(
         }
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{NAME}-"))
         try:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+            with quiet():
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             if final.exists():
                 shutil.rmtree(final)

@@ -90,6 +90,7 @@ def wrap(tok: tk.Tokenizer, style: Style, max_length: int = MAX_LENGTH) -> PreTr
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 

@@ -1,0 +1,51 @@
+"""Shared fixtures: everything offline, one local Ray for the whole session (2 CPUs)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray (2 CPUs, small object store, no dashboard) shared by every test that needs it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def lm_spec(tmp_path):
+    """``lm_spec(**sections)``: a small causal-LM sweep spec on the tiny random GPT-2 (seconds per trial)."""
+    return lambda **sections: tiny_lm_spec(tmp_path, **sections)
+
+
+def tiny_lm_spec(tmp_path, **sections) -> dict:
+    spec = {
+        "name": "t",
+        "method": "standard",
+        "model": {"name": "tiny-gpt2-random"},
+        "data": {"name": "pydocs"},
+        "params": {"task": "causal_lm", "max_steps": 6, "eval_every": 3, "context_len": 32, "batch_size": 8,
+                   "eval_examples": 32},
+        "protocol": {"kind": "seeds", "seeds": [0, 1], "metric": "test_perplexity", "mode": "min"},
+        "resources": {"max_concurrent_trials": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "storage_path": str(tmp_path / "results"),
+    }
+    for key, value in sections.items():
+        if value is None:
+            spec.pop(key, None)
+        elif isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec

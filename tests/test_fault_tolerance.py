@@ -1,0 +1,119 @@
+"""Real faults: a trial process killed mid-run, a sweep interrupted and resumed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+import raysel
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def trial_pids() -> list[int]:
+    """PIDs of Ray Tune function-trainable actors on this machine (their title is ray::ImplicitFunc...)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"ImplicitFunc" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_trial_after_checkpoint(sweep_dir: Path, killed: list[int], timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(sweep_dir.glob("seeds/trial_*/checkpoint_*")):
+            for pid in trial_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.2)
+
+
+def test_a_killed_trial_restarts_from_its_checkpoint_and_logs_no_duplicates(lm_spec):
+    spec = lm_spec(name="crash", params={"max_steps": 60, "eval_every": 10},
+                   protocol={"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"},
+                   resources={"max_failures": 2, "max_concurrent_trials": 1})
+    sweep_dir = Path(spec["storage_path"]) / "crash"
+    killed: list[int] = []
+    watcher = threading.Thread(target=kill_trial_after_checkpoint, args=(sweep_dir, killed), daemon=True)
+    watcher.start()
+    result = raysel.run_sweep(spec, progress=False)
+    watcher.join(timeout=5)
+
+    assert killed, "the trial finished before it could be killed"
+    assert result.num_errors == 0 and result.trials.iloc[0]["step"] == 60
+    (trial_dir,) = sweep_dir.glob("seeds/trial_*")
+    steps = [json.loads(line)["step"] for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert steps.count(0) == 1, "a restart from scratch would evaluate step 0 again"
+    assert steps[-1] == 60 and sorted(set(steps)) == list(range(61))
+    client = mlflow.MlflowClient(result.tracking_uri)
+    runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
+                              filter_string="tags.`raysel.role` = 'trial'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, not a second one
+    logged = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert sorted(logged) == list(range(1, 61))  # replayed steps are not logged twice
+
+
+DRIVER = """
+import sys, raysel
+raysel.run_sweep({spec!r}, progress=False)
+"""
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec, ray_session):
+    address = ray_session.get_runtime_context().gcs_address
+    spec = lm_spec(name="resume", params={"max_steps": 20, "eval_every": 10},
+                   protocol={"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
+                   resources={"max_concurrent_trials": 1}, ray={"address": address})
+    sweep_dir = Path(spec["storage_path"]) / "resume"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec)], start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and _finished_trials(sweep_dir) < 2:
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.5)
+        assert _finished_trials(sweep_dir) >= 2
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C does
+        driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    before = _finished_trials(sweep_dir)
+    assert before < 4, "the sweep finished before the interrupt"
+    parent_before = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
+
+    result = raysel.run_sweep(spec, resume=True, progress=False)
+
+    assert result.num_errors == 0 and sorted(result.trials["seed"]) == [0, 1, 2, 3]
+    assert result.parent_run_id == parent_before
+    client = mlflow.MlflowClient(result.tracking_uri)
+    runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
+                              filter_string="tags.`raysel.role` = 'trial'")
+    seeds = sorted(int(r.data.tags["raysel.seed"]) for r in runs)
+    assert seeds == [0, 1, 2, 3], "one MLflow run per trial: finished trials were not run again"
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, 21))
+
+
+def _finished_trials(sweep_dir: Path) -> int:
+    count = 0
+    for result_file in sweep_dir.glob("seeds/trial_*/result.json"):
+        lines = result_file.read_text().splitlines()
+        if lines and json.loads(lines[-1]).get("done"):
+            count += 1
+    return count

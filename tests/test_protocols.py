@@ -1,0 +1,96 @@
+"""Protocol expansion into phases, per-seed selection and summary statistics (no Ray needed)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from raysel.report import describe, per_seed_selection, summarize
+from raysel.spec import load_spec
+from raysel.sweep import expand, param_space, seeds_phase
+
+
+def spec(kind: str, **protocol):
+    return load_spec({
+        "name": "p",
+        "protocol": {"kind": kind, "metric": "dev_accuracy", "mode": "max", "report_metric": "test_accuracy",
+                     **protocol},
+        "arms": [
+            {"name": "a", "method": "standard", "params": {"task": "classification"},
+             "search_space": {"lr": {"distribution": "categorical", "choices": [1e-5, 1e-4]},
+                              "warmup_steps": {"distribution": "int", "low": 0, "high": 2}}},
+            {"name": "b", "method": "standard", "params": {"task": "classification", "lr": 3e-4},
+             "search_space": {"max_steps": {"distribution": "categorical", "choices": [20, 40]}}},
+        ],
+    })
+
+
+def test_search_runs_one_optuna_phase_per_arm_on_the_search_seed():
+    phases = expand(spec("search", num_samples=5, search_seed=7))
+    assert [p.label for p in phases] == ["search-a", "search-b"]
+    assert all(p.is_search and p.seeds == [7] and p.num_trials == 5 for p in phases)
+    space = param_space(phases[0])
+    assert space["seed"] == 7
+    assert type(space["variant"]["params"]["lr"]).__name__ == "Categorical"
+    assert space["variant"]["params"]["task"] == "classification"
+
+
+def test_seeds_protocol_runs_every_arm_on_the_same_seeds():
+    s = load_spec({"name": "s", "protocol": {"kind": "seeds", "seeds": "5-seed", "metric": "m", "mode": "min"},
+                   "arms": [{"name": "a", "method": "standard", "params": {"lr": 1e-4}},
+                            {"name": "b", "method": "standard", "params": {"lr": 1e-3}}]})
+    (phase,) = expand(s)
+    assert phase.num_trials == 10 and phase.seeds == [13, 21, 42, 87, 100]
+    assert [v["arm"] for v in phase.variants] == ["a", "b"]
+    space = param_space(phase)
+    assert space["seed"] == {"grid_search": [13, 21, 42, 87, 100]}
+
+
+def test_the_50_run_protocol_is_seeds_0_to_49():
+    s = load_spec({"name": "s", "method": "standard", "protocol": {"kind": "seeds", "metric": "m", "mode": "min"}})
+    assert expand(s)[0].seeds == list(range(50))
+
+
+def test_per_seed_grid_enumerates_the_grid_for_every_seed():
+    (phase,) = expand(spec("per_seed_grid", seeds=[1, 2, 3]))
+    # arm a: 2 lr × 3 warmup values; arm b: 2 max_steps values
+    assert len(phase.variants) == 2 * 3 + 2
+    assert phase.num_trials == 8 * 3
+    lrs = sorted({(v["params"]["lr"], v["params"]["warmup_steps"]) for v in phase.variants if v["arm"] == "a"})
+    assert lrs == [(1e-5, 0), (1e-5, 1), (1e-5, 2), (1e-4, 0), (1e-4, 1), (1e-4, 2)]
+
+
+def test_search_then_seeds_uses_each_arms_best_config():
+    s = spec("search+seeds", seeds=[5, 6])
+    assert [p.stage for p in expand(s)] == ["search", "search"]
+    phase = seeds_phase(s, {"a": {"task": "classification", "lr": 1e-4, "warmup_steps": 1},
+                            "b": {"task": "classification", "lr": 3e-4, "max_steps": 40}})
+    assert phase.stage == "seeds" and phase.seeds == [5, 6] and phase.num_trials == 4
+    assert phase.variants[0]["params"]["lr"] == 1e-4 and phase.variants[1]["params"]["max_steps"] == 40
+
+
+def test_describe_gives_mean_se_std():
+    stats = describe(pd.Series([1.0, 2.0, 3.0, 4.0]))
+    assert stats["n"] == 4 and stats["mean"] == 2.5 and stats["median"] == 2.5
+    assert stats["std"] == pytest.approx(1.2909944, rel=1e-6)
+    assert stats["se"] == pytest.approx(1.2909944 / 2, rel=1e-6)
+    assert math.isnan(describe(pd.Series([1.0]))["se"])
+
+
+def test_per_seed_selection_picks_the_dev_best_config_per_seed():
+    trials = pd.DataFrame({
+        "arm": ["a"] * 4, "seed": [1, 1, 2, 2], "stage": ["grid"] * 4, "params.lr": [1e-5, 1e-4, 1e-5, 1e-4],
+        "dev_accuracy": [0.5, 0.7, 0.9, 0.6], "test_accuracy": [0.40, 0.60, 0.80, 0.95]})
+    chosen = per_seed_selection(trials, "dev_accuracy", "max", "test_accuracy")
+    assert chosen["test_accuracy"].tolist() == [0.60, 0.80]  # not the test-best 0.95
+    summary = summarize(trials, spec("per_seed_grid").protocol)
+    row = summary.iloc[0]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.70) and row["std"] == pytest.approx(0.10)  # population std
+
+
+def test_seeds_summary_uses_the_seeds_stage_only():
+    trials = pd.DataFrame({"arm": ["a", "a", "a"], "seed": [0, 1, 2], "stage": ["search", "seeds", "seeds"],
+                           "dev_accuracy": [0.1, 0.2, 0.3], "test_accuracy": [0.9, 0.5, 0.7]})
+    row = summarize(trials, spec("search+seeds").protocol).iloc[0]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.6)

@@ -1,0 +1,128 @@
+"""The standard fine-tuning method and the shared loop, without Ray (raysel.trial.LocalRun)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raysel.methods import get_method
+from raysel.methods.loop import linear_schedule
+from raysel.metrics import accuracy, perplexity, squad_em, squad_f1
+from raysel.spec import DataSpec, ModelSpec
+from raysel.trial import LocalRun
+
+standard = get_method("standard")
+
+
+def lm_run(seed: int = 0, **params):
+    run = _local(seed)
+    defaults = dict(max_steps=8, eval_every=4, context_len=32, batch_size=8, eval_examples=32, lr=3e-3)
+    final = standard.train_loop(standard.Params(**{**defaults, **params}), run)
+    return run, final
+
+
+def test_causal_lm_perplexity_falls_and_steps_are_the_loops():
+    run, final = lm_run()
+    assert [r["step"] for r in run.results] == list(range(0, 9))
+    first, last = run.results[0], run.results[-1]
+    assert first["step"] == 0 and "train_loss" not in first  # the untrained model, before any step
+    assert last["test_perplexity"] < 0.8 * first["test_perplexity"]
+    assert final == {"dev_perplexity": last["dev_perplexity"], "test_perplexity": last["test_perplexity"]}
+    assert all(math.isfinite(r["train_loss"]) for r in run.results[1:])
+    assert all("test_perplexity" in r for r in run.results)  # Tune sees the latest evaluation every step
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    _, a = lm_run(seed=1, max_steps=4)
+    _, b = lm_run(seed=1, max_steps=4)
+    _, c = lm_run(seed=2, max_steps=4)
+    assert a == b
+    assert a != c
+
+
+def test_a_restored_trial_finishes_exactly_like_an_uninterrupted_one():
+    params = standard.Params(max_steps=8, eval_every=4, context_len=32, batch_size=8, eval_examples=32, lr=3e-3)
+    full = _local(seed=3)
+    final_full = standard.train_loop(params, full)
+    crashed = _StopAfter(4, seed=3)
+    with pytest.raises(_Stop):
+        standard.train_loop(params, crashed)
+    assert crashed.saved_state["step"] == 4
+    resumed = _local(seed=3)
+    resumed.saved_state = crashed.saved_state
+    torch.manual_seed(12345)  # the global RNG state must not matter: batches come from (seed, step)
+    final_resumed = standard.train_loop(params, resumed)
+    assert [r["step"] for r in resumed.results] == [5, 6, 7, 8]
+    assert final_resumed == pytest.approx(final_full, rel=1e-6)
+    assert [r["train_loss"] for r in resumed.results] == pytest.approx([r["train_loss"] for r in full.results[5:]])
+
+
+def _local(seed: int) -> LocalRun:
+    return LocalRun(seed=seed, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="pydocs"),
+                    device=torch.device("cpu"))
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter(LocalRun):
+    """A run that dies right after reporting ``step`` (a crash after a checkpoint)."""
+
+    def __init__(self, step: int, seed: int):
+        super().__init__(seed=seed, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="pydocs"),
+                         device=torch.device("cpu"))
+        self.stop_step = step
+
+    def report(self, step: int, **metrics: float) -> None:
+        super().report(step, **metrics)
+        if step == self.stop_step:
+            raise _Stop
+
+
+def test_classification_reports_dev_and_test_accuracy():
+    run = LocalRun(seed=13, model=ModelSpec(name="tiny-bert"), data=DataSpec(name="pydocs-topics", k=4),
+                   device=torch.device("cpu"))
+    final = standard.train_loop(standard.Params(task="classification", max_steps=4, eval_every=2, batch_size=4,
+                                                eval_examples=25), run)
+    assert set(final) == {"dev_accuracy", "test_accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in final.values())
+    # 25 test examples: accuracy is a multiple of 1/25
+    assert final["test_accuracy"] * 25 == pytest.approx(round(final["test_accuracy"] * 25), abs=1e-6)
+
+
+def test_gradient_accumulation_and_clipping_params_are_used():
+    run, _ = lm_run(max_steps=2, eval_every=2, grad_accum=2, batch_size=8, max_grad_norm=0.5)
+    assert [r["step"] for r in run.results] == [0, 1, 2]
+    with pytest.raises(ValueError, match="divisible by grad_accum"):
+        standard.Params(batch_size=6, grad_accum=4)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = linear_schedule(optimizer, warmup_steps=2, max_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] < lrs[1] < lrs[2] == 1.0
+    assert lrs[2] > lrs[3] > lrs[4] > lrs[5] > 0
+    assert schedule.get_last_lr()[0] == 0.0
+
+
+def test_metrics():
+    class Uniform(torch.nn.Module):
+        def __init__(self, vocab: int):
+            super().__init__()
+            self.vocab, self.w = vocab, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None):
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
+
+    assert perplexity(Uniform(50), torch.randint(0, 50, (4, 10))) == pytest.approx(50.0)
+    assert accuracy([1, 0, 1], [1, 1, 1]) == pytest.approx(2 / 3)
+    assert squad_em("The Eiffel tower!", ["eiffel tower"]) == 1.0
+    assert squad_f1("in the year 1889", ["1889"]) == pytest.approx(2 * (1 / 3) / (1 / 3 + 1))
+    assert squad_f1("", ["x"]) == 0.0

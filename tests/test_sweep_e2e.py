@@ -1,0 +1,128 @@
+"""End to end on a real local Ray (2 CPUs), real Optuna and a real MLflow SQLite store."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+import raysel
+from raysel.spec import SpecError
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def children(result) -> list:
+    client = mlflow.MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+
+
+def steps(result, run_id: str, key: str) -> list[int]:
+    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(run_id, key)
+    return sorted(m.step for m in history)
+
+
+def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
+    spec = lm_spec(
+        name="search",
+        search_space={"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2},
+                      "warmup_steps": {"distribution": "categorical", "choices": [0, 2]}},
+        protocol={"kind": "search", "num_samples": 3, "metric": "dev_perplexity", "mode": "min",
+                  "report_metric": "test_perplexity", "search_seed": 3},
+    )
+    result = raysel.run_sweep(spec, progress=False)
+
+    assert len(result.trials) == 3 and result.num_errors == 0
+    lrs = result.trials["params.lr"]
+    assert lrs.between(1e-4, 1e-2).all() and lrs.nunique() == 3  # TPE's samples, not one fixed value
+    best = result.trials.sort_values("dev_perplexity").iloc[0]
+    assert result.best_config["lr"] == pytest.approx(best["params.lr"])
+    assert result.best_config["max_steps"] == 6
+    assert (result.trials["step"] == 6).all()
+
+    client = mlflow.MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["raysel.role"] == "sweep" and parent.info.status == "FINISHED"
+    runs = children(result)
+    assert len(runs) == 3
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert tags["raysel.method"] == "standard" and tags["raysel.arm"] == "standard"
+        assert tags["raysel.stage"] == "search" and tags["raysel.protocol"] == "search" and tags["raysel.seed"] == "3"
+        assert tags["raysel.trial_id"] in set(result.trials["trial_id"])
+        assert run.data.params["params.max_steps"] == "6" and run.data.params["model.name"] == "tiny-gpt2-random"
+        assert float(run.data.params["params.lr"]) in set(lrs)
+        # the loop's own global step: evaluations at 0, 3, 6; training loss at every optimizer step
+        assert steps(result, run.info.run_id, "test_perplexity") == [0, 3, 6]
+        assert steps(result, run.info.run_id, "train_loss") == [1, 2, 3, 4, 5, 6]
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert {"report/summary.csv", "report/trials.csv", "report/best_configs.json"} <= artifacts
+    assert (result.storage_path / "summary.csv").exists()
+
+
+def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec):
+    spec = lm_spec(name="arms", method=None, params=None,
+                   arms=[{"name": "slow", "method": "standard",
+                          "params": {**lm_spec()["params"], "lr": 1e-4}},
+                         {"name": "fast", "method": "standard",
+                          "params": {**lm_spec()["params"], "lr": 3e-3}}])
+    result = raysel.run_sweep(spec, progress=False)
+
+    assert result.num_errors == 0 and len(result.trials) == 4
+    seeds = result.trials.groupby("arm")["seed"].apply(sorted).to_dict()
+    assert seeds == {"slow": [0, 1], "fast": [0, 1]}
+    summary = result.summary.set_index("arm")
+    assert set(summary.index) == {"slow", "fast"} and (summary["n"] == 2).all()
+    assert summary.loc["fast", "metric"] == "test_perplexity"
+    # a 30× larger learning rate moves a random tiny GPT-2 much further in 6 steps
+    assert summary.loc["fast", "mean"] < summary.loc["slow", "mean"]
+    assert len(children(result)) == 4
+
+
+def test_per_seed_grid_selects_on_dev_per_data_seed(tmp_path, lm_spec):
+    spec = lm_spec(
+        name="grid",
+        model={"name": "tiny-bert"}, data={"name": "pydocs-topics", "k": 4},
+        params={"task": "classification", "max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_examples": 40},
+        search_space={"lr": {"distribution": "categorical", "choices": [1e-4, 1e-3]}},
+        protocol={"kind": "per_seed_grid", "seeds": [13, 21], "metric": "dev_accuracy", "mode": "max",
+                  "report_metric": "test_accuracy"},
+    )
+    result = raysel.run_sweep(spec, progress=False)
+
+    assert result.num_errors == 0 and len(result.trials) == 4
+    assert sorted(map(tuple, result.trials[["seed", "params.lr"]].values.tolist())) == \
+        [(13, 1e-4), (13, 1e-3), (21, 1e-4), (21, 1e-3)]
+    row = result.summary.iloc[0]
+    assert row["n"] == 2 and 0.0 <= row["mean"] <= 1.0
+    chosen = []
+    for seed, group in result.trials.groupby("seed"):
+        chosen.append(group.sort_values("dev_accuracy", ascending=False, kind="stable").iloc[0]["test_accuracy"])
+    assert row["mean"] == pytest.approx(sum(chosen) / 2)
+
+
+def test_search_then_seeds_reruns_the_best_config_on_every_seed(lm_spec):
+    spec = lm_spec(
+        name="search-seeds",
+        search_space={"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2}},
+        protocol={"kind": "search+seeds", "num_samples": 2, "seeds": [4, 5], "metric": "dev_perplexity",
+                  "mode": "min", "report_metric": "test_perplexity"},
+    )
+    result = raysel.run_sweep(spec, progress=False)
+
+    assert result.num_errors == 0
+    assert result.trials["stage"].value_counts().to_dict() == {"search": 2, "seeds": 2}
+    seeds_rows = result.trials[result.trials["stage"] == "seeds"]
+    assert sorted(seeds_rows["seed"]) == [4, 5]
+    assert (seeds_rows["params.lr"] == result.best_config["lr"]).all()
+    assert result.summary.iloc[0]["n"] == 2
+    assert len(children(result)) == 4
+
+
+def test_a_second_sweep_with_the_same_name_needs_resume(lm_spec):
+    spec = lm_spec(name="twice", protocol={"kind": "seeds", "seeds": [0], "metric": "test_perplexity",
+                                           "mode": "min"})
+    raysel.run_sweep(spec, progress=False)
+    with pytest.raises(SpecError, match="--resume"):
+        raysel.run_sweep(spec, progress=False)
