@@ -95,36 +95,17 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _preflight(spec) -> None:
-    """Fail on missing models/data before Ray starts (and before anything is logged)."""
-    from raysel.models import is_builtin, load_model
-    from raysel.models.errors import ModelError
-
-    for arm in spec.resolved_arms():
-        name = arm.model.name
-        if is_builtin(name) or Path(name).exists():
-            try:
-                load_model(name, "causal_lm" if "gpt" in name else "sequence_classification")
-            except ModelError:
-                raise
-            except Exception:  # a task mismatch is the method's business; existence is what we check
-                pass
-
-
 def cmd_sweep(args) -> int:
     from raysel.spec import load_spec
     from raysel.sweep import run_sweep
 
     spec = load_spec(args.spec, args.overrides + ([f"ray.address={args.address}"] if args.address else []))
-    _preflight(spec)
     result = run_sweep(spec, resume=args.resume, progress=not args.no_progress)
     _print_result(result)
     return 1 if result.num_errors else 0
 
 
 def _print_result(result) -> None:
-    from raysel.report import markdown_table  # noqa: F401  (same numbers as the artifact)
-
     table = Table(title=f"sweep {result.name}: summary")
     for column in result.summary.columns:
         table.add_column(str(column), justify="right" if column not in ("arm", "metric") else "left")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from raysel.methods import get_method
 from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform,
                          grid_values, is_distribution, load_spec, parse_overrides)
 from raysel.tracking import (TrackingInfo, end_run, ensure_experiment, log_artifacts, log_summary_metrics,
@@ -166,6 +167,15 @@ def _plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- running
+def preflight(spec: SweepSpec) -> None:
+    """Each arm's method checks that its model and data can be loaded, before anything starts."""
+    for arm in spec.resolved_arms():
+        method = get_method(arm.method)
+        check = getattr(method, "preflight", None)
+        if check is not None:
+            check(method.Params.model_validate(arm.params), arm.model, arm.data, spec.protocol.seed_list)
+
+
 def _init_ray(spec: SweepSpec) -> bool:
     """Join the spec's (or RAY_ADDRESS's) cluster, or start a local one. True if we started it."""
     import ray
@@ -238,6 +248,7 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
     if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise SpecError([f"storage_path: {sweep_dir} already holds a sweep named {spec.name!r}; "
                          "continue it with --resume, or choose another name (--set name=...) or storage_path"])
+    preflight(spec)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # not every step reports every metric
     started_ray = _init_ray(spec)
     try:

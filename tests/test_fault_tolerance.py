@@ -114,6 +114,6 @@ def _finished_trials(sweep_dir: Path) -> int:
     count = 0
     for result_file in sweep_dir.glob("seeds/trial_*/result.json"):
         lines = result_file.read_text().splitlines()
-        if lines and json.loads(lines[-1]).get("done"):
+        if lines and json.loads(lines[-1]).get("step") == 20:  # its last step (max_steps)
             count += 1
     return count

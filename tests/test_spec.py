@@ -222,3 +222,20 @@ def test_cli_validate_accepts_a_good_spec_with_overrides(tmp_path):
                 cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "2 trial(s)" in done.stdout.replace("\n", " ")
+
+
+@pytest.mark.parametrize("section,value,expected", [
+    ("model", {"name": "gpt2"}, "HF_HUB_OFFLINE is set"),
+    ("model", {"name": "minilm"}, "cannot do 'causal_lm'"),
+    ("data", {"name": "/no/such/corpus.txt"}, "corpus.txt"),
+])
+def test_cli_rejects_a_model_or_data_that_cannot_load_before_ray_starts(tmp_path, section, value, expected):
+    raw = {"name": "pre", "method": "standard", "params": {"max_steps": 2},
+           "protocol": {"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"},
+           "storage_path": str(tmp_path / "results"), section: value}
+    path = tmp_path / "pre.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = _cli("sweep", str(path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr.replace("\n", " ") and "Traceback" not in done.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()

@@ -126,3 +126,21 @@ def test_a_second_sweep_with_the_same_name_needs_resume(lm_spec):
     raysel.run_sweep(spec, progress=False)
     with pytest.raises(SpecError, match="--resume"):
         raysel.run_sweep(spec, progress=False)
+
+
+def test_asha_stops_trials_early_and_their_runs_are_closed(lm_spec):
+    spec = lm_spec(
+        name="asha", params={"max_steps": 8, "eval_every": 2},
+        search_space={"lr": {"distribution": "loguniform", "low": 1e-6, "high": 1e-2}},
+        protocol={"kind": "search", "num_samples": 6, "metric": "dev_perplexity", "mode": "min", "search_seed": 1},
+        scheduler={"kind": "asha", "grace_period": 2, "reduction_factor": 2, "max_t": 8},
+    )
+    result = raysel.run_sweep(spec, progress=False)
+
+    assert result.num_errors == 0 and len(result.trials) == 6
+    assert set(result.trials["step"]) <= {2, 4, 6, 8}
+    runs = children(result)
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    stopped = {r.data.tags["raysel.trial_id"] for r in runs if r.data.tags.get("raysel.stopped_early") == "true"}
+    assert stopped == set(result.trials.loc[result.trials["step"] < 8, "trial_id"])
+    assert (result.trials["step"] == 8).any()

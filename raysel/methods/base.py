@@ -55,3 +55,6 @@ class Method(Protocol):
 
     def train_loop(self, params: MethodParams, run: RunContext) -> dict[str, float]:
         """Train and evaluate; return the final metrics."""
+
+    # Optional: ``preflight(params, model_spec, data_spec, seeds)`` raises ModelError / DataError
+    # for a model or data set that cannot be loaded; the sweep calls it before Ray starts.

@@ -16,6 +16,8 @@ from raysel.methods.base import RunContext
 from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import accuracy, perplexity
 from raysel.models import load_model
+from raysel.models.check import check_model
+from raysel.spec import DataSpec, ModelSpec
 
 
 class StandardParams(LoopParams):
@@ -29,6 +31,15 @@ class StandardParams(LoopParams):
 class Standard:
     name: ClassVar[str] = "standard"
     Params: ClassVar[type[StandardParams]] = StandardParams
+
+    def preflight(self, params: StandardParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
+        """Before Ray starts: the model can be found and the data loads (else ModelError/DataError)."""
+        check_model(model.name, "causal_lm" if params.task == "causal_lm" else "sequence_classification")
+        if params.task == "causal_lm":
+            lm_splits(data)
+        else:
+            for seed in seeds if data.k else seeds[:1]:
+                classification_splits(data, seed=seed)
 
     def train_loop(self, params: StandardParams, run: RunContext) -> dict[str, float]:
         if params.task == "causal_lm":

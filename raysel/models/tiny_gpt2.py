@@ -240,6 +240,9 @@ def prepare_tiny_gpt2(
                 model.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            for f in tmp.iterdir():  # mkdtemp and safetensors make owner-only files
+                f.chmod(0o644)
+            tmp.chmod(0o755)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

@@ -1,0 +1,67 @@
+"""MLflow helpers (flattening, secret redaction, URIs, run reuse) and the progress display."""
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import mlflow
+from rich.console import Console
+
+from raysel.progress import SweepProgress
+from raysel.tracking import (REDACTED, TrackingInfo, TrialLogger, ensure_experiment, flatten, loggable_params,
+                             redact, resolve_uri)
+
+
+def test_flatten_nested_params():
+    assert flatten({"params": {"lr": 1e-4, "opt": {"eps": 1e-8}}, "seed": 3}) == \
+        {"params.lr": 1e-4, "params.opt.eps": 1e-8, "seed": 3}
+
+
+def test_secret_looking_values_are_never_logged():
+    flat = redact({"params.hf_token": "hf_abc", "tracking.password": "pw", "api_key": "k", "data.key": "x",
+                   "aws.secret": "s", "params.lr": 1e-4, "params.keyword": "kept", "params.monkey_count": 3,
+                   "data.name": "https://user:hunter2@example.com/data.txt"})
+    assert flat["params.hf_token"] == flat["tracking.password"] == flat["api_key"] == REDACTED
+    assert flat["data.key"] == flat["aws.secret"] == REDACTED
+    assert flat["params.lr"] == 1e-4 and flat["params.keyword"] == "kept" and flat["params.monkey_count"] == 3
+    assert "hunter2" not in flat["data.name"] and "user:***@example.com" in flat["data.name"]
+    assert all(isinstance(v, str) for v in loggable_params({"a": {"b": [1, 2]}}).values())
+
+
+def test_relative_sqlite_uris_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_a_restarted_trial_reuses_its_run_and_secrets_stay_out(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    info = TrackingInfo(uri=uri, experiment_id=ensure_experiment(uri, "e"), sweep="s")
+    first = TrialLogger(info, "trial-1", "run", {"raysel.arm": "a"}, {"params": {"lr": 0.1, "hub_token": "xyz"}})
+    first.log_metrics(3, {"loss": 1.5, "note": "not a number"})
+    first.finish("FAILED")
+    again = TrialLogger(info, "trial-1", "run", {"raysel.arm": "a"}, {"params": {"lr": 0.1}})
+    assert again.run_id == first.run_id
+    run = mlflow.MlflowClient(uri).get_run(again.run_id)
+    assert run.info.status == "RUNNING" and run.data.params["params.hub_token"] == REDACTED
+    assert run.data.metrics == {"loss": 1.5}
+    other = TrialLogger(info, "trial-2", "run", {}, {})
+    assert other.run_id != first.run_id
+
+
+def test_progress_counts_trials_and_tracks_the_best_metric():
+    out = io.StringIO()
+    progress = SweepProgress("s", "seeds", 3, "test_perplexity", "min", console=Console(file=out, width=120))
+    trial = lambda i, **last: SimpleNamespace(trial_id=f"t{i}", last_result=last, path=f"/tmp/t{i}")  # noqa: E731
+    with progress:
+        for i in range(3):
+            progress.on_trial_start(0, [], trial(i))
+        progress.on_trial_result(0, [], trial(0), {"test_perplexity": 50.0})
+        progress.on_trial_result(0, [], trial(1), {"test_perplexity": 40.0})
+        progress.on_trial_result(0, [], trial(1), {"test_perplexity": float("nan")})
+        progress.on_trial_complete(0, [], trial(0, test_perplexity=50.0, step=6, done=True))
+        progress.on_trial_error(0, [], trial(2))
+    assert progress.best == 40.0 and progress.done == 1 and progress.failed == 1 and progress.running == {"t1"}
+    text = out.getvalue()
+    assert "trial t0 done: test_perplexity=50" in text and "trial t2 failed" in text
+    assert "best test_perplexity 40" in text
