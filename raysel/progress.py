@@ -1,8 +1,8 @@
 """Live sweep progress in the terminal (a Ray Tune callback on the driver).
 
 Shows trials done / running / failed and the best metric so far, prints one line per finished
-trial, and closes the MLflow run of a trial that Tune stopped early (ASHA) or that died without
-closing its own run.
+trial, and closes the MLflow run of a trial that ended without closing its own run (a killed
+process).
 """
 from __future__ import annotations
 
@@ -77,28 +77,25 @@ class SweepProgress(Callback):
         self.running.discard(trial.trial_id)
         self.done += 1
         last = trial.last_result or {}
-        stopped_early = not last.get("done", False)
-        self._close_run(last.get("mlflow_run_id"), "FINISHED", stopped_early)
+        self._close_run(last.get("mlflow_run_id"), "FINISHED")
         value = last.get(self.metric)
         shown = f"{value:.4g}" if isinstance(value, (int, float)) else "–"
-        self._log(f"trial {trial.trial_id} {'stopped early' if stopped_early else 'done'}: "
+        self._log(f"trial {trial.trial_id} done: "
                   f"{self.metric}={shown} at step {last.get('step', '–')}")
         self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.failed += 1
-        self._close_run((trial.last_result or {}).get("mlflow_run_id"), "FAILED", False)
+        self._close_run((trial.last_result or {}).get("mlflow_run_id"), "FAILED")
         self._log(f"[red]trial {trial.trial_id} failed[/red] (see {trial.path})")
         self._refresh()
 
-    def _close_run(self, run_id: str | None, status: str, stopped_early: bool) -> None:
+    def _close_run(self, run_id: str | None, status: str) -> None:
         if not (self.tracking_uri and run_id):
             return
         import mlflow
 
         client = mlflow.MlflowClient(self.tracking_uri)
-        if stopped_early:
-            client.set_tag(run_id, "raysel.stopped_early", "true")
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status=status)

@@ -9,7 +9,6 @@ A trial's config has two keys: ``variant`` (arm, method, stage, params, model, d
 """
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -227,6 +226,13 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             run.finish(method.train_loop(params, run))
         else:
             _fit_with_ray_train(variant, seed, settings, trial_id, logger.run_id, artifact_dir)
+    except SystemExit as stop:  # how Ray Tune ends a trial its scheduler stopped (ASHA, also at max_t)
+        if stop.code not in (0, None):
+            logger.finish("FAILED")
+            raise
+        logger.set_tags({"raysel.stopped_by_scheduler": "true"})
+        logger.finish("FINISHED")
+        raise
     except BaseException:
         logger.finish("FAILED")
         raise

@@ -57,8 +57,11 @@ def test_a_killed_trial_restarts_from_its_checkpoint_and_logs_no_duplicates(lm_s
     assert result.num_errors == 0 and result.trials.iloc[0]["step"] == 60
     (trial_dir,) = sweep_dir.glob("seeds/trial_*")
     steps = [json.loads(line)["step"] for line in (trial_dir / "result.json").read_text().splitlines()]
-    assert steps.count(0) == 1, "a restart from scratch would evaluate step 0 again"
-    assert steps[-1] == 60 and sorted(set(steps)) == list(range(61))
+    restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    after_restart = steps[restarts[-1]:] if restarts else steps  # Ray may or may not keep the first life's lines
+    assert after_restart[0] > 0 and (after_restart[0] - 1) % 10 == 0, \
+        f"the restarted trial must resume right after a checkpoint (every 10 steps), not at step 0: {steps[:5]}"
+    assert after_restart == list(range(after_restart[0], 61))
     client = mlflow.MlflowClient(result.tracking_uri)
     runs = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
                               filter_string="tags.`raysel.role` = 'trial'")

@@ -30,11 +30,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from raysel.models import tokenizers as toks
 from raysel.models.cache import cache_dir as default_cache_dir
+from raysel.metrics import perplexity
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet
 
 NAME = "tiny-gpt2"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: a fixed 300-step budget (1 was time-capped)
 VOCAB_SIZE = 8192
 ARCH: dict[str, int] = {"n_layer": 4, "n_embd": 192, "n_head": 4, "n_positions": 256}
 
@@ -43,7 +44,7 @@ ARCH: dict[str, int] = {"n_layer": 4, "n_embd": 192, "n_head": 4, "n_positions":
 class Recipe:
     """Pretraining hyperparameters (the defaults are what ``raysel prepare`` uses)."""
 
-    steps: int = 600
+    steps: int = 300  # beyond ~300 steps the 190k-token corpus starts to overfit
     batch_size: int = 16
     context: int = 128
     lr: float = 2e-3
@@ -98,20 +99,6 @@ def eval_windows(ids: torch.Tensor, context: int, limit: int) -> torch.Tensor:
     return all_windows[torch.linspace(0, n - 1, min(n, limit)).round().long()]
 
 
-@torch.no_grad()
-def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 32) -> float:
-    """exp(mean next-token cross-entropy) over all predicted positions of ``windows``."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for b in windows.split(batch_size):
-        logits = model(input_ids=b).logits[:, :-1]
-        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), b[:, 1:].reshape(-1), reduction="sum").item()
-        count += b[:, 1:].numel()
-    model.train(was_training)
-    return math.exp(total / count)
-
-
 def _lr(r: Recipe, step: int, done: float) -> float:
     """Linear warmup over ``r.warmup`` steps, then cosine from lr to lr*min_lr_ratio as ``done`` goes 0→1."""
     warm = min(1.0, (step + 1) / r.warmup)
@@ -143,7 +130,7 @@ def _bar(enabled: bool, total: int) -> Iterator[Any]:
         yield lambda advance=1, info="": p.update(task, advance=advance, info=info)
 
 
-def _train(model: GPT2LMHeadModel, data: torch.Tensor, r: Recipe, max_seconds: float,
+def _train(model: GPT2LMHeadModel, data: torch.Tensor, r: Recipe, max_seconds: float | None,
            progress: bool) -> dict[str, Any]:
     """The pretraining loop: random windows, AdamW, clipped grads; stops at r.steps or max_seconds."""
     gen = torch.Generator().manual_seed(r.seed)
@@ -153,7 +140,9 @@ def _train(model: GPT2LMHeadModel, data: torch.Tensor, r: Recipe, max_seconds: f
     stopped_by = "steps"
     with _bar(progress, r.steps) as update:
         while step < r.steps:
-            done = max(step / r.steps, (time.monotonic() - start) / max_seconds)
+            done = step / r.steps
+            if max_seconds is not None:
+                done = max(done, (time.monotonic() - start) / max_seconds)
             if done >= 1.0:
                 stopped_by = "time"
                 break
@@ -187,7 +176,7 @@ def build_model(vocab_size: int, eot_id: int, seed: int = 0) -> GPT2LMHeadModel:
 def prepare_tiny_gpt2(
     cache_dir: str | Path | None = None,
     *,
-    max_minutes: float = 8.5,
+    max_minutes: float | None = None,
     steps: int | None = None,
     progress: bool = True,
     force: bool = False,
@@ -196,9 +185,10 @@ def prepare_tiny_gpt2(
 ) -> Path:
     """Pretrain tiny-gpt2 and cache it; return its directory (at once if already prepared).
 
-    Training stops after ``steps`` optimizer steps (default ``Recipe.steps``, 600) or
-    ``max_minutes`` of training, whichever comes first (the cosine schedule follows whichever
-    is further along, so a busy machine gets fewer steps, not a worse schedule). ``corpus`` may map
+    Training runs ``steps`` optimizer steps (default ``Recipe.steps``, 300), so the model is the
+    same on every machine; ``max_minutes`` optionally caps the time (the cosine schedule then
+    follows whichever budget is further along, so a busy machine gets fewer steps, not a worse
+    schedule). ``corpus`` may map
     "pretrain" and "test" to texts instead of ``raysel.data.load_pydocs``. ``force`` retrains.
     """
     t0 = time.monotonic()
@@ -210,7 +200,7 @@ def prepare_tiny_gpt2(
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final.parent / f".{NAME}.lock")):
         old = read_manifest(final.parent)
-        if old and old.get("corpus_sha256") == sha and not force:
+        if old and old.get("corpus_sha256") == sha and old.get("recipe_version") == RECIPE_VERSION and not force:
             return final
         test_texts = list(corpus["test"]) if corpus else pydocs_texts("test")
         raw = toks.train_bpe(train_texts, VOCAB_SIZE, "gpt2")
@@ -220,7 +210,7 @@ def prepare_tiny_gpt2(
         model = build_model(len(tok), tok.eos_token_id, r.seed)
         with quiet():  # no "pass an attention_mask" warning: windows hold no padding
             ppl0 = perplexity(model, windows)
-            stats = _train(model, data, r, max_minutes * 60.0, progress)
+            stats = _train(model, data, r, None if max_minutes is None else max_minutes * 60.0, progress)
             ppl = perplexity(model, windows)
         manifest = {
             "name": NAME, "recipe_version": RECIPE_VERSION, "corpus_sha256": sha,
