@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -101,11 +102,27 @@ def cmd_sweep(args) -> int:
 
     spec = load_spec(args.spec, args.overrides + ([f"ray.address={args.address}"] if args.address else []))
     result = run_sweep(spec, resume=args.resume, progress=not args.no_progress)
-    _print_result(result)
+    _print_result(result, [spec.protocol.metric, spec.protocol.compared_metric])
     return 1 if result.num_errors else 0
 
 
-def _print_result(result) -> None:
+def _print_trials(result, metrics: list[str], limit: int = 20) -> None:
+    """Each trial's varying params and final metrics (small sweeps only)."""
+    trials = result.trials
+    if trials.empty or len(trials) > limit:
+        return
+    varying = [c for c in trials.columns if c.startswith("params.") and trials[c].astype(str).nunique() > 1]
+    columns = ["arm", "stage", "seed", *varying, *[m for m in dict.fromkeys(metrics) if m in trials], "step"]
+    table = Table(title=f"sweep {result.name}: trials")
+    for column in columns:
+        table.add_column(column.removeprefix("params."), justify="left" if column in ("arm", "stage") else "right")
+    for row in trials[columns].itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+def _print_result(result, metrics: list[str]) -> None:
+    _print_trials(result, metrics)
     table = Table(title=f"sweep {result.name}: summary")
     for column in result.summary.columns:
         table.add_column(str(column), justify="right" if column not in ("arm", "metric") else "left")
@@ -188,9 +205,10 @@ def cmd_quickstart(args) -> int:
     from raysel.sweep import run_sweep
 
     cmd_prepare(args)
-    spec = load_spec(QUICKSTART, args.overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S")  # a new sweep each time; `--set name=...` to choose
+    spec = load_spec(QUICKSTART, [f"name=quickstart-{stamp}", *args.overrides])
     result = run_sweep(spec, resume=False, progress=True)
-    _print_result(result)
+    _print_result(result, [spec.protocol.metric, spec.protocol.compared_metric])
     return 1 if result.num_errors else 0
 
 

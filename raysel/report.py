@@ -4,7 +4,7 @@
 - seeds / search+seeds: the seeds-stage trials' final metric, n, mean, SE, std, median, min, max;
 - per_seed_grid: per seed the dev-best config (on ``metric``), then its ``report_metric`` over seeds
   (mean and population std, as LM-BFF reports);
-- search: the best trial per arm.
+- search: per arm the best trial (on ``metric``) and its ``report_metric``.
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def summarize(trials: pd.DataFrame, protocol: ProtocolSpec) -> pd.DataFrame:
     elif protocol.kind == "search":
         for arm, group in trials.dropna(subset=[protocol.metric]).groupby("arm", sort=False):
             best = group.sort_values(protocol.metric, ascending=protocol.mode == "min").iloc[0]
-            rows.append({"arm": arm, "metric": metric, **describe(pd.Series([best[metric]])),
-                         "best_trial": best.get("trial_id")})
+            rows.append({"arm": arm, "trials": len(group), "best_trial": best.get("trial_id"),
+                         protocol.metric: best[protocol.metric], metric: best[metric]})
     else:
         seeds = trials[trials["stage"] == "seeds"]
         for arm, group in seeds.groupby("arm", sort=False):

@@ -340,10 +340,11 @@ def _finish(spec: SweepSpec, result: SweepResult) -> None:
         files = [result.storage_path / n for n in ("trials.csv", "summary.csv", "best_configs.json")]
         log_artifacts(result.tracking_uri, result.parent_run_id, files, "report")
         metrics = {}
-        for _, row in result.summary.iterrows():
-            for column in ("mean", "se", "std"):
-                if column in row and _present(row[column]):
-                    metrics[f"{row['arm']}.{row['metric']}.{column}"] = row[column]
+        for _, row in result.summary.iterrows():  # e.g. standard.test_perplexity.mean, standard.best.dev_perplexity
+            prefix = f"{row['arm']}.{row['metric']}" if "metric" in row else f"{row['arm']}.best"
+            for column, value in row.items():
+                if column not in ("arm", "metric", "n", "trials") and isinstance(value, float) and _present(value):
+                    metrics[f"{prefix}.{column}"] = value
         log_summary_metrics(result.tracking_uri, result.parent_run_id, metrics)
 
 
