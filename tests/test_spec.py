@@ -239,3 +239,22 @@ def test_cli_rejects_a_model_or_data_that_cannot_load_before_ray_starts(tmp_path
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr.replace("\n", " ") and "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "validate", "list", "report", "prepare", "quickstart"])
+def test_every_command_has_help_with_examples(command, capsys):
+    from raysel.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+
+
+def test_list_shows_methods_protocols_configs_and_builtins(capsys):
+    from raysel.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("standard", "per_seed_grid", "quickstart.yaml", "tiny-gpt2", "minilm", "pydocs-topics"):
+        assert expected in out

@@ -1,10 +1,14 @@
 """End to end on a real local Ray (2 CPUs), real Optuna and a real MLflow SQLite store."""
 from __future__ import annotations
 
+import io
+
 import mlflow
+import pandas as pd
 import pytest
 
 import raysel
+from raysel.cli import main
 from raysel.spec import SpecError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -61,7 +65,7 @@ def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
     assert (result.storage_path / "summary.csv").exists()
 
 
-def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec):
+def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec, capsys):
     spec = lm_spec(name="arms", method=None, params=None,
                    arms=[{"name": "slow", "method": "standard",
                           "params": {**lm_spec()["params"], "lr": 1e-4}},
@@ -78,6 +82,11 @@ def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec):
     # a 30× larger learning rate moves a random tiny GPT-2 much further in 6 steps
     assert summary.loc["fast", "mean"] < summary.loc["slow", "mean"]
     assert len(children(result)) == 4
+    # `raysel report` rebuilds the same summary from the sweep's directory
+    assert main(["report", str(result.storage_path), "--format", "csv"]) == 0
+    reported = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("arm")
+    assert reported.loc["fast", "mean"] == pytest.approx(summary.loc["fast", "mean"])
+    assert reported.loc["slow", "n"] == 2
 
 
 def test_per_seed_grid_selects_on_dev_per_data_seed(tmp_path, lm_spec):

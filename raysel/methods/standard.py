@@ -29,6 +29,8 @@ class StandardParams(LoopParams):
 
 
 class Standard:
+    """Standard fine-tuning (causal LM or classification): the baseline of every comparison."""
+
     name: ClassVar[str] = "standard"
     Params: ClassVar[type[StandardParams]] = StandardParams
 

@@ -21,15 +21,6 @@ def _topics_corpus() -> dict[str, list[str]]:
     return {"pretrain": texts[::2], "test": texts[1::2]}
 
 
-def _default_or_topics_corpus() -> dict[str, list[str]] | None:
-    """None (the default: raysel.data.load_pydocs) when raysel.data is importable."""
-    try:
-        from raysel.data import load_pydocs  # noqa: F401
-    except ImportError:
-        return _topics_corpus()
-    return None
-
-
 def test_prepare_manifest_idempotent_and_load(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path))
     recipe = Recipe(batch_size=2, context=32, eval_windows=4, warmup=2)
@@ -53,7 +44,7 @@ def test_prepare_manifest_idempotent_and_load(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_pretraining_lowers_test_perplexity(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path))
-    path = prepare_tiny_gpt2(steps=120, max_minutes=5, corpus=_default_or_topics_corpus(), progress=False)
+    path = prepare_tiny_gpt2(steps=120, max_minutes=5, progress=False)
     m = json.loads((path / "manifest.json").read_text())
     assert FIELDS <= m.keys()
     assert m["steps"] == 120 or (m["stopped_by"] == "time" and m["steps"] >= 20)
