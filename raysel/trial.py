@@ -75,7 +75,7 @@ class _Run:
         self._latest.update(metrics)
         result = {**self._latest, "step": step, "mlflow_run_id": self._logger.run_id or ""}
         state, self._pending_state = self._pending_state, None
-        if state is None:
+        if state is None or self.rank != 0:  # one copy of the state: rank 0's
             self._send(result, None)
             return
         with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +131,7 @@ class TrainRun(_Run):
     def _send(self, result, checkpoint):
         import ray.train
 
-        ray.train.report(result, checkpoint=checkpoint if self.rank == 0 else None)
+        ray.train.report(result, checkpoint=checkpoint)
 
     def _get_checkpoint(self):
         import ray.train

@@ -83,6 +83,7 @@ def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec, capsys):
     assert summary.loc["fast", "mean"] < summary.loc["slow", "mean"]
     assert len(children(result)) == 4
     # `raysel report` rebuilds the same summary from the sweep's directory
+    capsys.readouterr()  # drop what the sweep printed
     assert main(["report", str(result.storage_path), "--format", "csv"]) == 0
     reported = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("arm")
     assert reported.loc["fast", "mean"] == pytest.approx(summary.loc["fast", "mean"])
