@@ -11,12 +11,11 @@
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from raysel.data.errors import DataError
 from raysel.data.loaders import LabeledSplits, load_hf_dataset, load_jsonl, load_lm_bff_dir, load_text_file
-from raysel.data.pydocs import load_mixed_pool, load_pydocs
+from raysel.data.pydocs import load_mixed_pool, load_pydocs, stable_hash
 from raysel.data.topics import LABELS as TOPIC_LABELS
 from raysel.data.topics import k_shot_split, load_topics
 
@@ -28,8 +27,8 @@ BUILTIN_DATA = {
 LM_SPLITS = ("train", "dev", "test")
 
 
-def _hash_split(key: str) -> str:
-    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+def _hash_split(text: str) -> str:
+    u = stable_hash(text)
     return "train" if u < 0.8 else "dev" if u < 0.9 else "test"
 
 
