@@ -342,7 +342,8 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
 
 def _check_raw_arms(raw: dict[str, Any]) -> list[str]:
     """Method-level checks of the arms that parse, so that one run reports every problem."""
-    kind = (raw.get("protocol") or {}).get("kind", "search") if isinstance(raw.get("protocol"), dict) else "search"
+    protocol = raw.get("protocol") if isinstance(raw.get("protocol"), dict) else {}
+    kind = protocol.get("kind", "search")
     if isinstance(raw.get("arms"), list) and raw["arms"]:
         candidates = [(f"arms.{i}", a) for i, a in enumerate(raw["arms"])]
     else:
