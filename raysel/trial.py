@@ -96,7 +96,9 @@ class _Run:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        self.set_tags(**{"raysel.restored_from_step": str(state.get("step", "unknown"))})
+        return state
 
     def set_tags(self, **tags: str) -> None:
         self._logger.set_tags(tags)
