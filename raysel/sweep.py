@@ -266,9 +266,9 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
 
     tracking, parent = _open_tracking(spec, state)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    state = {"name": spec.name, "parent_run_id": parent, "spec": spec.model_dump(mode="json"),
-             "tracking_uri": tracking.uri if tracking else None, "finished_phases": (state or {}).get("finished_phases", [])}
-    _write_state(sweep_dir, state)
+    # what `--resume` and `raysel report` need; the phases' own progress lives in their Tune experiments
+    _write_state(sweep_dir, {"name": spec.name, "parent_run_id": parent, "spec": spec.model_dump(mode="json"),
+                             "tracking_uri": tracking.uri if tracking else None})
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
@@ -284,8 +284,6 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
         frames.append(frame)
         if phase.is_search:
             best.update(best_params(frame, spec.protocol.metric, spec.protocol.mode))
-        state["finished_phases"] = sorted(set(state["finished_phases"]) | {phase.label})
-        _write_state(sweep_dir, state)
 
     status = "FAILED"
     try:
