@@ -15,8 +15,7 @@ from raysel.data.sources import classification_splits, lm_splits
 from raysel.methods.base import RunContext
 from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import accuracy, perplexity
-from raysel.models import load_model
-from raysel.models.check import check_model
+from raysel.models import check_model, load_model
 from raysel.spec import DataSpec, ModelSpec
 
 

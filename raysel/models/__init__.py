@@ -1,6 +1,6 @@
 """Models for raysel: load by built-in name, local path or hub name; build the offline built-ins.
 
-Public API: :func:`load_model`, :data:`BUILTIN_MODELS`, :func:`is_builtin`, :class:`ModelError`,
+Public API: :func:`load_model`, :func:`check_model`, :data:`BUILTIN_MODELS`, :func:`is_builtin`, :class:`ModelError`,
 :func:`prepare_tiny_gpt2`, :func:`prepare_all`, :func:`cache_dir`, :data:`TASKS`.
 """
 
@@ -12,11 +12,11 @@ from raysel.models.builtin import BUILTIN_MODELS, is_builtin, minilm_dir
 from raysel.models.cache import cache_dir
 from raysel.models.errors import ModelError
 from raysel.models.hf import TASKS
-from raysel.models.loading import load_model
+from raysel.models.loading import check_model, load_model
 from raysel.models.tiny_gpt2 import prepare_tiny_gpt2
 from raysel.models.tokenizers import builtin_tokenizer_path
 
-__all__ = ["BUILTIN_MODELS", "TASKS", "ModelError", "cache_dir", "is_builtin", "load_model",
+__all__ = ["BUILTIN_MODELS", "TASKS", "ModelError", "cache_dir", "check_model", "is_builtin", "load_model",
            "prepare_all", "prepare_tiny_gpt2"]
 
 

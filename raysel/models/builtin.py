@@ -94,19 +94,24 @@ def _load_random(name: str, task: str, num_labels: int | None,
     return model, tok
 
 
-def load_builtin(name: str, task: str, *, num_labels: int | None = None,
-                 dtype: DType = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load built-in ``name`` for ``task`` (see :data:`BUILTIN_MODELS`)."""
+def check_builtin(name: str, task: str) -> None:
+    """ModelError unless built-in ``name`` supports ``task`` and is ready to load."""
     spec = BUILTINS[name]
     if task not in spec.tasks:
         raise ModelError(f"built-in {name!r} cannot do task {task!r}; it supports: {', '.join(spec.tasks)}")
+    if name == "tiny-gpt2" and tiny_gpt2.read_manifest() is None:
+        raise ModelError(
+            f"built-in 'tiny-gpt2' is not prepared yet (nothing at {tiny_gpt2.model_dir()}): run "
+            "`raysel prepare` once (about 3 minutes on 2 CPU cores; set RAYSEL_CACHE to choose where it goes)")
+
+
+def load_builtin(name: str, task: str, *, num_labels: int | None = None,
+                 dtype: DType = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load built-in ``name`` for ``task`` (see :data:`BUILTIN_MODELS`)."""
+    check_builtin(name, task)
     if name in ("tiny-gpt2-random", "tiny-bert"):
         return _load_random(name, task, num_labels, dtype)
     if name == "tiny-gpt2":
-        if tiny_gpt2.read_manifest() is None:
-            raise ModelError(
-                f"built-in 'tiny-gpt2' is not prepared yet (nothing at {tiny_gpt2.model_dir()}): run "
-                "`raysel prepare` once (about 10 minutes on CPU; set RAYSEL_CACHE to choose where it goes)")
         source = tiny_gpt2.model_dir()
     else:
         source = minilm_dir()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from raysel.models.builtin import BUILTINS, is_builtin, load_builtin
+from raysel.models.builtin import BUILTINS, check_builtin, is_builtin, load_builtin
 from raysel.models.errors import ModelError
 from raysel.models.hf import DType, check_task_name, load_pretrained, resolve_dtype
 
@@ -75,16 +75,43 @@ def load_model(
     dt = resolve_dtype(dtype)
     if num_labels is not None and num_labels < 1:
         raise ModelError(f"num_labels must be a positive integer, got {num_labels}")
-    if is_builtin(name):
+    kind = locate(name)
+    if kind == "builtin":
         return load_builtin(name, task, num_labels=num_labels, dtype=dt)
-    path = Path(name).expanduser()
-    if path.exists():
-        _check_local_dir(path, name)
-        return load_pretrained(path, task, label=name, num_labels=num_labels, dtype=dt, local_files_only=True)
-    if _looks_like_path(name):
-        raise ModelError(f"model path {name!r} does not exist (and it is not a built-in: {', '.join(BUILTINS)})")
+    if kind == "local":
+        return load_pretrained(Path(name).expanduser(), task, label=name, num_labels=num_labels, dtype=dt,
+                               local_files_only=True)
     offline = hub_offline()
     try:
         return load_pretrained(name, task, label=name, num_labels=num_labels, dtype=dt, local_files_only=offline)
     except OSError as e:
         raise _hub_error(name, offline, e) from e
+
+
+def locate(name: str) -> str:
+    """"builtin", "local" (a checked save_pretrained directory) or "hub"; ModelError for a bad path."""
+    if is_builtin(name):
+        return "builtin"
+    path = Path(name).expanduser()
+    if path.exists():
+        _check_local_dir(path, name)
+        return "local"
+    if _looks_like_path(name):
+        raise ModelError(f"model path {name!r} does not exist (and it is not a built-in: {', '.join(BUILTINS)})")
+    return "hub"
+
+
+def check_model(name: str, task: str) -> None:
+    """What ``load_model`` would reject, without loading weights (a sweep's preflight, before Ray)."""
+    check_task_name(task)
+    kind = locate(name)
+    if kind == "builtin":
+        check_builtin(name, task)
+    elif kind == "hub":
+        from transformers import AutoConfig
+
+        offline = hub_offline()
+        try:
+            AutoConfig.from_pretrained(name, local_files_only=offline)
+        except OSError as e:
+            raise _hub_error(name, offline, e) from e

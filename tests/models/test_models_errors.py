@@ -59,3 +59,17 @@ def test_tiny_gpt2_not_prepared(tmp_path, monkeypatch):
 def test_bad_num_labels():
     with pytest.raises(ModelError, match="num_labels"):
         load_model("tiny-bert", "sequence_classification", num_labels=0)
+
+
+def test_check_model_rejects_what_load_model_rejects_without_loading(tmp_path, monkeypatch):
+    from raysel.models import check_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_model("tiny-gpt2-random", "causal_lm")  # fine: no error
+    for name, task, message in [("minilm", "causal_lm", "cannot do task"),
+                                ("gpt2", "causal_lm", "HF_HUB_OFFLINE"),
+                                (str(tmp_path / "missing"), "causal_lm", "does not exist"),
+                                (str(tmp_path), "causal_lm", "config.json"),
+                                ("tiny-gpt2-random", "translation", "translation")]:
+        with pytest.raises(ModelError, match=message):
+            check_model(name, task)
