@@ -226,7 +226,7 @@ def test_cli_validate_accepts_a_good_spec_with_overrides(tmp_path):
 
 @pytest.mark.parametrize("section,value,expected", [
     ("model", {"name": "gpt2"}, "HF_HUB_OFFLINE is set"),
-    ("model", {"name": "minilm"}, "cannot do 'causal_lm'"),
+    ("model", {"name": "minilm"}, "cannot do task 'causal_lm'"),
     ("data", {"name": "/no/such/corpus.txt"}, "corpus.txt"),
 ])
 def test_cli_rejects_a_model_or_data_that_cannot_load_before_ray_starts(tmp_path, section, value, expected):
