@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -52,9 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("list", "list methods, protocols, configs and built-in models and data", "raysel list")
 
-    report = add("report", "print the summary table of a finished sweep", "raysel report raysel_results/quickstart")
-    report.add_argument("sweep", help="the sweep's directory (storage_path/name)")
-    report.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    report = add("report", "tables and figures of a sweep (finished or running): summary per arm, tests between arms, "
+                 "curves, box plots, bars; optimisation history and importances for searches",
+                 "raysel report raysel_results/igf-50run --step 60 --baseline standard",
+                 "raysel report 3f2a...e9 --tracking-uri http://head:5000   # by MLflow parent run id",
+                 "raysel report igf-50run --format csv --table comparisons  # by MLflow experiment name")
+    report.add_argument("sweep", help="the sweep's storage directory (storage_path/name), its MLflow parent run id, "
+                                      "or its MLflow experiment name (the newest sweep in it)")
+    report.add_argument("--tracking-uri", help="MLflow store for run ids and experiment names "
+                                               "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    report.add_argument("--source", choices=("auto", "mlflow", "tune"), default="auto",
+                        help="where the numbers come from (auto: MLflow if the sweep was tracked, else Ray Tune's files)")
+    report.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown",
+                        help="what is printed (every table is also written as .md, .csv and .json)")
+    report.add_argument("--table", default=None, choices=("summary", "comparisons", "steps", "selection", "search",
+                                                          "importances"),
+                        help="print only this table (csv prints the summary unless told)")
+    report.add_argument("--metric", help="the compared metric (default: the spec's report.metric / protocol.report_metric)")
+    report.add_argument("--step", type=int, help="tests, box plot and bars at this step (default: each trial's last)")
+    report.add_argument("--arms", help="comma-separated arms to report, in this order (default: all)")
+    report.add_argument("--baseline", help="test every other arm against this one (default: every pair)")
+    report.add_argument("--out", help="directory for the files (default: the sweep's report/, else raysel_reports/NAME)")
+    report.add_argument("--no-figures", action="store_true", help="tables only")
+    report.add_argument("--log", action="store_true", help="also log the files to the sweep's MLflow parent run")
 
     add("prepare", "build and cache the built-in models and data (idempotent)", "raysel prepare")
 
@@ -74,13 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1") if args.command in ("quickstart", "prepare") else None
     from raysel.data.errors import DataError
     from raysel.models.errors import ModelError
+    from raysel.report import ReportError
     from raysel.spec import SpecError
 
     try:
         return {"sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list, "report": cmd_report,
                 "prepare": cmd_prepare, "quickstart": cmd_quickstart}[args.command](args)
-    except (SpecError, DataError, ModelError, FileNotFoundError) as err:
-        errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, markup=True)
+    except (SpecError, DataError, ModelError, ReportError, FileNotFoundError) as err:
+        errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, markup=True, soft_wrap=True)
         return EXIT_BAD_INPUT
 
 
@@ -123,19 +145,36 @@ def _print_trials(result, metrics: list[str], limit: int = 20) -> None:
 
 def _print_result(result, metrics: list[str]) -> None:
     _print_trials(result, metrics)
-    table = Table(title=f"sweep {result.name}: summary")
-    for column in result.summary.columns:
-        table.add_column(str(column), justify="right" if column not in ("arm", "metric") else "left")
-    for row in result.summary.itertuples(index=False):
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    console.print(table)
+    _print_table(f"sweep {result.name}: summary", result.summary,
+                 ["arm", "metric", "step", "n", "mean", "se", "std", "median", "trials", "best_trial", *metrics])
+    if result.report is not None:
+        _print_table(f"sweep {result.name}: comparisons", result.report.comparisons,
+                     ["arm", "vs", "diff", "diff_ci95_low", "diff_ci95_high", "welch_p", "paired_p", "mannwhitney_p",
+                      "note"])
     if result.best_configs:
         for arm, params in result.best_configs.items():
             console.print(f"best config [{arm}]: {params}")
     console.print(f"trials: {len(result.trials)} ({result.num_errors} failed) → {result.storage_path}")
+    if result.report is not None and result.report.files:
+        shown = ", ".join(p.name for p in result.report.figures.values()) or "no figures"
+        console.print(f"report: {result.report.files[0]} ({shown}); re-slice it with `raysel report "
+                      f"{result.storage_path} --step S --arms A,B`")
     if result.parent_run_id:
         console.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}\n"
                       f"  open the UI with: mlflow ui --backend-store-uri {result.tracking_uri}")
+
+
+def _print_table(title: str, frame, columns: list[str]) -> None:
+    """The listed columns that the frame has (the full tables are in the report's files)."""
+    shown = [c for c in dict.fromkeys(columns) if c in frame]
+    if frame.empty or not shown:
+        return
+    table = Table(title=title)
+    for column in shown:
+        table.add_column(column, justify="left" if column in ("arm", "vs", "metric", "note") else "right")
+    for row in frame[shown].itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
 
 
 def cmd_list(args) -> int:
@@ -172,21 +211,39 @@ def _first_comment(path: Path) -> str:
 
 
 def cmd_report(args) -> int:
-    import json
+    from rich.markdown import Markdown
 
-    from raysel.report import load, markdown_table, summarize
-    from raysel.spec import ProtocolSpec
+    from raysel.report import build, markdown_table
 
-    trials = load(args.sweep)
-    state = json.loads((Path(args.sweep) / "sweep.json").read_text())
-    summary = summarize(trials, ProtocolSpec.model_validate(state["spec"]["protocol"]))
+    report = build(args.sweep, tracking_uri=args.tracking_uri, source=args.source, metric=args.metric,
+                   step=args.step, arms=args.arms.split(",") if args.arms else None, baseline=args.baseline,
+                   out_dir=args.out, make_figures=not args.no_figures, log=args.log)
+    tables = report.tables()
+    if args.table and args.table not in tables:
+        errors.print(f"[bold red]error:[/bold red] this report has no {args.table!r} table; it has: {', '.join(tables)}")
+        return EXIT_BAD_INPUT
+    chosen = {args.table: tables[args.table]} if args.table else tables
     if args.format == "csv":
-        print(summary.to_csv(index=False), end="")
+        name = args.table or "summary"
+        print(tables[name].to_csv(index=False) if name in tables else "", end="")
     elif args.format == "json":
-        print(summary.to_json(orient="records", indent=2))
+        print(json.dumps({k: json.loads(v.to_json(orient="records", date_format="iso")) for k, v in chosen.items()},
+                         indent=2))
+    elif args.table:
+        _print_markdown(markdown_table(chosen[args.table]), Markdown)
     else:
-        print(markdown_table(summary))
+        _print_markdown(report.markdown(), Markdown)
+    errors.print(f"report of {report.name!r} ({report.source}): {len(report.files)} files in "
+                 f"{report.files[0].parent if report.files else '-'}" + (" (logged to MLflow)" if args.log else ""))
     return 0
+
+
+def _print_markdown(text: str, markdown_type) -> None:
+    """Rendered with rich in a terminal; plain Markdown when piped (to paste into a README)."""
+    if console.is_terminal:
+        console.print(markdown_type(text))
+    else:
+        print(text)
 
 
 def cmd_prepare(args) -> int:

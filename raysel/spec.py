@@ -165,6 +165,14 @@ class RaySpec(_Strict):
     object_store_memory: int | None = Field(None, gt=0)  # bytes, local Ray only
 
 
+class ReportSpec(_Strict):
+    """Defaults of ``raysel report`` for this sweep (the command's options override them)."""
+
+    metric: str | None = None  # the compared metric (default: protocol.report_metric, else protocol.metric)
+    step: int | None = Field(None, ge=0)  # box plot, bars and tests at this step (default: each trial's last)
+    baseline: str | None = None  # an arm: test every other arm against it (default: every pair of arms)
+
+
 class SweepSpec(_Strict):
     name: str = "sweep"
     method: str | None = None  # single-arm shorthand for arms: [{name: method, method, params, ...}]
@@ -178,6 +186,7 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     ray: RaySpec = RaySpec()
+    report: ReportSpec = ReportSpec()
     storage_path: str = "raysel_results"
 
     @pydantic.field_validator("name")
@@ -332,6 +341,8 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         problems.append(f"arms: names must be distinct (got {names})")
+    if spec.report.baseline is not None and spec.report.baseline not in names:
+        problems.append(f"report.baseline: {spec.report.baseline!r} is not an arm; arms: {', '.join(names)}")
     for index, arm in enumerate(arms):
         where = f"arms.{index}" if spec.arms else ""
         problems += _check_arm(arm, where, protocol.kind)

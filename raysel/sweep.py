@@ -18,18 +18,21 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from raysel.methods import get_method
+from raysel.report.sources import FRESH_KEY, STATE_FILE
 from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform,
                          grid_values, is_distribution, load_spec, parse_overrides)
-from raysel.tracking import (TrackingInfo, end_run, ensure_experiment, log_artifacts, log_summary_metrics,
+from raysel.tracking import (TrackingInfo, end_run, ensure_experiment, log_artifacts,
                              resolve_uri, start_parent_run)
 from raysel.trial import TrialSettings, make_trainable
 
-STATE_FILE = "sweep.json"
+if TYPE_CHECKING:
+    from raysel.report import Report
+
 
 
 @dataclass
@@ -122,6 +125,7 @@ class SweepResult:
     tracking_uri: str | None = None
     storage_path: Path = Path(".")
     summary: pd.DataFrame | None = None
+    report: "Report | None" = None  # tables and figures, written under storage_path/report
 
     @property
     def num_errors(self) -> int:
@@ -142,7 +146,7 @@ def trials_frame(result_grid, phase: Phase) -> pd.DataFrame:
         row["model.name"] = variant.get("model", {}).get("name")
         row["data.name"] = variant.get("data", {}).get("name")
         metrics = {k: v for k, v in (result.metrics or {}).items()
-                   if k not in ("config", "trial_id") and not isinstance(v, dict)}
+                   if k not in ("config", "trial_id", FRESH_KEY) and not isinstance(v, dict)}
         row.update(metrics)
         row["path"] = result.path
         rows.append(row)
@@ -269,6 +273,8 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
     # what `--resume` and `raysel report` need; the phases' own progress lives in their Tune experiments
     _write_state(sweep_dir, {"name": spec.name, "parent_run_id": parent, "spec": spec.model_dump(mode="json"),
                              "tracking_uri": tracking.uri if tracking else None})
+    if tracking and parent:  # so that a report can be rebuilt from the tracking server alone
+        log_artifacts(tracking.uri, parent, [sweep_dir / STATE_FILE])
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
@@ -327,23 +333,16 @@ def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | 
 
 
 def _finish(spec: SweepSpec, result: SweepResult) -> None:
-    """Summary table → SweepResult, files under the sweep's storage, artifacts of the parent run."""
-    from raysel.report import summarize
+    """The per-trial table and best configs as files; the report (tables, figures) written and logged."""
+    from raysel.report import build
 
-    result.summary = summarize(result.trials, spec.protocol)
     result.trials.to_csv(result.storage_path / "trials.csv", index=False)
-    result.summary.to_csv(result.storage_path / "summary.csv", index=False)
     (result.storage_path / "best_configs.json").write_text(json.dumps(result.best_configs, indent=2, default=str))
     if result.parent_run_id and result.tracking_uri:
-        files = [result.storage_path / n for n in ("trials.csv", "summary.csv", "best_configs.json")]
+        files = [result.storage_path / n for n in ("trials.csv", "best_configs.json")]
         log_artifacts(result.tracking_uri, result.parent_run_id, files, "report")
-        metrics = {}
-        for _, row in result.summary.iterrows():  # e.g. standard.test_perplexity.mean, standard.best.dev_perplexity
-            prefix = f"{row['arm']}.{row['metric']}" if "metric" in row else f"{row['arm']}.best"
-            for column, value in row.items():
-                if column not in ("arm", "metric", "n", "trials") and isinstance(value, float) and _present(value):
-                    metrics[f"{prefix}.{column}"] = value
-        log_summary_metrics(result.tracking_uri, result.parent_run_id, metrics)
+    result.report = build(result.storage_path, log=True)
+    result.summary = result.report.summary
 
 
 def _read_state(sweep_dir: Path) -> dict | None:

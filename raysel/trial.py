@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from raysel.methods import get_method
+from raysel.report.sources import FRESH_KEY
 from raysel.spec import RESERVED_TRIAL_KEYS, DataSpec, ModelSpec, TrackingSpec
 from raysel.tracking import NullLogger, TrackingInfo, TrialLogger, ensure_experiment, resolve_uri
 
@@ -73,7 +74,8 @@ class _Run:
         # Tune sees the latest value of every metric so far (searchers and ASHA need the objective in
         # every result, while evaluations come only every eval_every steps); MLflow gets what is new.
         self._latest.update(metrics)
-        result = {**self._latest, "step": step, "mlflow_run_id": self._logger.run_id or ""}
+        result = {**self._latest, "step": step, "mlflow_run_id": self._logger.run_id or "",
+                  FRESH_KEY: ",".join(metrics)}  # what is new at this step (for reports from Tune's files)
         state, self._pending_state = self._pending_state, None
         if state is None or self.rank != 0:  # one copy of the state: rank 0's
             self._send(result, None)

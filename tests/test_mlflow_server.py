@@ -194,3 +194,22 @@ def test_sweep_logs_parent_and_child_runs_to_mlflow_server(mlflow_server, ray_se
         assert all(float(m["value"]) > 1 for m in test_ppl)
         train_loss = rest.metric_history(run_id, "train_loss")
         assert sorted(m["step"] for m in train_loss) == [1, 2, 3, 4, 5, 6], train_loss
+
+    # the report is rebuilt from the tracking server alone, after the sweep's storage is gone
+    import shutil
+
+    from raysel import report
+
+    summary = result.summary.set_index("arm")
+    shutil.rmtree(tmp_path / "results")
+    rebuilt = report.build(parent_id, tracking_uri=url, out_dir=tmp_path / "rebuilt")
+    assert rebuilt.source == "mlflow" and rebuilt.frame["trial_id"].nunique() == len(SEEDS)
+    again = rebuilt.summary.set_index("arm")
+    assert again.loc["standard", "n"] == len(SEEDS)
+    assert again.loc["standard", "mean"] == pytest.approx(summary.loc["standard", "mean"])
+    assert set(rebuilt.figures) == {"curves", "box", "bars"}
+    final = [float(max(rest.metric_history(c["info"]["run_id"], "test_perplexity"), key=lambda m: m["step"])["value"])
+             for c in children]
+    assert again.loc["standard", "mean"] == pytest.approx(sum(final) / len(final))
+    by_name = report.load("server-sweep", tracking_uri=url)  # the experiment's newest sweep
+    assert set(by_name["run_id"]) == {c["info"]["run_id"] for c in children}

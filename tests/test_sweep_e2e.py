@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import raysel
+from raysel import report
 from raysel.cli import main
 from raysel.spec import SpecError
 
@@ -61,8 +62,10 @@ def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
         assert steps(result, run.info.run_id, "test_perplexity") == [0, 3, 6]
         assert steps(result, run.info.run_id, "train_loss") == [1, 2, 3, 4, 5, 6]
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
-    assert {"report/summary.csv", "report/trials.csv", "report/best_configs.json"} <= artifacts
-    assert (result.storage_path / "summary.csv").exists()
+    assert {"report/summary.csv", "report/trials.csv", "report/best_configs.json", "report/search_history.png",
+            "report/importances.png"} <= artifacts
+    assert "sweep.json" in {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert (result.storage_path / "report" / "summary.csv").exists()
 
 
 def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec, capsys):
@@ -88,6 +91,16 @@ def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec, capsys):
     reported = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("arm")
     assert reported.loc["fast", "mean"] == pytest.approx(summary.loc["fast", "mean"])
     assert reported.loc["slow", "n"] == 2
+    # MLflow (the source of truth) and Ray Tune's files give the same trial × step table
+    from_mlflow = report.load(result.storage_path, source="mlflow")
+    from_tune = report.load(result.storage_path, source="tune")
+    key = ["trial_id", "step"]
+    metrics = ["test_perplexity", "dev_perplexity", "train_loss"]
+    merged = from_mlflow[key + metrics].merge(from_tune[key + metrics], on=key, suffixes=("", "_tune"))
+    assert len(merged) == len(from_mlflow) == len(from_tune) == 4 * 7  # steps 0..6
+    for metric in metrics:
+        pd.testing.assert_series_equal(merged[metric], merged[f"{metric}_tune"], check_names=False)
+    assert set(result.report.figures) == {"curves", "box", "bars"}
 
 
 def test_per_seed_grid_selects_on_dev_per_data_seed(tmp_path, lm_spec):

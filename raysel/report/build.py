@@ -1,0 +1,246 @@
+"""``build``: a sweep's report — tables (Markdown, CSV, JSON) and PNG figures, written and logged.
+
+What a report holds depends on the protocol (see ../shared/DESIGN.md, "Protocols"):
+seeds-like sweeps get the summary per arm, tests between arms, curves with ±1 SE bands, a box plot
+and a bar chart at the chosen step; search sweeps get each arm's best trial, the optimisation
+history and the parameter importances; search+seeds gets both.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raysel.report import stats
+from raysel.report.sources import ReportError, SweepRecord, load_frame, metric_columns, resolve
+from raysel.spec import ProtocolSpec, SweepSpec
+
+DEFAULT_OUT = Path("raysel_reports")  # where reports of sweeps without a local storage directory go
+
+
+@dataclass
+class Report:
+    """Everything ``raysel report`` shows and writes; tables are pandas DataFrames."""
+
+    name: str
+    protocol: ProtocolSpec
+    metric: str
+    step: int | None
+    source: str  # "mlflow" or "tune"
+    frame: pd.DataFrame  # one row per trial × step
+    summary: pd.DataFrame
+    comparisons: pd.DataFrame
+    steps: pd.DataFrame
+    search: pd.DataFrame
+    importances: pd.DataFrame
+    selection: pd.DataFrame | None = None  # per_seed_grid: the dev-best trial per (arm, seed)
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The non-empty tables by file stem."""
+        tables = {"summary": self.summary, "comparisons": self.comparisons, "steps": self.steps,
+                  "search": self.search, "importances": self.importances, "selection": self.selection}
+        return {k: v for k, v in tables.items() if v is not None and not v.empty}
+
+    def markdown(self) -> str:
+        """The report as one Markdown document (tables, notes, figure links)."""
+        at = "each trial's last report" if self.step is None else f"step {self.step}"
+        parts = [f"# Sweep `{self.name}`: {self.metric} ({self.protocol.kind}, at {at})"]
+        titles = {"summary": "Summary per arm", "comparisons": "Comparisons between arms",
+                  "selection": "Per-seed selection (dev-best config per data seed)",
+                  "search": "Search trials", "importances": "Parameter importances (fANOVA)"}
+        for key, title in titles.items():
+            table = self.tables().get(key)
+            if table is not None:
+                parts.append(f"## {title}\n\n{markdown_table(table)}")
+        if self.notes:
+            parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in self.notes))
+        if self.figures:
+            parts.append("## Figures\n\n" + "\n".join(f"![{k}]({p.name})" for k, p in self.figures.items()))
+        return "\n\n".join(parts) + "\n"
+
+
+def build(sweep: "str | Path", *, tracking_uri: str | None = None, source: str = "auto",
+          metric: str | None = None, step: int | None = None, arms: list[str] | None = None,
+          baseline: str | None = None, out_dir: "str | Path | None" = None, make_figures: bool = True,
+          log: bool = False) -> Report:
+    """Build a sweep's report (the API behind ``raysel report``) and write it to ``out_dir``.
+
+    ``sweep``: storage directory, MLflow parent run id, or experiment name. ``out_dir`` defaults to
+    the sweep's ``report/`` directory (else ``raysel_reports/<name>``). ``log=True`` also logs the
+    files as artifacts of the sweep's MLflow parent run (under ``report/``)."""
+    record = resolve(sweep, tracking_uri)
+    frame, used = load_frame(record, source)
+    spec = SweepSpec.model_validate(record.spec)
+    protocol = spec.protocol
+    metric = metric or spec.report.metric or protocol.compared_metric
+    step = step if step is not None else spec.report.step
+    baseline = baseline or spec.report.baseline
+    arms = _check_options(frame, metric, step, arms, [a.name for a in spec.resolved_arms()], baseline)
+    report = _compute(record, frame, used, protocol, metric, step, arms, baseline, spec)
+    out = Path(out_dir) if out_dir else (record.sweep_dir / "report" if record.sweep_dir else DEFAULT_OUT / record.name)
+    write(report, out, make_figures)
+    if log:
+        log_report(report, record)
+    return report
+
+
+def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: ProtocolSpec, metric: str,
+             step: int | None, arms: list[str], baseline: str | None, spec: SweepSpec) -> Report:
+    search = stats.search_trials(frame, protocol, arms) if protocol.kind in ("search", "search+seeds") else None
+    spaces = {a.name: spec.parsed_search_space(a) for a in spec.resolved_arms()}
+    importances = (stats.param_importances(search, spaces, protocol.metric, protocol.mode)
+                   if search is not None else None)
+    selection = None
+    if protocol.kind == "per_seed_grid":
+        chosen = stats.compared_trials(stats.per_trial(frame), protocol)
+        params = [c for c in chosen if c.startswith("params.") and chosen[c].astype(str).nunique() > 1]
+        keep = ["arm", "seed", "trial_id", *params, protocol.metric, metric]
+        selection = chosen[chosen["arm"].isin(arms)][list(dict.fromkeys(keep))].reset_index(drop=True)
+    report = Report(
+        name=record.name, protocol=protocol, metric=metric, step=step, source=used, frame=frame,
+        summary=stats.summarize(frame, protocol, metric, step, arms),
+        comparisons=stats.compare(frame, protocol, metric, step, arms, baseline),
+        steps=stats.step_table(frame, protocol, metric, arms) if protocol.kind != "search" else pd.DataFrame(),
+        search=search if search is not None else pd.DataFrame(),
+        importances=importances if importances is not None else pd.DataFrame(), selection=selection)
+    report.notes = _notes(report, record)
+    return report
+
+
+def _check_options(frame: pd.DataFrame, metric: str, step: int | None, requested: list[str] | None,
+                   order: list[str], baseline: str | None) -> list[str]:
+    """The arms to report, in order; one ReportError naming every bad option and what is allowed."""
+    problems = []
+    available = metric_columns(frame)
+    if metric not in available:
+        problems.append(f"metric {metric!r} was not reported by any trial; reported: {', '.join(available) or 'none'}")
+    present = list(dict.fromkeys(frame["arm"].dropna())) if "arm" in frame else []
+    if requested:
+        unknown = [a for a in requested if a not in present]
+        if unknown:
+            problems.append(f"arms {unknown} have no trials; arms with trials: {', '.join(present) or 'none'}")
+        arms = [a for a in requested if a in present]
+    else:
+        arms = [a for a in order if a in present] + [a for a in present if a not in order]
+    if baseline is not None and baseline not in arms:
+        problems.append(f"baseline {baseline!r} is not among the reported arms: {', '.join(arms)}")
+    if step is not None and metric in available:
+        steps = sorted(int(s) for s in frame.dropna(subset=[metric])["step"].unique())
+        if step not in steps:
+            shown = ", ".join(map(str, steps[:12])) + (" ..." if len(steps) > 12 else "")
+            problems.append(f"step {step}: no trial reported {metric!r} at that step; steps with it: {shown}")
+    if problems:
+        raise ReportError("; ".join(problems))
+    return arms
+
+
+def _notes(report: Report, record: SweepRecord) -> list[str]:
+    notes = [f"source: {'MLflow ' + str(record.tracking_uri) if report.source == 'mlflow' else 'Ray Tune result files'}"
+             f" ({report.frame['trial_id'].nunique()} trials)"]
+    trials = stats.per_trial(report.frame)
+    failed = trials[trials["status"] == "FAILED"] if "status" in trials else trials.iloc[0:0]
+    if len(failed):
+        notes.append(f"{len(failed)} failed trial(s) left out of every statistic: {', '.join(map(str, failed['trial_id']))}")
+    kind = report.protocol.kind
+    if kind == "per_seed_grid":
+        notes.append("per data seed the config with the best dev "
+                     f"{report.protocol.metric} ({report.protocol.mode}) is chosen; std is the population std")
+    elif kind != "search":
+        notes.append("SE = std / sqrt(n) with the sample std; CIs are percentile bootstrap "
+                     f"({stats.BOOTSTRAP_RESAMPLES} resamples, seeded)")
+    if kind == "search":
+        notes.append("search sweeps are summarised by each arm's best trial; no tests between arms")
+    if kind in ("search", "search+seeds") and report.importances.empty:
+        notes.append("no parameter importances: an arm needs at least two finished search trials "
+                     "and a searched parameter")
+    return notes
+
+
+# ---------------------------------------------------------------- output
+def write(report: Report, out: Path, make_figures: bool = True) -> list[Path]:
+    """Write every table as .md, .csv and .json, the figures as PNG, and report.md, under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for stem, table in report.tables().items():
+        (out / f"{stem}.md").write_text(markdown_table(table) + "\n")
+        table.to_csv(out / f"{stem}.csv", index=False)
+        (out / f"{stem}.json").write_text(table.to_json(orient="records", indent=2, date_format="iso"))
+        files += [out / f"{stem}.{ext}" for ext in ("md", "csv", "json")]
+    if make_figures:
+        report.figures = draw(report, out)
+        files += list(report.figures.values())
+    (out / "report.md").write_text(report.markdown())
+    report.files = [out / "report.md", *files]
+    return report.files
+
+
+def draw(report: Report, out: Path) -> dict[str, Path]:
+    """The figures this protocol calls for (see the module docstring)."""
+    from raysel.report import figures  # matplotlib: only when drawing (trial processes import this package)
+
+    drawn: dict[str, Path] = {}
+    at = "each trial's last report" if report.step is None else f"step {report.step}"
+    metric, name = report.metric, report.name
+    if not report.steps.empty and report.steps["step"].nunique() > 1:
+        drawn["curves"] = figures.curves(report.steps, metric, f"{name}: {metric} per step", out / "curves.png")
+    values = (stats.values_at(report.frame, report.protocol, metric, report.step, list(report.summary["arm"]))
+              if report.protocol.kind != "search" and not report.summary.empty else pd.DataFrame())
+    if not values.empty:
+        drawn["box"] = figures.box(values, metric, f"{name}: {metric} at {at}", out / "box.png")
+        error = "std" if report.protocol.kind == "per_seed_grid" else "se"
+        drawn["bars"] = figures.bars(report.summary, metric, error, f"{name}: {metric} at {at}", out / "bars.png")
+    if not report.search.empty:
+        drawn["search_history"] = figures.search_history(
+            report.search, report.protocol.metric, report.protocol.mode,
+            f"{name}: optimisation history", out / "search_history.png")
+    if not report.importances.empty:
+        drawn["importances"] = figures.importances(report.importances, f"{name}: parameter importances",
+                                                   out / "importances.png")
+    return drawn
+
+
+def log_report(report: Report, record: SweepRecord) -> None:
+    """The report's files as artifacts of the sweep's parent run (``report/``), and its summary numbers
+    as the parent run's metrics (e.g. ``igf-shifting.test_perplexity.mean``)."""
+    from raysel.tracking import log_artifacts, log_summary_metrics
+
+    if not (record.tracking_uri and record.parent_run_id):
+        return
+    log_artifacts(record.tracking_uri, record.parent_run_id, report.files, "report")
+    log_summary_metrics(record.tracking_uri, record.parent_run_id, summary_metrics(report.summary))
+
+
+def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
+    metrics = {}
+    for _, row in summary.iterrows():
+        prefix = f"{row['arm']}.{row['metric']}" if "metric" in row else f"{row['arm']}.best"
+        for column, value in row.items():
+            if column not in ("arm", "metric", "step", "n", "trials") and _is_float(value):
+                metrics[f"{prefix}.{column}"] = float(value)
+    return metrics
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, float) and not math.isnan(value)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A plain Markdown table (for the terminal, the README and MLflow)."""
+    if frame.empty:
+        return "(no trials reported the metric)"
+    cells = frame.map(lambda v: f"{v:.{digits}g}" if isinstance(v, float) else ("" if v is None else str(v)))
+    header = "| " + " | ".join(map(str, cells.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in cells.columns) + "|"
+    return "\n".join([header, rule] + ["| " + " | ".join(row) + " |" for row in cells.to_numpy().tolist()])
+
+
+def to_json(report: Report) -> str:
+    return json.dumps({k: json.loads(v.to_json(orient="records", date_format="iso"))
+                       for k, v in report.tables().items()}, indent=2)

@@ -1,0 +1,117 @@
+"""The report's PNG figures (matplotlib's object API on the Agg canvas: no pyplot state, no display).
+
+Every figure has a title, labelled axes and a legend or tick labels naming the arms; sizes are fixed
+(``FIGSIZE`` at ``DPI``) so that a figure reads the same in the README, MLflow and a terminal viewer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+FIGSIZE = (8.0, 5.0)  # inches
+DPI = 100  # → 800 × 500 pixels
+STEP_LABEL = "step (optimizer updates)"
+
+
+def metric_label(metric: str) -> str:
+    """An axis label that says which way is better (and the unit where the name implies one)."""
+    text = metric.replace("_", " ")
+    if "perplexity" in metric or metric.endswith("loss") or metric.endswith("mse"):
+        return f"{text} (lower is better)"
+    if "accuracy" in metric:
+        return f"{text} (fraction correct, higher is better)"
+    if metric.endswith(("f1", "_em", "exact_match")):
+        return f"{text} (higher is better)"
+    return text
+
+
+def _figure(title: str) -> tuple[Figure, object]:
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    return figure, axes
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def curves(steps: pd.DataFrame, metric: str, title: str, path: Path) -> Path:
+    """Mean of ``metric`` per step for each arm, with a ±1 standard-error band."""
+    figure, axes = _figure(title)
+    for arm, group in steps.groupby("arm", sort=False):
+        x, mean = group["step"].to_numpy(), group["mean"].to_numpy()
+        se = np.nan_to_num(group["se"].to_numpy())
+        line, = axes.plot(x, mean, marker="o", markersize=3, label=f"{arm} (n={int(group['n'].max())})")
+        axes.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2)
+    axes.set_xlabel(STEP_LABEL)
+    axes.set_ylabel(metric_label(metric))
+    axes.legend(title="arm (mean ± 1 SE)")
+    return _save(figure, path)
+
+
+def box(values: pd.DataFrame, metric: str, title: str, path: Path) -> Path:
+    """One box per arm (median, quartiles, 1.5 IQR whiskers) with every run as a dot."""
+    figure, axes = _figure(title)
+    arms = list(dict.fromkeys(values["arm"]))
+    samples = [values.loc[values["arm"] == arm, "value"].to_numpy(dtype=float) for arm in arms]
+    axes.boxplot(samples, tick_labels=[f"{a}\n(n={len(s)})" for a, s in zip(arms, samples)], showfliers=False)
+    jitter = np.random.default_rng(0)
+    for i, sample in enumerate(samples, start=1):
+        axes.scatter(i + jitter.uniform(-0.12, 0.12, len(sample)), sample, s=12, alpha=0.6, zorder=3)
+        if len(sample):
+            axes.annotate(f"median {np.median(sample):.4g}", (i, np.median(sample)), xytext=(28, 0),
+                          textcoords="offset points", va="center", fontsize=8)
+    axes.set_xlabel("arm")
+    axes.set_ylabel(metric_label(metric))
+    return _save(figure, path)
+
+
+def bars(summary: pd.DataFrame, metric: str, error: str, title: str, path: Path) -> Path:
+    """Mean per arm with error bars (``error`` names the column: std or se)."""
+    figure, axes = _figure(title)
+    x = np.arange(len(summary))
+    means = summary["mean"].to_numpy(dtype=float)
+    errors = np.nan_to_num(summary[error].to_numpy(dtype=float))
+    rects = axes.bar(x, means, yerr=errors, capsize=6, color="tab:blue", alpha=0.8)
+    axes.bar_label(rects, labels=[f"{m:.4g} ({e:.2g})" for m, e in zip(means, errors)], padding=3, fontsize=8)
+    axes.set_xticks(x, [f"{a}\n(n={int(n)})" for a, n in zip(summary["arm"], summary["n"])])
+    axes.set_xlabel("arm")
+    axes.set_ylabel(metric_label(metric) + f"\nmean, error bar = {'1 SE' if error == 'se' else 'std'}")
+    axes.margins(y=0.15)
+    return _save(figure, path)
+
+
+def search_history(search: pd.DataFrame, metric: str, mode: str, title: str, path: Path) -> Path:
+    """Each search trial's objective in start order, and the best value so far (Optuna's history plot)."""
+    figure, axes = _figure(title)
+    for arm, group in search.groupby("arm", sort=False):
+        dots = axes.scatter(group["order"], group[metric], s=18, label=f"{arm}: trial")
+        axes.step(group["order"], group["best_so_far"], where="post", color=dots.get_facecolor()[0],
+                  label=f"{arm}: best so far ({'min' if mode == 'min' else 'max'})")
+    axes.set_xlabel("search trial (in start order)")
+    axes.set_ylabel(metric_label(metric))
+    axes.legend()
+    return _save(figure, path)
+
+
+def importances(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """fANOVA importance of each searched parameter (one group of bars per arm)."""
+    figure, axes = _figure(title)
+    labels = [f"{arm}: {param}" if table["arm"].nunique() > 1 else param
+              for arm, param in zip(table["arm"], table["param"])]
+    y = np.arange(len(table))
+    axes.barh(y, table["importance"], color="tab:green", alpha=0.8)
+    axes.set_yticks(y, labels)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("importance (fANOVA share of the objective's variance)")
+    return _save(figure, path)

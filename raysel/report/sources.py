@@ -1,0 +1,261 @@
+"""Where a report's numbers come from: the sweep's MLflow runs (the source of truth), else Ray Tune's files.
+
+A sweep is named by its storage directory (``storage_path/name``, holding ``sweep.json``), by its
+MLflow parent run id, or by its MLflow experiment name (the newest sweep in it). Either source gives
+the same long table: one row per trial × step, with the trial's identity, params, tags and the
+metrics it reported *at that step* (NaN where it reported nothing new).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STATE_FILE = "sweep.json"  # what `raysel sweep` writes in the sweep's directory and logs to the parent run
+FRESH_KEY = "raysel_fresh"  # in Tune results: the metrics reported at that step (the others are carried over)
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ID_COLUMNS = ["trial_id", "run_id", "arm", "method", "stage", "seed", "status", "start_time"]
+# what Ray Tune adds to every result: not metrics of the method
+TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id",
+             "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
+             "iterations_since_restore", "experiment_tag", "step", "mlflow_run_id", FRESH_KEY}
+
+
+class ReportError(ValueError):
+    """A sweep reference that names nothing usable, or a report option that does not fit the sweep."""
+
+
+@dataclass
+class SweepRecord:
+    """A sweep found by reference: its spec (as run) and where its trials were recorded."""
+
+    name: str
+    spec: dict[str, Any]
+    tracking_uri: str | None
+    parent_run_id: str | None
+    sweep_dir: Path | None  # the storage directory, when it exists on this machine
+
+
+def resolve(sweep: "str | Path", tracking_uri: str | None = None) -> SweepRecord:
+    """Find a sweep by storage directory, MLflow parent run id, or MLflow experiment name."""
+    path = Path(sweep).expanduser()
+    if path.is_dir():
+        state_file = path / STATE_FILE
+        if not state_file.is_file():
+            raise ReportError(f"{path} is a directory but not a sweep's (no {STATE_FILE}); give the sweep's "
+                              "storage directory (storage_path/name), its MLflow parent run id or its experiment name")
+        state = json.loads(state_file.read_text())
+        return SweepRecord(state["name"], state["spec"], tracking_uri or state.get("tracking_uri"),
+                           state.get("parent_run_id"), path.resolve())
+    uri = _resolve_uri(tracking_uri)
+    text = str(sweep)
+    if RUN_ID.match(text):
+        return _record_from_run(uri, text)
+    return _record_from_experiment(uri, text)
+
+
+def _resolve_uri(tracking_uri: str | None) -> str:
+    import os
+
+    from raysel.tracking import resolve_uri
+
+    return resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def _client(uri: str):
+    from raysel.tracking import _client
+
+    return _client(uri)
+
+
+def _record_from_run(uri: str, run_id: str) -> SweepRecord:
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:
+        raise ReportError(f"no MLflow run {run_id} in {uri} ({type(err).__name__}); check the id and "
+                          "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
+    role = run.data.tags.get("raysel.role")
+    if role != "sweep":
+        parent = run.data.tags.get("mlflow.parentRunId")
+        hint = f"; its sweep's parent run is {parent}" if parent else ""
+        raise ReportError(f"MLflow run {run_id} is not a raysel sweep's parent run (raysel.role={role!r}){hint}")
+    return SweepRecord(run.data.tags.get("raysel.sweep", run.info.run_name), _spec_of(client, run_id),
+                       uri, run_id, None)
+
+
+def _record_from_experiment(uri: str, name: str) -> SweepRecord:
+    client = _client(uri)
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except Exception as err:
+        raise ReportError(f"cannot reach the MLflow store {uri} ({type(err).__name__}: {err})") from None
+    if experiment is None:
+        raise ReportError(f"{name!r} is neither a sweep directory, an MLflow run id, nor an experiment in {uri}; "
+                          "give storage_path/name, a parent run id, or an experiment name "
+                          "(with --tracking-uri or MLFLOW_TRACKING_URI for another store)")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`raysel.role` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ReportError(f"experiment {name!r} in {uri} holds no raysel sweep (no run tagged raysel.role=sweep)")
+    return _record_from_run(uri, runs[0].info.run_id)
+
+
+def _spec_of(client, run_id: str) -> dict[str, Any]:
+    """The spec a sweep ran with, from its parent run's ``sweep.json`` artifact."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, STATE_FILE, tmp)
+        except Exception:
+            raise ReportError(f"MLflow run {run_id} has no {STATE_FILE} artifact (a sweep from an older raysel?); "
+                              "report it from its storage directory instead") from None
+        return json.loads(Path(local).read_text())["spec"]
+
+
+# ---------------------------------------------------------------- the long table
+def load_frame(record: SweepRecord, source: str = "auto") -> tuple[pd.DataFrame, str]:
+    """The sweep's trial × step table and the source it came from ("mlflow" or "tune")."""
+    if source not in ("auto", "mlflow", "tune"):
+        raise ReportError(f"source {source!r} is not one of: auto, mlflow, tune")
+    mlflow_ok = record.tracking_uri is not None and record.parent_run_id is not None
+    if source == "mlflow" and not mlflow_ok:
+        raise ReportError(f"sweep {record.name!r} was not tracked in MLflow (tracking.enabled: false)")
+    if source == "tune" or (source == "auto" and not mlflow_ok):
+        if record.sweep_dir is None:
+            raise ReportError(f"sweep {record.name!r}: no storage directory here to read Ray Tune's results from")
+        return tune_frame(record.sweep_dir), "tune"
+    return mlflow_frame(record.tracking_uri, record.parent_run_id), "mlflow"
+
+
+def mlflow_frame(uri: str, parent_run_id: str, threads: int = 8) -> pd.DataFrame:
+    """Every child run of the sweep's parent run, with each metric's full history."""
+    client = _client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+
+    def histories(run) -> dict[str, list]:
+        return {key: client.get_metric_history(run.info.run_id, key) for key in run.data.metrics}
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # one request per run × metric on a server
+        all_histories = list(pool.map(histories, runs))
+    rows = []
+    for run, history in zip(runs, all_histories):
+        tags = run.data.tags
+        identity = {"trial_id": tags.get("raysel.trial_id"), "run_id": run.info.run_id,
+                    "arm": tags.get("raysel.arm"), "method": tags.get("raysel.method"),
+                    "stage": tags.get("raysel.stage"), "seed": _number(tags.get("raysel.seed")),
+                    "status": run.info.status, "start_time": pd.to_datetime(run.info.start_time, unit="ms")}
+        identity.update(_params(run.data.params))
+        identity.update({f"tags.{k}": v for k, v in tags.items() if not k.startswith("mlflow.")})
+        by_step: dict[int, dict[str, float]] = {}
+        for key, points in history.items():
+            for point in sorted(points, key=lambda p: (p.step, p.timestamp)):  # the latest value per step wins
+                by_step.setdefault(int(point.step), {})[key] = point.value
+        rows.extend({**identity, "step": step, **values} for step, values in by_step.items())
+        if not by_step:  # a trial that never reported still counts (failed early)
+            rows.append({**identity, "step": math.nan})
+    return _ordered(pd.DataFrame(rows))
+
+
+def tune_frame(sweep_dir: Path) -> pd.DataFrame:
+    """The same table from Ray Tune's per-trial ``result.json`` files under the sweep's directory."""
+    rows = []
+    for result_file in sorted(sweep_dir.glob("*/trial_*/result.json")):
+        trial_dir = result_file.parent
+        failed = any((trial_dir / f).exists() for f in ("error.txt", "error.pkl"))
+        by_step: dict[int, dict[str, Any]] = {}
+        identity: dict[str, Any] = {}
+        for line in result_file.read_text().splitlines():
+            if not line.strip():
+                continue
+            result = json.loads(line)
+            if not identity:
+                identity = _tune_identity(result, failed)
+            fresh = result.get(FRESH_KEY)
+            names = fresh.split(",") if isinstance(fresh, str) else [k for k in result if k not in TUNE_KEYS]
+            values = {k: result[k] for k in names if k and _is_number(result.get(k))}
+            by_step.setdefault(int(result.get("step", result.get("training_iteration", 0))), {}).update(values)
+        rows.extend({**identity, "step": step, **values} for step, values in by_step.items())
+    if not rows:
+        raise ReportError(f"no Ray Tune results under {sweep_dir} (no */trial_*/result.json yet)")
+    return _ordered(pd.DataFrame(rows))
+
+
+def _tune_identity(result: dict[str, Any], failed: bool) -> dict[str, Any]:
+    config = result.get("config", {})
+    variant = config.get("variant", {})
+    identity = {"trial_id": result.get("trial_id"), "run_id": result.get("mlflow_run_id") or None,
+                "arm": variant.get("arm"), "method": variant.get("method"), "stage": variant.get("stage"),
+                "seed": config.get("seed"), "status": "FAILED" if failed else "FINISHED",
+                "start_time": pd.to_datetime(result.get("timestamp", 0), unit="s")}
+    identity.update({f"params.{k}": v for k, v in variant.get("params", {}).items()})
+    identity.update({"model.name": variant.get("model", {}).get("name"),
+                     "data.name": variant.get("data", {}).get("name")})
+    return identity
+
+
+def _params(params: dict[str, str]) -> dict[str, Any]:
+    """MLflow keeps params as strings: give numbers and booleans back their type."""
+    keep = {k: v for k, v in params.items() if k.startswith(("params.", "model.", "data."))}
+    return {k: _typed(v) for k, v in keep.items()}
+
+
+def _typed(text: str) -> Any:
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    number = _number(text)
+    return text if number is None else number
+
+
+def _number(text: Any) -> Any:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    """Identity, params, tags, step, then metrics; rows by arm, stage, seed, trial, step."""
+    first = [c for c in ID_COLUMNS if c in frame]
+    params = sorted(c for c in frame if c.startswith(("params.", "model.", "data.")))
+    tags = sorted(c for c in frame if c.startswith("tags."))
+    metrics = sorted(c for c in frame if c not in {*first, *params, *tags, "step"})
+    frame = frame[first + params + tags + ["step"] + metrics]
+    return frame.sort_values(["arm", "stage", "seed", "trial_id", "step"], kind="stable",
+                             na_position="last").reset_index(drop=True)
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns of a long table (everything after ``step``)."""
+    columns = list(frame.columns)
+    return columns[columns.index("step") + 1:] if "step" in columns else []
