@@ -52,11 +52,14 @@ class _Run:
     """The loop's view of its trial; subclasses say how metrics and checkpoints reach Ray."""
 
     def __init__(self, *, seed: int, device: torch.device, rank: int, world_size: int, model: ModelSpec,
-                 data: DataSpec, artifact_dir: Path, logger: Any):
+                 data: DataSpec, artifact_dir: Path, logger: Any, shared_dir: Path | None = None):
         self.seed, self.device, self.rank, self.world_size = seed, device, rank, world_size
         self.model, self.data = model, data
         self.artifact_dir = artifact_dir
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        # beside the trials' own directories: storage_path/NAME/artifacts/shared
+        self.shared_dir = shared_dir or artifact_dir.parent / "shared"
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
         self._logger = logger
         self._pending_state: dict[str, Any] | None = None
         self._last: tuple[int, dict[str, float]] = (0, {})
@@ -105,6 +108,9 @@ class _Run:
     def set_tags(self, **tags: str) -> None:
         self._logger.set_tags(tags)
 
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._logger.log_artifact(path, artifact_path)
+
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
 
@@ -152,11 +158,12 @@ class LocalRun(_Run):
     """No Ray at all: results kept in ``self.results`` (tests, benchmarks, notebooks)."""
 
     def __init__(self, *, seed: int = 0, model: ModelSpec | None = None, data: DataSpec | None = None,
-                 artifact_dir: "Path | None" = None, device: torch.device | None = None, logger: Any = None):
+                 artifact_dir: "Path | None" = None, device: torch.device | None = None, logger: Any = None,
+                 shared_dir: "Path | None" = None):
+        artifact_dir = artifact_dir or Path(tempfile.mkdtemp(prefix="raysel-"))
         super().__init__(seed=seed, device=device or pick_device(True), rank=0, world_size=1,
-                         model=model or ModelSpec(), data=data or DataSpec(),
-                         artifact_dir=artifact_dir or Path(tempfile.mkdtemp(prefix="raysel-")),
-                         logger=logger or NullLogger())
+                         model=model or ModelSpec(), data=data or DataSpec(), artifact_dir=artifact_dir,
+                         logger=logger or NullLogger(), shared_dir=shared_dir or artifact_dir / "shared")
         self.results: list[dict[str, Any]] = []
         self.saved_state: dict[str, Any] | None = None
 

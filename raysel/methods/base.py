@@ -29,7 +29,8 @@ class RunContext(Protocol):
     world_size: int
     model: Any  # raysel.spec.ModelSpec
     data: Any  # raysel.spec.DataSpec
-    artifact_dir: Path
+    artifact_dir: Path  # this trial's files
+    shared_dir: Path  # files the sweep's trials share (caches one trial builds and the others reuse)
 
     def report(self, step: int, **metrics: float) -> None:
         """Record metrics at the loop's own global step (and attach a pending checkpoint)."""
@@ -45,6 +46,9 @@ class RunContext(Protocol):
 
     def set_tags(self, **tags: str) -> None:
         """Attach descriptive tags to the trial's tracking run (e.g. which detector ran)."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Keep a file with the trial's tracking run (rank 0; a no-op when tracking is off)."""
 
 
 class Method(Protocol):

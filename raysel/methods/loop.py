@@ -69,8 +69,14 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_ste
 
 def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
               next_batch: Callable[[int, int, torch.Generator], Batch | None],
-              evaluate: Callable[[torch.nn.Module], dict[str, float]]) -> dict[str, float]:
-    """Train ``model`` for ``params.max_steps`` optimizer steps; return the last evaluation."""
+              evaluate: Callable[[torch.nn.Module], dict[str, float]], *,
+              step_metrics: Callable[[int], dict[str, float]] | None = None,
+              extra_state: Any = None) -> dict[str, float]:
+    """Train ``model`` for ``params.max_steps`` optimizer steps; return the last evaluation.
+
+    ``step_metrics(step)`` adds the method's own numbers to every step's report (e.g. IGF's
+    acceptance rate); ``extra_state`` (anything with ``state_dict``/``load_state_dict``, e.g. the
+    method's counters) is checkpointed and restored with the model."""
     model = run.prepare_model(model)
     plain = getattr(model, "module", model)  # unwrapped from DDP for evaluation and state
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, eps=params.adam_eps,
@@ -85,6 +91,8 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         start, evaluation = state["step"], state["evaluation"]
+        if extra_state is not None:
+            extra_state.load_state_dict(state["extra"])
     else:
         evaluation = evaluate(plain)
         run.report(0, **evaluation)
@@ -107,12 +115,15 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
         optimizer.zero_grad(set_to_none=True)
         if losses:
             metrics["train_loss"] = sum(losses) / len(losses)
+        if step_metrics is not None:
+            metrics.update(step_metrics(step))
         if step % params.eval_every == 0 or step == params.max_steps:
             evaluation = evaluate(plain)
             metrics.update(evaluation)
             run.checkpoint({"model": plain.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "step": step, "evaluation": evaluation,
-                            "rng": torch.get_rng_state()})
+                            "rng": torch.get_rng_state(),
+                            "extra": extra_state.state_dict() if extra_state is not None else None})
         run.report(step, **metrics)
     return dict(evaluation)
 

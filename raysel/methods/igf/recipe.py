@@ -1,0 +1,292 @@
+"""The IGF recipe: objective set → IG pairs → secondary learner → filtered fine-tuning.
+
+One trial, top to bottom:
+1. Tokenise the data's splits once: ``train`` is the pool of candidate contexts (for IG and for
+   fine-tuning), ``dev`` holds the objective-set articles, ``test`` the held-out test windows (the
+   reference measured test perplexity on objective-set articles: bug 3).
+2. IGF arms get the secondary learner from the sweep's shared cache when a trial with the same
+   model, data and IG settings built it already; otherwise this trial builds it (IG of
+   ``ig_contexts`` pool contexts from θ0, z-scored, the CNN fit keeping its best held-out epoch),
+   saves it for the others and logs the IG pairs and the learner as artifacts.
+3. Fine-tuning is the shared loop (raysel.methods.loop.fine_tune) — the same AdamW, schedule,
+   clipping and evaluation as every other method. Each batch is ``batch_size`` contexts that passed
+   the learner's threshold, all of them in the step (the reference's zero_grad per context let only
+   the 16th reach the step: bug 1). ``threshold_mode: none`` is standard fine-tuning on the same
+   stream of contexts.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pydantic
+import torch
+from pydantic import Field
+
+from raysel.data.errors import DataError
+from raysel.data.sources import lm_splits
+from raysel.methods.base import MethodParams, RunContext
+from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, information_gain, objective_and_pool,
+                                          objective_perplexity, predict, sample_context, threshold_at,
+                                          train_secondary_learner, zscore)
+from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
+from raysel.metrics import perplexity
+from raysel.models import check_model, load_model
+from raysel.spec import DataSpec, ModelSpec
+
+LEARNER_FILE = "learner.pt"
+PAIRS_FILE = "ig_pairs.pt"
+MAX_CANDIDATES_PER_CONTEXT = 1000  # a batch that needs more than this is a threshold nothing passes
+
+
+class IGFParams(MethodParams):
+    """Every IGF hyperparameter; the seed's flag names are accepted as aliases (in brackets)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    # contexts and the objective set
+    context_len: int = Field(32, gt=1)  # tokens per context
+    size_objective_set: int = Field(100, gt=0, alias="number")  # objective contexts, one per article [number]
+    min_len: int = Field(1026, ge=0)  # an objective article must be longer than this many tokens
+    trim: bool = True  # objective context: a random window (True) or the article's first tokens
+    eval_examples: int = Field(256, gt=0)  # held-out test windows (from the data's test split)
+    eval_batch_size: int = Field(64, gt=0)
+    # information gain (one optimizer step from θ0 per context)
+    ig_contexts: int = Field(1000, ge=8, alias="max_steps")  # IG samples collected [max_steps]
+    ig_lr: float = Field(5e-5, gt=0)
+    ig_step: Literal["adamw", "sgd"] = "adamw"
+    ig_engine: Literal["exact", "first_order"] = "exact"  # first_order: lr·<∇L_obj, update> (approximate)
+    ig_seed: int = 3  # the reference's seed for the objective set and IG contexts
+    ig_chunk_size: int = Field(8, gt=0)  # contexts per batched (torch.func) IG evaluation
+    recopy_model: bool = True  # every IG step starts from θ0 (the only correct choice; False is refused)
+    # secondary learner
+    secondary_learner_batch_size: int = Field(128, gt=0)
+    secondary_learner_max_epochs: int = Field(15, gt=0)
+    learner_lr: float = Field(1e-5, gt=0)
+    learner_heldout: int = Field(512, gt=0)  # the first pairs held out (at most a quarter)
+    learner_seed: int = 42
+    # filtering
+    threshold_mode: Literal["none", "constant", "shifting"] = "shifting"  # none = standard fine-tuning
+    threshold: float = 1.0  # constant mode, in std units of IG
+    threshold_start: float = 1.0  # shifting mode: before switch_step batches ...
+    threshold_end: float = -1.0  # ... and from then on
+    switch_step: int = Field(10, ge=0, alias="eval_interval")  # [eval_interval: the seed's switch point]
+    # "ig": thresholds compare the learner's raw score, an estimate of z(IG) (the paper); "learner": its score
+    # standardised over the IG contexts, so +1 passes about the learner's top sixth even when its estimates
+    # have shrunk towards the mean (a weak learner's scores can all sit within ±0.1 and never reach +1)
+    threshold_units: Literal["ig", "learner"] = "ig"
+    # fine-tuning (the shared loop's parameters; max_batches is its max_steps)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_batches: int = Field(60, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_grad_norm: float | None = Field(3.0, gt=0)
+    eval_every: int = Field(1, gt=0)  # test perplexity every N batches (Figure 1 plots every batch)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> "IGFParams":
+        if not self.recopy_model:
+            raise ValueError("recopy_model: false is not supported: IG is always measured from θ0 "
+                             "(one step per context, then the original weights back)")
+        self.loop()  # the shared loop's own checks (warmup below max_batches, ...)
+        return self
+
+    def loop(self) -> LoopParams:
+        return LoopParams(lr=self.lr, weight_decay=self.weight_decay, adam_eps=self.adam_eps,
+                          warmup_steps=self.warmup_steps, max_steps=self.max_batches, batch_size=self.batch_size,
+                          max_grad_norm=self.max_grad_norm, eval_every=self.eval_every)
+
+    def learner_key(self, model: ModelSpec, data: DataSpec) -> str:
+        """What the IG pairs and the learner depend on (trials that share it share the learner)."""
+        fields = ["context_len", "size_objective_set", "min_len", "trim", "ig_contexts", "ig_lr", "ig_step",
+                  "ig_engine", "ig_seed", "max_grad_norm", "secondary_learner_batch_size",
+                  "secondary_learner_max_epochs", "learner_lr", "learner_heldout", "learner_seed"]
+        blob = json.dumps({"model": model.model_dump(), "data": data.model_dump(),
+                           **{f: getattr(self, f) for f in fields}}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class FilterStats:
+    """Candidates examined and accepted so far (checkpointed with the loop, so a restart keeps counting)."""
+
+    def __init__(self) -> None:
+        self.examined = self.accepted = 0
+        self.step_examined = self.step_accepted = 0
+
+    def add(self, examined: int, accepted: int) -> None:
+        self.examined += examined
+        self.accepted += accepted
+        self.step_examined += examined
+        self.step_accepted += accepted
+
+    def step_metrics(self, threshold: float | None) -> dict[str, float]:
+        metrics = {"acceptance_rate": self.step_accepted / max(1, self.step_examined),
+                   "contexts_consumed": float(self.examined)}
+        if threshold is not None:
+            metrics["threshold"] = threshold
+        self.step_examined = self.step_accepted = 0
+        return metrics
+
+    def state_dict(self) -> dict[str, int]:
+        return {"examined": self.examined, "accepted": self.accepted}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.examined, self.accepted = state["examined"], state["accepted"]
+
+
+class IGF:
+    """Information Gain Filtration: fine-tune only on contexts a learned filter expects to be informative."""
+
+    name: ClassVar[str] = "igf"
+    Params: ClassVar[type[IGFParams]] = IGFParams
+
+    def preflight(self, params: IGFParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
+        """Before Ray starts: the model loads and the data has enough long articles for the objective set."""
+        check_model(model.name, "causal_lm")
+        _, tokenizer = load_model(model.name, "causal_lm")
+        _split_articles(tokenizer, data, params)
+
+    def train_loop(self, params: IGFParams, run: RunContext) -> dict[str, float]:
+        model, tokenizer = load_model(run.model.name, "causal_lm")
+        model = model.to(run.device)
+        objective_articles, pool, test_articles = _split_articles(tokenizer, run.data, params)
+        objective, _ = objective_and_pool(objective_articles, size=params.size_objective_set,
+                                          context_len=params.context_len, min_len=params.min_len, trim=params.trim,
+                                          generator=torch.Generator().manual_seed(params.ig_seed))
+        test = _fixed_windows(test_articles, params.context_len, params.eval_examples, seed=1)
+        score = None
+        if params.threshold_mode != "none":
+            learner, q_stats = self._learner(params, run, model, objective, pool)
+            score = _scorer(learner, params.threshold_units, q_stats)  # no LM forward for a candidate
+        loop = params.loop()
+        per_micro = micro_batch_size(loop, run.world_size)
+        stats = FilterStats()
+        thresholds: dict[int, float | None] = {}
+
+        def next_batch(step: int, micro: int, generator: torch.Generator):
+            # step counts from 1; the threshold for batch `step` depends on the steps already taken
+            thresholds[step] = threshold_at(params.threshold_mode, step - 1, value=params.threshold,
+                                            start=params.threshold_start, end=params.threshold_end,
+                                            switch_step=params.switch_step)
+            candidates = (sample_context(pool, params.context_len, generator) for _ in itertools.count())
+            try:
+                ids, examined = fill_batch(candidates, score, thresholds[step], per_micro,
+                                           max_candidates=MAX_CANDIDATES_PER_CONTEXT * per_micro)
+            except ValueError as err:
+                raise ValueError(f"{err}: the secondary learner's scores rarely reach this threshold (see the "
+                                 "trial's learner_q_* metrics); lower threshold / threshold_start, or train the "
+                                 "learner longer (secondary_learner_max_epochs, learner_lr)") from None
+            stats.add(examined, len(ids))
+            return {"input_ids": ids, "labels": ids}
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return {"test_perplexity": perplexity(m, test, params.eval_batch_size),
+                    "dev_perplexity": objective_perplexity(m, objective.to(run.device), params.eval_batch_size)}
+
+        return fine_tune(model, loop, run, next_batch, evaluate,
+                         step_metrics=lambda step: stats.step_metrics(thresholds.get(step)), extra_state=stats)
+
+    # ------------------------------------------------------------ the shared learner
+    def _learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
+                 pool: list[torch.Tensor]) -> tuple[SecondaryLearner, dict[str, float]]:
+        """The secondary learner (built here or by an earlier trial) and its scores' statistics."""
+        from filelock import FileLock
+
+        directory = run.shared_dir / f"igf-learner-{params.learner_key(run.model, run.data)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory / "build.lock")):  # concurrent trials: one builds, the others wait
+            built_here = not (directory / LEARNER_FILE).exists()
+            if built_here:
+                self._build_learner(params, run, model, objective, pool, directory)
+        saved = torch.load(directory / LEARNER_FILE, map_location=run.device, weights_only=False)
+        learner = _new_learner(model, params.learner_seed)
+        learner.load_state_dict(saved["state"])
+        run.set_tags(**{"igf.learner": "built" if built_here else f"reused:{saved['built_by']}",
+                        "igf.learner_key": directory.name})
+        run.report(0, learner_heldout_mse=saved["info"]["heldout_mse"],
+                   learner_heldout_spearman=saved["info"]["heldout_spearman"], ig_mean=saved["ig_mean"],
+                   ig_std=saved["ig_std"], ig_seconds=saved["ig_seconds"], **saved["q"])
+        return learner, saved["q"]
+        return learner
+
+    def _build_learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
+                       pool: list[torch.Tensor], directory: Path) -> None:
+        generator = torch.Generator().manual_seed(params.ig_seed)
+        contexts = torch.stack([sample_context(pool, params.context_len, generator)
+                                for _ in range(params.ig_contexts)])
+        started = time.perf_counter()
+        ig = information_gain(model, contexts.to(run.device), objective.to(run.device), lr=params.ig_lr,
+                              step=params.ig_step, max_grad_norm=params.max_grad_norm,
+                              engine=params.ig_engine, chunk_size=params.ig_chunk_size).cpu()
+        ig_seconds = time.perf_counter() - started
+        z, mean, std = zscore(ig)
+        learner = _new_learner(model, params.learner_seed)
+        state, info = train_secondary_learner(learner, contexts.to(run.device), z.float(),
+                                              heldout=params.learner_heldout, lr=params.learner_lr,
+                                              batch_size=params.secondary_learner_batch_size,
+                                              epochs=params.secondary_learner_max_epochs, seed=params.learner_seed)
+        q = predict(learner, contexts.to(run.device)).double().cpu()  # the scores thresholds will see
+        q_stats = {"learner_q_mean": float(q.mean()), "learner_q_std": float(q.std()),
+                   "learner_q_above_1": float((q >= 1).double().mean()),
+                   "learner_q_above_minus_1": float((q >= -1).double().mean())}
+        pairs = {"contexts": contexts, "ig": ig, "z": z, "q": q, "objective": objective.cpu()}
+        torch.save(pairs, directory / PAIRS_FILE)
+        _atomic_save({"state": {k: v.cpu() for k, v in state.items()}, "info": info, "ig_mean": mean, "ig_std": std,
+                      "ig_seconds": ig_seconds, "q": q_stats, "built_by": str(run.artifact_dir.name)}, directory / LEARNER_FILE)
+        run.log_artifact(directory / PAIRS_FILE, "igf")
+        run.log_artifact(directory / LEARNER_FILE, "igf")
+
+
+def _new_learner(model: torch.nn.Module, seed: int) -> SecondaryLearner:
+    """A learner with seeded initial weights (and the caller's random state untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SecondaryLearner.from_model(model)
+
+
+def _scorer(learner: SecondaryLearner, units: str, q_stats: dict[str, float]):
+    """The score a candidate's threshold is compared with (see IGFParams.threshold_units)."""
+    if units == "learner":
+        mean, std = q_stats["learner_q_mean"], max(q_stats["learner_q_std"], 1e-12)
+        return lambda ids: (predict(learner, ids) - mean) / std
+    return lambda ids: predict(learner, ids)
+
+
+def _split_articles(tokenizer, data: DataSpec, params: IGFParams):
+    """Token arrays of the objective articles (dev split), the candidate pool (train) and the test
+    articles; a DataError naming the numbers when the objective set cannot be filled."""
+    splits = lm_splits(data)
+    tokens = {name: [torch.tensor(ids, dtype=torch.long)
+                     for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+              for name, texts in splits.items()}
+    long_enough = sum(len(a) > params.min_len and len(a) >= params.context_len for a in tokens["dev"])
+    if long_enough <= params.size_objective_set:  # objective_and_pool keeps at least one article back
+        raise DataError(f"igf: the dev split of data {data.name!r} has {long_enough} articles longer than "
+                        f"min_len={params.min_len} tokens; size_objective_set={params.size_objective_set} needs "
+                        "more than that many (one context each); lower min_len or size_objective_set")
+    pool = [a for a in tokens["train"] if len(a) >= params.context_len]
+    test = [a for a in tokens["test"] if len(a) >= params.context_len]
+    for name, found in (("train", pool), ("test", test)):
+        if not found:
+            raise DataError(f"igf: no article of the {name} split of data {data.name!r} holds "
+                            f"context_len={params.context_len} tokens")
+    dev = [a for a in tokens["dev"] if len(a) > params.min_len and len(a) >= params.context_len]
+    return dev, pool, test
+
+
+def _fixed_windows(articles: list[torch.Tensor], context_len: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` held-out test windows, the same for every trial (a fixed generator)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([sample_context(articles, context_len, generator) for _ in range(n)])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
