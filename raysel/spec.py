@@ -258,7 +258,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise SpecError([f"not valid YAML: {err}"], str(path)) from None
     if not isinstance(raw, dict):
         raise SpecError(["the file must hold a mapping of spec fields (name, method, protocol, ...)"], str(path))
-    return raw
+    # top-level `x-...` keys hold YAML anchors shared by several arms (as in docker-compose): not fields
+    return {k: v for k, v in raw.items() if not str(k).startswith("x-")}
 
 
 def parse_value(text: str) -> Any:

@@ -258,3 +258,15 @@ def test_list_shows_methods_protocols_configs_and_builtins(capsys):
     out = capsys.readouterr().out
     for expected in ("standard", "per_seed_grid", "quickstart.yaml", "tiny-gpt2", "minilm", "pydocs-topics"):
         assert expected in out
+
+
+def test_x_keys_hold_yaml_anchors_shared_by_arms(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text("x-common: &common {task: causal_lm, max_steps: 7}\n"
+                    "arms:\n"
+                    "  - {name: a, method: standard, params: {<<: *common, lr: 1.0e-4}}\n"
+                    "  - {name: b, method: standard, params: {<<: *common, lr: 1.0e-3}}\n"
+                    "protocol: {kind: seeds, seeds: [0], metric: test_perplexity, mode: min}\n")
+    spec = load_spec(path)
+    assert [a.params for a in spec.arms] == [{"task": "causal_lm", "max_steps": 7, "lr": 1e-4},
+                                             {"task": "causal_lm", "max_steps": 7, "lr": 1e-3}]

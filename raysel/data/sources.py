@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from raysel.data.errors import DataError
@@ -60,8 +61,24 @@ def lm_splits(data) -> dict[str, list[str]]:
     hf_split = {"train": "train", "dev": "validation", "test": "test"}
     splits = {s: list(load_hf_dataset(data.name, data.config, split=hf_split[s], text_field=data.text_field))
               for s in LM_SPLITS}
+    if data.name.rstrip("/").split("/")[-1] == "wikitext":  # one row per line: regroup into articles
+        splits = {s: wikitext_articles(lines) for s, lines in splits.items()}
     splits["train"] = _cap(splits["train"], data)
     return splits
+
+
+WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def wikitext_articles(lines: list[str]) -> list[str]:
+    """WikiText's rows are lines; an article starts at a top-level heading line `` = Title = ``
+    (IGF's objective set and min_len count tokens per article, as the reference's files do)."""
+    articles: list[list[str]] = []
+    for line in lines:
+        if WIKITEXT_TITLE.match(line.rstrip("\n")) or not articles:
+            articles.append([])
+        articles[-1].append(line)
+    return [text for text in ("".join(a).strip() for a in articles) if text]
 
 
 def classification_splits(data, seed: int) -> LabeledSplits:

@@ -46,3 +46,14 @@ def test_builtin_k_shot_and_wrong_kinds():
         lm_splits(DataSpec(name="pydocs-topics"))
     with pytest.raises(DataError, match="LM corpus"):
         classification_splits(DataSpec(name="pydocs"), seed=0)
+
+
+def test_wikitext_lines_are_regrouped_into_articles():
+    from raysel.data.sources import wikitext_articles
+
+    lines = ["", " = Valkyria = \n", "", " = = Gameplay = = \n", " The game is ...\n", " = Tower Building = \n",
+             " It stands ...\n"]
+    articles = wikitext_articles(lines)
+    assert len(articles) == 2
+    assert articles[0].startswith("= Valkyria =") and "= = Gameplay = =" in articles[0]
+    assert articles[1].startswith("= Tower Building =") and articles[1].endswith("It stands ...")

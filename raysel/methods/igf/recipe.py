@@ -88,6 +88,7 @@ class IGFParams(MethodParams):
     batch_size: int = Field(16, gt=0)
     max_grad_norm: float | None = Field(3.0, gt=0)
     eval_every: int = Field(1, gt=0)  # test perplexity every N batches (Figure 1 plots every batch)
+    eval_objective: bool = True  # also the objective set's perplexity (dev_perplexity) at each evaluation
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> "IGFParams":
@@ -186,8 +187,10 @@ class IGF:
             return {"input_ids": ids, "labels": ids}
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
-            return {"test_perplexity": perplexity(m, test, params.eval_batch_size),
-                    "dev_perplexity": objective_perplexity(m, objective.to(run.device), params.eval_batch_size)}
+            metrics = {"test_perplexity": perplexity(m, test, params.eval_batch_size)}
+            if params.eval_objective:
+                metrics["dev_perplexity"] = objective_perplexity(m, objective.to(run.device), params.eval_batch_size)
+            return metrics
 
         return fine_tune(model, loop, run, next_batch, evaluate,
                          step_metrics=lambda step: stats.step_metrics(thresholds.get(step)), extra_state=stats)
