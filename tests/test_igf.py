@@ -291,3 +291,18 @@ def test_deep_copied_model_is_untouched_by_information_gain(model64):
     for engine in ("loop", "exact", "first_order"):
         igf.information_gain(model64, ids, ids, engine=engine, lr=1e-2)
     assert all(torch.equal(before[k], v) for k, v in model64.state_dict().items())
+
+
+def test_learner_checks_heldout_every_eval_every_batches_too():
+    model, _ = load_model("tiny-gpt2-random", "causal_lm")
+    contexts, targets = tokens(64, 8, seed=8), torch.randn(64, generator=torch.Generator().manual_seed(9))
+    runs = {}
+    for every in (None, 1):
+        torch.manual_seed(0)
+        learner = igf.SecondaryLearner.from_model(model)
+        runs[every] = igf.train_secondary_learner(learner, contexts, targets, lr=3e-3, batch_size=16, epochs=6,
+                                                  eval_every=every, seed=3)[1]
+    # the same training; checking after every batch can only find an equal or better checkpoint
+    assert runs[1]["heldout_mse_per_epoch"] == runs[None]["heldout_mse_per_epoch"]
+    assert runs[1]["heldout_mse"] <= runs[None]["heldout_mse"]
+    assert runs[None]["best_batch"] % 3 == 0  # 48 training pairs / 16 = 3 batches per epoch: epoch ends only

@@ -30,8 +30,9 @@ def run_igf(tmp_path, seed: int = 0, **params) -> tuple[LocalRun, dict]:
 
 
 def test_seed_flag_names_are_aliases():
-    params = IGFParams.model_validate({"number": 50, "max_steps": 200, "eval_interval": 5})
+    params = IGFParams.model_validate({"number": 50, "max_steps": 200, "eval_interval": 5, "eval_freq": 7})
     assert (params.size_objective_set, params.ig_contexts, params.switch_step) == (50, 200, 5)
+    assert params.learner_eval_every == 7
     assert params.max_batches == 60 and params.batch_size == 16 and params.max_grad_norm == 3.0
     with pytest.raises(ValueError, match="recopy_model"):
         IGFParams(recopy_model=False)
@@ -114,3 +115,35 @@ def test_three_arm_protocol_sweep_and_its_report(tmp_path, ray_session):
                       for r in client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
                                                   "tags.`raysel.arm` = 'igf-shifting'")})
     assert tags.str.len().gt(0).all()
+
+
+def test_ig_collection_is_split_across_ray_train_workers(tmp_path, ray_session):
+    """workers: 2 — each Ray Train worker computes the IG of half the contexts; the assembled pairs
+    equal the single-process engine's, and the learner is built once for the trial."""
+    import torch
+
+    from raysel.methods.igf import information_gain
+    from raysel.models import load_model
+
+    params = {**SMALL, "threshold_mode": "shifting", "max_batches": 2, "eval_every": 2}
+    spec = {"name": "igf-ddp", "method": "igf", "params": params, "model": {"name": "tiny-gpt2-random"},
+            "data": {"name": "pydocs"},
+            "protocol": {"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"},
+            "resources": {"workers": 2, "max_concurrent_trials": 1},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
+    result = raysel.run_sweep(spec, progress=False)
+    assert result.num_errors == 0
+    assert result.trials.iloc[0]["ig_workers"] == 2
+    (pairs_file,) = (tmp_path / "results" / "igf-ddp" / "artifacts" / "shared").glob("igf-learner-*/ig_pairs.pt")
+    pairs = torch.load(pairs_file, weights_only=False)
+    model, _ = load_model("tiny-gpt2-random", "causal_lm")
+    expected = information_gain(model, pairs["contexts"], pairs["objective"], lr=5e-5,
+                                chunk_size=SMALL["ig_chunk_size"])
+    torch.testing.assert_close(pairs["ig"], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_first_order_engine_reports_its_rank_correlation_with_exact_ig(tmp_path):
+    run, _ = run_igf(tmp_path, threshold_mode="shifting", ig_engine="first_order", ig_check_contexts=8)
+    first = run.results[0]
+    assert -1.0 <= first["ig_first_order_spearman"] <= 1.0
+    assert first["ig_workers"] == 1

@@ -348,14 +348,15 @@ class SecondaryLearner(nn.Module):
 
 
 def train_secondary_learner(learner: SecondaryLearner, contexts: Tensor, targets: Tensor, *, heldout: int = 512,
-                            lr: float = 1e-5, batch_size: int = 128, epochs: int = 15,
+                            lr: float = 1e-5, batch_size: int = 128, epochs: int = 15, eval_every: int | None = None,
                             seed: int = 42) -> tuple[dict[str, Tensor], dict]:
-    """Fit the learner to (context, target) pairs by MSE with Adam; keep the best held-out epoch.
+    """Fit the learner to (context, target) pairs by MSE with Adam; keep the best held-out checkpoint.
 
-    The first ``heldout`` pairs (at most a quarter of them) are held out, as in the reference,
-    and evaluated after every epoch. The learner ends holding the best epoch's weights, which
-    are also returned with {heldout_mse, heldout_spearman, best_epoch, train_mse: [per epoch],
-    heldout_mse_per_epoch: [per epoch]}. ``seed`` fixes the shuffling and the dropout masks.
+    The first ``heldout`` pairs (at most a quarter of them) are held out, as in the reference, and
+    evaluated after every epoch and, with ``eval_every``, every that many training batches (the
+    seed's eval_freq). The learner ends holding the best evaluation's weights, which are also
+    returned with {heldout_mse, heldout_spearman, best_epoch, best_batch, train_mse: [per epoch],
+    heldout_mse_per_epoch: [at each epoch's end]}. ``seed`` fixes the shuffling and the dropout masks.
     """
     held = min(heldout, len(contexts) // 4)
     if held < 1:
@@ -365,7 +366,17 @@ def train_secondary_learner(learner: SecondaryLearner, contexts: Tensor, targets
     test_x, test_y, train_x, train_y = contexts[:held], targets[:held], contexts[held:], targets[held:]
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    train_mse, test_mse, best = [], [], None
+    train_mse, test_mse, best, batches = [], [], None, 0
+
+    def evaluate(epoch: int) -> float:
+        nonlocal best
+        predicted = predict(learner, test_x, batch_size)
+        mse = float(F.mse_loss(predicted, test_y))
+        if best is None or mse < best[0]:
+            best = (mse, epoch, batches, copy.deepcopy(learner.state_dict()), predicted)
+        learner.train()
+        return mse
+
     with torch.random.fork_rng(devices=[param.device] if param.device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout masks, without touching the caller's RNG
         for epoch in range(1, epochs + 1):
@@ -377,16 +388,16 @@ def train_secondary_learner(learner: SecondaryLearner, contexts: Tensor, targets
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(index)
+                batches += 1
+                if eval_every and batches % eval_every == 0:
+                    evaluate(epoch)
             train_mse.append(total / len(train_x))
-            predicted = predict(learner, test_x, batch_size)
-            test_mse.append(float(F.mse_loss(predicted, test_y)))
-            if best is None or test_mse[-1] < best[0]:
-                best = (test_mse[-1], epoch, copy.deepcopy(learner.state_dict()), predicted)
-    mse, epoch, state, predicted = best
+            test_mse.append(evaluate(epoch))
+    mse, epoch, batch, state, predicted = best
     learner.load_state_dict(state)
     spearman = rank_correlation(predicted, test_y) if held > 1 else float("nan")
-    return state, {"heldout_mse": mse, "heldout_spearman": spearman, "best_epoch": epoch, "train_mse": train_mse,
-                   "heldout_mse_per_epoch": test_mse, "heldout": held}
+    return state, {"heldout_mse": mse, "heldout_spearman": spearman, "best_epoch": epoch, "best_batch": batch,
+                   "train_mse": train_mse, "heldout_mse_per_epoch": test_mse, "heldout": held}
 
 
 @torch.no_grad()

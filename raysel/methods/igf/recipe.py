@@ -31,7 +31,8 @@ from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits
 from raysel.methods.base import MethodParams, RunContext
 from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, information_gain, objective_and_pool,
-                                          objective_perplexity, predict, sample_context, threshold_at,
+                                          objective_perplexity, predict, rank_correlation, sample_context,
+                                          threshold_at,
                                           train_secondary_learner, zscore)
 from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import perplexity
@@ -60,6 +61,7 @@ class IGFParams(MethodParams):
     ig_lr: float = Field(5e-5, gt=0)
     ig_step: Literal["adamw", "sgd"] = "adamw"
     ig_engine: Literal["exact", "first_order"] = "exact"  # first_order: lr·<∇L_obj, update> (approximate)
+    ig_check_contexts: int = Field(32, ge=2)  # first_order: exact IG of this many, for the rank correlation
     ig_seed: int = 3  # the reference's seed for the objective set and IG contexts
     ig_chunk_size: int = Field(8, gt=0)  # contexts per batched (torch.func) IG evaluation
     recopy_model: bool = True  # every IG step starts from θ0 (the only correct choice; False is refused)
@@ -69,6 +71,8 @@ class IGFParams(MethodParams):
     learner_lr: float = Field(1e-5, gt=0)
     learner_heldout: int = Field(512, gt=0)  # the first pairs held out (at most a quarter)
     learner_seed: int = 42
+    learner_eval_every: int | None = Field(None, gt=0, alias="eval_freq")  # held-out check every N learner
+    # batches too (default: at each epoch's end only); the best check's weights are kept [eval_freq]
     # filtering
     threshold_mode: Literal["none", "constant", "shifting"] = "shifting"  # none = standard fine-tuning
     threshold: float = 1.0  # constant mode, in std units of IG
@@ -107,7 +111,8 @@ class IGFParams(MethodParams):
         """What the IG pairs and the learner depend on (trials that share it share the learner)."""
         fields = ["context_len", "size_objective_set", "min_len", "trim", "ig_contexts", "ig_lr", "ig_step",
                   "ig_engine", "ig_seed", "max_grad_norm", "secondary_learner_batch_size",
-                  "secondary_learner_max_epochs", "learner_lr", "learner_heldout", "learner_seed"]
+                  "secondary_learner_max_epochs", "learner_lr", "learner_heldout", "learner_seed",
+                  "learner_eval_every"]
         blob = json.dumps({"model": model.model_dump(), "data": data.model_dump(),
                            **{f: getattr(self, f) for f in fields}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -198,15 +203,24 @@ class IGF:
     # ------------------------------------------------------------ the shared learner
     def _learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
                  pool: list[torch.Tensor]) -> tuple[SecondaryLearner, dict[str, float]]:
-        """The secondary learner (built here or by an earlier trial) and its scores' statistics."""
+        """The secondary learner (built by this trial's workers or by an earlier trial) and its scores' statistics.
+
+        Rank 0 holds the cache's lock; when the learner must be built, every rank computes the IG of
+        its share of the contexts (contexts[rank::world_size]) and rank 0 assembles them and fits it."""
         from filelock import FileLock
 
         directory = run.shared_dir / f"igf-learner-{params.learner_key(run.model, run.data)}"
         directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory / "build.lock")):  # concurrent trials: one builds, the others wait
-            built_here = not (directory / LEARNER_FILE).exists()
+        lock = FileLock(str(directory / "build.lock"))  # concurrent trials: one builds, the others wait
+        if run.rank == 0:
+            lock.acquire()
+        try:
+            built_here = _on_all_ranks(run, not (directory / LEARNER_FILE).exists())
             if built_here:
                 self._build_learner(params, run, model, objective, pool, directory)
+        finally:
+            if run.rank == 0:
+                lock.release()
         saved = torch.load(directory / LEARNER_FILE, map_location=run.device, weights_only=False)
         learner = _new_learner(model, params.learner_seed)
         learner.load_state_dict(saved["state"])
@@ -214,36 +228,90 @@ class IGF:
                         "igf.learner_key": directory.name})
         run.report(0, learner_heldout_mse=saved["info"]["heldout_mse"],
                    learner_heldout_spearman=saved["info"]["heldout_spearman"], ig_mean=saved["ig_mean"],
-                   ig_std=saved["ig_std"], ig_seconds=saved["ig_seconds"], **saved["q"])
-        return learner, saved["q"]
-        return learner
+                   ig_std=saved["ig_std"], ig_seconds=saved["ig_seconds"], ig_workers=saved["ig_workers"],
+                   **saved["metrics"])
+        return learner, saved["metrics"]
 
     def _build_learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
                        pool: list[torch.Tensor], directory: Path) -> None:
-        generator = torch.Generator().manual_seed(params.ig_seed)
+        generator = torch.Generator().manual_seed(params.ig_seed)  # every rank draws the same contexts
         contexts = torch.stack([sample_context(pool, params.context_len, generator)
                                 for _ in range(params.ig_contexts)])
         started = time.perf_counter()
-        ig = information_gain(model, contexts.to(run.device), objective.to(run.device), lr=params.ig_lr,
-                              step=params.ig_step, max_grad_norm=params.max_grad_norm,
-                              engine=params.ig_engine, chunk_size=params.ig_chunk_size).cpu()
+        rank, world = (run.rank, run.world_size) if _distributed(run) else (0, 1)
+        share = information_gain(model, contexts[rank::world].to(run.device), objective.to(run.device),
+                                 lr=params.ig_lr, step=params.ig_step, max_grad_norm=params.max_grad_norm,
+                                 engine=params.ig_engine, chunk_size=params.ig_chunk_size).cpu()
+        ig = _gather_strided(run, share, len(contexts))
         ig_seconds = time.perf_counter() - started
+        if rank == 0:
+            check = _first_order_check(params, run, model, contexts, objective, ig)
+            self._fit_and_save(params, run, model, objective, contexts, ig, ig_seconds, world, directory, check)
+        _on_all_ranks(run, True)  # the others wait until rank 0 has saved the learner
+
+    def _fit_and_save(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
+                      contexts: torch.Tensor, ig: torch.Tensor, ig_seconds: float, world: int,
+                      directory: Path, check: dict[str, float]) -> None:
         z, mean, std = zscore(ig)
         learner = _new_learner(model, params.learner_seed)
         state, info = train_secondary_learner(learner, contexts.to(run.device), z.float(),
                                               heldout=params.learner_heldout, lr=params.learner_lr,
                                               batch_size=params.secondary_learner_batch_size,
-                                              epochs=params.secondary_learner_max_epochs, seed=params.learner_seed)
+                                              epochs=params.secondary_learner_max_epochs,
+                                              eval_every=params.learner_eval_every, seed=params.learner_seed)
         q = predict(learner, contexts.to(run.device)).double().cpu()  # the scores thresholds will see
         q_stats = {"learner_q_mean": float(q.mean()), "learner_q_std": float(q.std()),
                    "learner_q_above_1": float((q >= 1).double().mean()),
                    "learner_q_above_minus_1": float((q >= -1).double().mean())}
-        pairs = {"contexts": contexts, "ig": ig, "z": z, "q": q, "objective": objective.cpu()}
-        torch.save(pairs, directory / PAIRS_FILE)
-        _atomic_save({"state": {k: v.cpu() for k, v in state.items()}, "info": info, "ig_mean": mean, "ig_std": std,
-                      "ig_seconds": ig_seconds, "q": q_stats, "built_by": str(run.artifact_dir.name)}, directory / LEARNER_FILE)
+        torch.save({"contexts": contexts, "ig": ig, "z": z, "q": q, "objective": objective.cpu()},
+                   directory / PAIRS_FILE)
+        _atomic_save({"state": {k: v.cpu() for k, v in state.items()}, "info": info, "ig_mean": mean,
+                      "ig_std": std, "ig_seconds": ig_seconds, "ig_workers": world, "metrics": {**q_stats, **check},
+                      "built_by": run.artifact_dir.name}, directory / LEARNER_FILE)
         run.log_artifact(directory / PAIRS_FILE, "igf")
         run.log_artifact(directory / LEARNER_FILE, "igf")
+
+
+def _first_order_check(params: IGFParams, run: RunContext, model: torch.nn.Module, contexts: torch.Tensor,
+                       objective: torch.Tensor, ig: torch.Tensor) -> dict[str, float]:
+    """With the first-order engine: its Spearman correlation with exact IG on the first contexts."""
+    if params.ig_engine != "first_order":
+        return {}
+    sample = contexts[:params.ig_check_contexts].to(run.device)
+    exact = information_gain(model, sample, objective.to(run.device), lr=params.ig_lr, step=params.ig_step,
+                             max_grad_norm=params.max_grad_norm, engine="exact", chunk_size=params.ig_chunk_size)
+    return {"ig_first_order_spearman": rank_correlation(ig[:len(sample)], exact.cpu())}
+
+
+def _distributed(run: RunContext) -> bool:
+    import torch.distributed as dist
+
+    return run.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _on_all_ranks(run: RunContext, value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (a barrier when the trial runs on several workers)."""
+    if not _distributed(run):
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def _gather_strided(run: RunContext, share: torch.Tensor, total: int) -> torch.Tensor:
+    """Reassemble values computed as ``items[rank::world_size]`` into the items' order."""
+    if not _distributed(run):
+        return share
+    import torch.distributed as dist
+
+    shares: list = [None] * run.world_size
+    dist.all_gather_object(shares, share)
+    out = torch.empty(total, dtype=share.dtype)
+    for rank, part in enumerate(shares):
+        out[rank::run.world_size] = part
+    return out
 
 
 def _new_learner(model: torch.nn.Module, seed: int) -> SecondaryLearner:
