@@ -23,12 +23,37 @@ def test_standard_loop_trains_on_cuda_with_bf16_autocast():
     assert math.isfinite(final["test_perplexity"]) and final["test_perplexity"] < first
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")  # before the Ray fixture starts
 def test_two_gpu_workers_if_present(lm_spec, ray_session):
-    if torch.cuda.device_count() < 2:
-        pytest.skip("needs 2 GPUs")
     import raysel
 
     spec = lm_spec(name="nccl", resources={"workers": 2, "gpus_per_worker": 1, "max_concurrent_trials": 1},
                    protocol={"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"})
     result = raysel.run_sweep(spec, progress=False)
     assert result.num_errors == 0
+
+
+def test_exact_information_gain_on_cuda_equals_the_reference_loop_in_float64():
+    from raysel.methods.igf import information_gain
+    from raysel.models import load_model
+
+    model, _ = load_model("tiny-gpt2-random", "causal_lm")
+    model = model.double().cuda()
+    generator = torch.Generator().manual_seed(0)
+    contexts = torch.randint(0, model.config.vocab_size, (12, 16), generator=generator).cuda()
+    objective = torch.randint(0, model.config.vocab_size, (6, 16), generator=generator).cuda()
+    exact = information_gain(model, contexts, objective, lr=1e-3, engine="exact", chunk_size=5)
+    loop = information_gain(model, contexts, objective, lr=1e-3, engine="loop")
+    torch.testing.assert_close(exact, loop, rtol=1e-8, atol=1e-10)
+
+
+def test_igf_trial_builds_its_learner_and_trains_on_cuda(tmp_path):
+    igf = get_method("igf")
+    params = igf.Params(context_len=16, size_objective_set=8, min_len=64, ig_contexts=64, ig_chunk_size=32,
+                        secondary_learner_max_epochs=3, learner_lr=1e-3, threshold_units="learner",
+                        max_batches=6, batch_size=8, eval_every=3, switch_step=3, lr=1e-3, eval_examples=32)
+    run = LocalRun(seed=0, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="pydocs"),
+                   device=torch.device("cuda"), artifact_dir=tmp_path / "trial")
+    final = igf.train_loop(params, run)
+    assert math.isfinite(final["test_perplexity"]) and final["test_perplexity"] < run.results[1]["test_perplexity"]
+    assert run.results[0]["ig_workers"] == 1 and run.results[-1]["contexts_consumed"] >= 6 * 8

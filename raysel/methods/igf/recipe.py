@@ -168,8 +168,8 @@ class IGF:
         test = _fixed_windows(test_articles, params.context_len, params.eval_examples, seed=1)
         score = None
         if params.threshold_mode != "none":
-            learner, q_stats = self._learner(params, run, model, objective, pool)
-            score = _scorer(learner, params.threshold_units, q_stats)  # no LM forward for a candidate
+            learner, learner_metrics = self._learner(params, run, model, objective, pool)
+            score = _scorer(learner, params.threshold_units, learner_metrics)  # no LM forward for a candidate
         loop = params.loop()
         per_micro = micro_batch_size(loop, run.world_size)
         stats = FilterStats()
@@ -203,7 +203,7 @@ class IGF:
     # ------------------------------------------------------------ the shared learner
     def _learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
                  pool: list[torch.Tensor]) -> tuple[SecondaryLearner, dict[str, float]]:
-        """The secondary learner (built by this trial's workers or by an earlier trial) and its scores' statistics.
+        """The secondary learner (built by this trial's workers or by an earlier trial) and its metrics.
 
         Rank 0 holds the cache's lock; when the learner must be built, every rank computes the IG of
         its share of the contexts (contexts[rank::world_size]) and rank 0 assembles them and fits it."""
@@ -321,10 +321,10 @@ def _new_learner(model: torch.nn.Module, seed: int) -> SecondaryLearner:
         return SecondaryLearner.from_model(model)
 
 
-def _scorer(learner: SecondaryLearner, units: str, q_stats: dict[str, float]):
+def _scorer(learner: SecondaryLearner, units: str, learner_metrics: dict[str, float]):
     """The score a candidate's threshold is compared with (see IGFParams.threshold_units)."""
     if units == "learner":
-        mean, std = q_stats["learner_q_mean"], max(q_stats["learner_q_std"], 1e-12)
+        mean, std = learner_metrics["learner_q_mean"], max(learner_metrics["learner_q_std"], 1e-12)
         return lambda ids: (predict(learner, ids) - mean) / std
     return lambda ids: predict(learner, ids)
 
