@@ -26,13 +26,11 @@ from raysel.methods import get_method
 from raysel.report.sources import FRESH_KEY, STATE_FILE
 from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform,
                          grid_values, is_distribution, load_spec, parse_overrides)
-from raysel.tracking import (TrackingInfo, end_run, ensure_experiment, log_artifacts,
-                             resolve_uri, start_parent_run)
+from raysel.tracking import TrackingInfo, end_run, ensure_experiment, log_artifacts, resolve_uri, start_parent_run
 from raysel.trial import TrialSettings, make_trainable
 
 if TYPE_CHECKING:
     from raysel.report import Report
-
 
 
 @dataclass
@@ -310,7 +308,7 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                          best_config=next(iter(best.values())) if len(best) == 1 else None,
                          parent_run_id=parent, tracking_uri=tracking.uri if tracking else None,
                          storage_path=sweep_dir)
-    _finish(spec, result)
+    _finish(result)
     return result
 
 
@@ -332,7 +330,7 @@ def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | 
     return TrackingInfo(uri=uri, experiment_id=experiment_id, parent_run_id=parent, sweep=spec.name), parent
 
 
-def _finish(spec: SweepSpec, result: SweepResult) -> None:
+def _finish(result: SweepResult) -> None:
     """The per-trial table and best configs as files; the report (tables, figures) written and logged."""
     from raysel.report import build
 
