@@ -18,27 +18,22 @@ import raysel
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def trial_pids() -> list[int]:
-    """PIDs of Ray Tune function-trainable actors on this machine (their title is ray::ImplicitFunc...)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"ImplicitFunc" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+def trial_pid(trial_dir: Path) -> int | None:
+    """The PID of the actor running this trial, from Tune's own results (only this test's trial:
+    other Ray sessions on the machine are left alone)."""
+    lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+    return json.loads(lines[-1])["pid"] if lines else None
 
 
 def kill_trial_after_checkpoint(sweep_dir: Path, killed: list[int], timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if list(sweep_dir.glob("seeds/trial_*/checkpoint_*")):
-            for pid in trial_pids():
+        for checkpoint in sweep_dir.glob("seeds/trial_*/checkpoint_*"):
+            pid = trial_pid(checkpoint.parent)
+            if pid is not None:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
-            return
+                return
         time.sleep(0.2)
 
 
