@@ -153,7 +153,7 @@ def _print_result(result, metrics: list[str]) -> None:
                       "note"])
     if result.best_configs:
         for arm, params in result.best_configs.items():
-            console.print(f"best config [{arm}]: {params}")
+            console.print(f"best config [{arm}]: {params}", markup=False)
     console.print(f"trials: {len(result.trials)} ({result.num_errors} failed) → {result.storage_path}")
     if result.report is not None and result.report.files:
         shown = ", ".join(p.name for p in result.report.figures.values()) or "no figures"
