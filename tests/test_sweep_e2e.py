@@ -167,3 +167,18 @@ def test_asha_stops_trials_early_and_their_runs_are_closed(lm_spec):
     stopped = {r.data.tags["raysel.trial_id"] for r in runs if r.data.tags.get("raysel.stopped_by_scheduler") == "true"}
     assert stopped >= set(result.trials.loc[result.trials["step"] < 8, "trial_id"])
     assert (result.trials["step"] == 8).any()
+
+
+def test_cli_sweep_prints_trials_summary_best_config_and_report(lm_spec, tmp_path, capsys):
+    import yaml
+
+    spec = lm_spec(name="cli", search_space={"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2}},
+                   protocol={"kind": "search", "num_samples": 2, "metric": "dev_perplexity", "mode": "min",
+                             "report_metric": "test_perplexity"})
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep cli: trials" in out and "sweep cli: summary" in out
+    assert "best config [standard]:" in out  # the arm's name, not swallowed as rich markup
+    assert "search_history.png" in out and "importances.png" in out
