@@ -206,6 +206,9 @@ def test_spec_report_section_sets_the_defaults(tmp_path):
     assert built.step == 10 and built.comparisons["vs"].tolist() == ["standard"]
     assert built.summary.set_index("arm").loc["igf", "mean"] == pytest.approx(
         np.mean([perplexity("igf", s, 10) for s in SEEDS]))
+    # --arms without the spec's baseline: no error, the spec's baseline just does not apply
+    only_igf = report.build(parent, tracking_uri=uri, arms=["igf"], out_dir=tmp_path / "igf", make_figures=False)
+    assert only_igf.summary["arm"].tolist() == ["igf"] and only_igf.comparisons.empty
 
 
 def test_search_sweep_gets_history_and_importances(tmp_path):

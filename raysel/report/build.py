@@ -81,7 +81,8 @@ def build(sweep: "str | Path", *, tracking_uri: str | None = None, source: str =
     protocol = spec.protocol
     metric = metric or spec.report.metric or protocol.compared_metric
     step = step if step is not None else spec.report.step
-    baseline = baseline or spec.report.baseline
+    if baseline is None and not (arms and spec.report.baseline not in arms):  # the spec's, unless --arms drops it
+        baseline = spec.report.baseline
     arms = _check_options(frame, metric, step, arms, [a.name for a in spec.resolved_arms()], baseline)
     report = _compute(record, frame, used, protocol, metric, step, arms, baseline, spec)
     out = Path(out_dir) if out_dir else (record.sweep_dir / "report" if record.sweep_dir else DEFAULT_OUT / record.name)

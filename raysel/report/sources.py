@@ -172,6 +172,8 @@ def mlflow_frame(uri: str, parent_run_id: str, threads: int = 8) -> pd.DataFrame
         rows.extend({**identity, "step": step, **values} for step, values in by_step.items())
         if not by_step:  # a trial that never reported still counts (failed early)
             rows.append({**identity, "step": math.nan})
+    if not rows:
+        raise ReportError(f"the sweep's parent run {parent_run_id} in {uri} has no trial runs yet")
     return _ordered(pd.DataFrame(rows))
 
 
