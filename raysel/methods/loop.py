@@ -10,7 +10,7 @@ is checkpointed, so a restarted trial replays exactly the steps it would have ta
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pydantic
 import torch
@@ -50,6 +50,17 @@ def micro_batch_size(params: LoopParams, world_size: int) -> int:
 
 def batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (dropout off) inside the block, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def autocast(device: torch.device):

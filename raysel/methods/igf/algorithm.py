@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
+from raysel.methods.loop import eval_mode
+
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which the reference keeps
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ scales by max_norm / (norm + 1e-6)
 STEPS = ("adamw", "sgd")
@@ -96,16 +98,6 @@ def _logits(model: nn.Module, ids: Tensor, params: tuple[Params, Params] | None 
     return functional_call(model, params, (), kwargs).logits
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 @torch.no_grad()
 def objective_perplexity(model: nn.Module, objective: Tensor, batch_size: int = 32) -> float:
     """exp(mean over the objective contexts of each context's mean token loss), in eval mode.
@@ -113,7 +105,7 @@ def objective_perplexity(model: nn.Module, objective: Tensor, batch_size: int = 
     The reference evaluates one context at a time; every ``batch_size`` gives that number.
     """
     device = next(model.parameters()).device
-    with _eval_mode(model):
+    with eval_mode(model):
         losses = [sequence_losses(_logits(model, ids), ids) for ids in objective.to(device).split(batch_size)]
     return math.exp(float(torch.cat(losses).double().mean()))
 
@@ -152,7 +144,7 @@ def information_gain(model: nn.Module, contexts: Tensor, objective: Tensor, *, l
     device = next(model.parameters()).device
     contexts, objective = contexts.to(device), objective.to(device)
     hyper = dict(lr=lr, step=step, max_grad_norm=max_grad_norm, eps=eps, weight_decay=weight_decay)
-    with _eval_mode(model):
+    with eval_mode(model):
         if engine == "loop":
             return _ig_loop(model, contexts, objective, eval_batch_size or 1, **hyper)
         batch_size = eval_batch_size or _default_eval_batch(objective)
@@ -404,7 +396,7 @@ def train_secondary_learner(learner: SecondaryLearner, contexts: Tensor, targets
 def predict(learner: nn.Module, contexts: Tensor, batch_size: int = 512) -> Tensor:
     """The learner's scores q [N] for contexts [N, L], in eval mode (dropout off)."""
     device = next(learner.parameters()).device
-    with _eval_mode(learner):
+    with eval_mode(learner):
         return torch.cat([learner(ids.to(device)) for ids in contexts.split(batch_size)])
 
 

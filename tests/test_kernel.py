@@ -1,0 +1,269 @@
+"""The kernel method's pure algorithm (raysel.methods.kernel): eNTK formulas, subsets, solvers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from raysel.methods import kernel
+from raysel.models import load_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tensors here are tiny: one thread is as fast, and stays fast when other processes load the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Tiny(nn.Module):
+    """Embedding → mean → Linear → tanh → dropout → head; named so that every subset bites."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.body = nn.Linear(4, 5)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(5, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.tanh(self.body(self.embed(ids).mean(1)))))
+
+
+def tiny(classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return Tiny(classes).double().train()  # train mode: ntk must switch dropout off
+
+
+def logits_of(model: nn.Module) -> kernel.LogitsFn:
+    return lambda params, batch: functional_call(model, params, (batch["ids"],))
+
+
+def ids(n: int, seed: int) -> dict[str, torch.Tensor]:
+    return {"ids": torch.randint(0, 10, (n, 3), generator=torch.Generator().manual_seed(seed))}
+
+
+def brute_grads(model: nn.Module, fn: kernel.LogitsFn, batch: dict, keep=lambda n: True) -> torch.Tensor:
+    """[B, C, P]: ∇ f_c(x_i) one example and one logit at a time, by torch.autograd.grad, eval mode."""
+    was_training = model.training
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if keep(n)]
+    rows = []
+    for i in range(len(next(iter(batch.values())))):
+        f = fn(dict(model.named_parameters()), {k: v[i:i + 1] for k, v in batch.items()})[0]
+        rows.append(torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(f[c], [p for _, p in named],
+                                                                                     retain_graph=True)])
+                                 for c in range(len(f))]))
+    model.train(was_training)
+    return torch.stack(rows).double()
+
+
+def brute_kernel(ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("acp,bdp->acbd", ga, gb)
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor):
+    assert a.dtype == torch.float64 and a.shape == b.shape
+    torch.testing.assert_close(a, b.double(), rtol=1e-10, atol=1e-10 * float(b.abs().max()))
+
+
+# ----------------------------------------------------------------------------- eNTK
+
+@pytest.mark.parametrize("formula", ["sgd", "signgd"])
+def test_kernel_equals_brute_force_dot_products(formula):
+    model, train, test = tiny(), ids(5, 0), ids(3, 1)
+    fn = logits_of(model)
+    k = kernel.ntk(model, train, test, logits_fn=fn, formula=formula, chunk_size=2)  # chunks that don't divide
+    ga, gb = brute_grads(model, fn, train), brute_grads(model, fn, test)
+    if formula == "signgd":
+        ga, gb = ga.sign(), gb.sign()
+    assert_same(k, brute_kernel(ga, gb))
+    assert k.shape == (5, 3, 3, 3) and model.training
+
+
+@pytest.mark.parametrize("formula", ["sgd", "signgd"])
+def test_train_kernel_is_symmetric_and_the_fast_path_equals_the_full_one(formula):
+    model, train = tiny(), ids(5, 2)
+    fn = logits_of(model)
+    fast = kernel.ntk(model, train, logits_fn=fn, formula=formula, chunk_size=2)
+    full = kernel.ntk(model, train, dict(train), logits_fn=fn, formula=formula, chunk_size=2)  # not `is`
+    assert_same(fast, full)
+    assert torch.equal(fast, fast.permute(2, 3, 0, 1))
+
+
+def test_asymmetric_signgd_both_passes_equal_brute_force():
+    model, train, test = tiny(2), ids(4, 3), ids(3, 4)
+    fn = kernel.binary(logits_of(model))
+    ga, gb = brute_grads(model, fn, train), brute_grads(model, fn, test)
+    k = kernel.ntk(model, train, test, logits_fn=fn, formula="asymmetric_signgd", chunk_size=3)
+    assert k.shape == (2, 4, 1, 3, 1)
+    assert_same(k[0], brute_kernel(ga.sign(), gb))
+    assert_same(k[1], brute_kernel(ga, gb.sign()))  # ⟨sign g(x_eval_j), g(x_train_i)⟩
+    square = kernel.ntk(model, train, logits_fn=fn, formula="asymmetric_signgd", chunk_size=3)
+    assert_same(square[0], brute_kernel(ga.sign(), ga))
+    assert_same(square[1], brute_kernel(ga, ga.sign()))
+    with pytest.raises(ValueError, match="binary"):
+        three = tiny(3)
+        kernel.ntk(three, train, test, logits_fn=logits_of(three), formula="asymmetric_signgd")
+
+
+def test_parameter_subsets():
+    model, train, test = tiny(), ids(4, 5), ids(2, 6)
+    fn = logits_of(model)
+    k = {s: kernel.ntk(model, train, test, logits_fn=fn, subset=s) for s in kernel.SUBSETS}
+    biases = brute_kernel(*(brute_grads(model, fn, b, lambda n: n.endswith("bias")) for b in (train, test)))
+    assert_same(k["only_biases"], biases)
+    no_embed = brute_kernel(*(brute_grads(model, fn, b, lambda n: "embed" not in n) for b in (train, test)))
+    assert_same(k["exclude_embeddings"], no_embed)
+    # sgd kernels add over disjoint parameter sets
+    embed_only = kernel.ntk(model, train, test, logits_fn=fn, subset=lambda n: "embed" in n)
+    assert_same(k["exclude_embeddings"] + embed_only, k["all"])
+    head_only = kernel.ntk(model, train, test, logits_fn=fn, subset=lambda n: n.startswith("head"))
+    assert_same(k["exclude_head"] + head_only, k["all"])
+    assert_same(k["trainable"], k["all"])
+    assert set(kernel.select_params(model, "only_biases")) == {"body.bias", "head.bias"}
+
+
+def test_tiny_bert_classifier_prompt_and_binary_logits():
+    model, _ = load_model("tiny-bert", "masked_lm")
+    model = model.double().eval()
+    # vmap needs mask-free inputs (transformers inspects a mask); the looped path takes padded ones
+    batch = {"input_ids": torch.randint(5, 2000, (3, 6), generator=torch.Generator().manual_seed(7)),
+             "mask_pos": torch.tensor([1, 4, 2])}
+    padded = batch | {"attention_mask": torch.tensor([[1] * 6, [1] * 5 + [0], [1] * 4 + [0] * 2])}
+    words = [11, 22]
+    fn = kernel.prompt_logits_fn(model, words)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        direct = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        assert_same(fn(params, padded), direct[torch.arange(3), padded["mask_pos"]][:, words])
+    for logits_fn in (fn, kernel.binary(fn)):
+        for inputs, vectorize in ((batch, True), (padded, False)):
+            k = kernel.ntk(model, inputs, logits_fn=logits_fn, subset="only_biases", chunk_size=2,
+                           vectorize=vectorize)
+            g = brute_grads(model, logits_fn, inputs, lambda n: n.endswith("bias"))
+            assert_same(k, brute_kernel(g, g))
+    classifier, _ = load_model("tiny-bert", "sequence_classification", num_labels=3)
+    k = kernel.ntk(classifier.double(), {"input_ids": batch["input_ids"]},
+                   logits_fn=kernel.classifier_logits_fn(classifier), subset="exclude_embeddings")
+    assert k.shape == (3, 3, 3, 3) and torch.equal(k, k.permute(2, 3, 0, 1))
+
+
+def test_bad_names_list_the_allowed_ones():
+    model, batch = tiny(), ids(2, 0)
+    with pytest.raises(ValueError, match="sgd, signgd, asymmetric_signgd"):
+        kernel.ntk(model, batch, logits_fn=logits_of(model), formula="adam")
+    with pytest.raises(ValueError, match="all, exclude_embeddings"):
+        kernel.ntk(model, batch, logits_fn=logits_of(model), subset="lora")
+    with pytest.raises(ValueError, match="lstsq, logistic, svc, svr, asym"):
+        kernel.solve(torch.eye(2).view(2, 1, 2, 1), torch.tensor([0, 1]), torch.eye(2).view(2, 1, 2, 1),
+                     solver="ridge")
+    with pytest.raises(ValueError, match="labels must lie in 0..1"):
+        kernel.solve(torch.eye(2).view(2, 1, 2, 1), torch.tensor([-1, 1]), torch.eye(2).view(2, 1, 2, 1))
+
+
+# ----------------------------------------------------------------------------- solvers
+
+def linear_kernels(x_train: torch.Tensor, x_eval: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sgd eNTK of f(x) = Wx: K[i,c,j,c'] = δ_cc' x_i·x_j, computed by ntk on a bias-free Linear."""
+    model = nn.Linear(x_train.shape[1], classes, bias=False).double()
+    fn = lambda params, batch: functional_call(model, params, (batch["x"],))  # noqa: E731
+    k_train = kernel.ntk(model, {"x": x_train}, logits_fn=fn)
+    k_eval = kernel.ntk(model, {"x": x_train}, {"x": x_eval}, logits_fn=fn)
+    eye = torch.eye(classes, dtype=torch.float64)
+    assert_same(k_eval, torch.einsum("ip,jp,cd->icjd", x_train, x_eval, eye))
+    return k_train, k_eval
+
+
+def clusters(n: int, seed: int, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two well-separated Gaussian clusters around ±2·1, labels 0/1 alternating."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = (2.0 * y - 1.0)[:, None].double() * 2.0 + 0.3 * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return x, y
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_lstsq_is_minimum_norm_linear_regression_on_the_features(classes):
+    g = torch.Generator().manual_seed(0)
+    x_train, x_eval = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(5, 6, generator=g,
+                                                                                      dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0]) if classes == 1 else torch.tensor([0, 2, 1, 2])
+    k_train, k_eval = linear_kernels(x_train, x_eval, classes)
+    result = kernel.solve(k_train, y, k_eval, solver="lstsq")
+    targets = 2.0 * y[:, None].double() - 1 if classes == 1 else nn.functional.one_hot(y, classes).double()
+    w = torch.linalg.lstsq(x_train, targets, driver="gelsd").solution  # N < D: the minimum-norm W
+    assert_same(result.scores, x_eval @ w)
+    expected = (x_eval @ w)[:, 0].gt(0).long() if classes == 1 else (x_eval @ w).argmax(1)
+    assert torch.equal(result.labels, expected)
+    assert torch.equal(kernel.solve(k_train, y, k_train, solver="lstsq").labels, y)  # interpolates
+
+
+def test_ridge_and_f0_change_lstsq_as_documented():
+    x_train, y = clusters(6, 1)
+    x_eval, _ = clusters(4, 2)
+    k_train, k_eval = linear_kernels(x_train, x_eval, 2)
+    plain = kernel.solve(k_train, y, k_eval).scores
+    kt, ke = k_train.reshape(12, 12), k_eval.reshape(12, 8)
+    targets = nn.functional.one_hot(y, 2).double().reshape(-1)
+    ridge = kernel.solve(k_train, y, k_eval, reg=0.1).scores
+    sigma = torch.linalg.svdvals(kt)[0]
+    assert_same(ridge.reshape(-1), ke.T @ torch.linalg.solve(kt + 0.1 * sigma * torch.eye(12, dtype=torch.float64),
+                                                             targets))
+    assert not torch.allclose(ridge, plain)
+    g = torch.Generator().manual_seed(3)
+    f0_train, f0_eval = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g,
+                                                                                         dtype=torch.float64)
+    for s in (1.0, 4.0):
+        shifted = kernel.solve(k_train, y, k_eval, f0_train=f0_train, f0_eval=f0_eval, f0_scaling=s).scores
+        residual = targets - f0_train.reshape(-1) / s
+        assert_same(shifted.reshape(-1), ke.T @ torch.linalg.pinv(kt) @ residual + f0_eval.reshape(-1) / s)
+        assert not torch.allclose(shifted, plain)
+    zero = kernel.solve(k_train, y, k_eval, f0_train=torch.zeros(6, 2), f0_eval=torch.zeros(4, 2)).scores
+    assert_same(zero, plain)
+    with pytest.raises(ValueError, match="both"):
+        kernel.solve(k_train, y, k_eval, f0_train=f0_train)
+
+
+@pytest.mark.parametrize("classes", [1, 2])
+@pytest.mark.parametrize("solver", ["logistic", "svc", "svr", "lstsq"])
+def test_solvers_separate_an_easy_set(solver, classes):
+    x_train, y_train = clusters(10, 4)
+    x_eval, y_eval = clusters(8, 5)
+    k_train, k_eval = linear_kernels(x_train, x_eval, classes)
+    result = kernel.solve(k_train, y_train, k_eval, solver=solver)
+    assert torch.equal(result.labels, y_eval)
+    assert result.scores.shape[0] == 8 and result.scores.dtype == torch.float64
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # sklearn's announced LogisticRegressionCV changes
+def test_logistic_cv_runs():
+    x_train, y_train = clusters(10, 6)
+    k_train, k_eval = linear_kernels(x_train, x_train, 1)
+    assert torch.equal(kernel.solve(k_train, y_train, k_eval, solver="logistic", logistic_cv=3).labels, y_train)
+
+
+def test_asym_solver_on_a_separable_binary_set():
+    x_train, y_train = clusters(8, 7, dim=3)
+    x_eval, y_eval = clusters(6, 8, dim=3)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    fn = lambda params, batch: functional_call(model, params, (batch["x"],))  # noqa: E731
+    k_train = kernel.ntk(model, {"x": x_train}, logits_fn=fn, formula="asymmetric_signgd")
+    k_eval = kernel.ntk(model, {"x": x_train}, {"x": x_eval}, logits_fn=fn, formula="asymmetric_signgd")
+    for lam in (0.0, 0.5, 1.0):
+        result = kernel.solve(k_train, y_train, k_eval, solver="asym", kernel_lambda=lam, kernel_gamma=1.0)
+        assert torch.equal(result.labels, y_eval)
+    # the solution satisfies the documented system, and λ = 1 uses α only
+    gamma, s = 0.5, 2.0 * y_train.double() - 1
+    h = s[:, None] * k_train[0].reshape(8, 8) * s[None]
+    eye = torch.eye(8, dtype=torch.float64) / gamma
+    sol = torch.linalg.solve(torch.cat([torch.cat([eye, h], 1), torch.cat([h.T, eye], 1)]),
+                             torch.ones(16, dtype=torch.float64))
+    result = kernel.solve(k_train, y_train, k_eval, solver="asym", kernel_lambda=1.0, kernel_gamma=gamma)
+    assert_same(result.scores[:, 0], (sol[:8] * s) @ k_eval[0].reshape(8, 6))
+    with pytest.raises(ValueError, match="2-pass"):
+        kernel.solve(k_train[0], y_train, k_eval[0], solver="asym")
