@@ -267,3 +267,27 @@ def test_asym_solver_on_a_separable_binary_set():
     assert_same(result.scores[:, 0], (sol[:8] * s) @ k_eval[0].reshape(8, 6))
     with pytest.raises(ValueError, match="2-pass"):
         kernel.solve(k_train[0], y_train, k_eval[0], solver="asym")
+
+
+# ----------------------------------------------------------------------------- LM-BFF prompts
+def test_lm_bff_prompts_put_one_mask_and_read_single_token_label_words():
+    from raysel.methods.kernel.prompts import PROMPTS, encode, fill, label_word_ids, prompt_for
+    from raysel.models import load_model
+
+    _, tokenizer = load_model("minilm", "masked_lm")
+    for task in ("sst-2", "sst-5", "subj", "trec", "mnli", "qnli", "mrpc", "pydocs-topics"):
+        prompt = prompt_for(task)
+        assert len(label_word_ids(tokenizer, prompt.label_words)) == len(prompt.label_words)
+    assert fill(PROMPTS["sst-2"], "<mask>", "A fine film") == "A fine film It was<mask>."
+    assert fill(PROMPTS["mnli"], "<mask>", "He ran.", "The man moved") == "He ran?<mask>, the man moved"
+    batch = encode(tokenizer, PROMPTS["sst-2"], [("a gripping story", None), ("dull " * 200, None)],
+                   max_length=32)
+    assert batch["input_ids"].shape[1] <= 32
+    for row, position in zip(batch["input_ids"], batch["mask_pos"]):
+        assert row[position] == tokenizer.mask_token_id and (row == tokenizer.mask_token_id).sum() == 1
+    with pytest.raises(ValueError, match="tasks with a prompt: sst-2"):
+        prompt_for("cola")
+    with pytest.raises(ValueError, match="needs a sentence pair"):
+        fill(PROMPTS["rte"], "<mask>", "only one")
+    with pytest.raises(ValueError, match="not a single token"):
+        label_word_ids(tokenizer, ("antidisestablishmentarianism",))
