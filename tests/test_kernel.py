@@ -84,6 +84,15 @@ def test_kernel_equals_brute_force_dot_products(formula):
     assert k.shape == (5, 3, 3, 3) and model.training
 
 
+def test_parameters_sliced_for_the_dot_products_give_the_same_kernel(monkeypatch):
+    from raysel.methods.kernel import algorithm
+
+    model, train, test = tiny(), ids(5, 0), ids(3, 1)
+    whole = kernel.ntk(model, train, test, logits_fn=logits_of(model))
+    monkeypatch.setattr(algorithm, "BLOCK_SLICE", 7)  # the body's 20 weights: slices of 7, 7 and 6
+    assert_same(kernel.ntk(model, train, test, logits_fn=logits_of(model)), whole)
+
+
 @pytest.mark.parametrize("formula", ["sgd", "signgd"])
 def test_train_kernel_is_symmetric_and_the_fast_path_equals_the_full_one(formula):
     model, train = tiny(), ids(5, 2)
