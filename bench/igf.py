@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from raysel.data.pydocs import load_pydocs  # noqa: E402
+from _common import machine, save  # noqa: E402 (bench/ is the script's directory)
 from raysel.methods import igf  # noqa: E402
 from raysel.models import load_model  # noqa: E402
 
@@ -119,14 +119,10 @@ def main() -> None:
         "spearman_first_order_vs_exact": igf.rank_correlation(first, exact),
         "ig_exact_float32": {"mean": float(exact.mean()), "std": float(exact.std()), "min": float(exact.min()),
                              "max": float(exact.max())},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                    "load_average": os.getloadavg()},
+        "machine": machine(device.type),
     }
     report(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.out)
 
 
 def report(r: dict) -> None:

@@ -27,7 +27,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -39,6 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from torch.func import functional_call, jacrev, jvp, vmap  # noqa: E402
 
+from _common import machine, save  # noqa: E402 (bench/ is the script's directory)
 from raysel.methods import kernel  # noqa: E402
 from raysel.models import load_model  # noqa: E402
 
@@ -199,14 +199,10 @@ def main() -> None:
         "max_rel_diff_model_dtype": {k: rel_scale(ours["kernels"][k], ref["kernels"][k]) for k in sizes},
         "max_rel_diff_float64": check, "check_examples": args.check,
         "memory": {e: r["memory"] for e, r in runs.items()},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-                    "load_average": os.getloadavg()},
+        "machine": machine(args.device),
     }
     report(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.out)
 
 
 def report(r: dict) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -213,7 +212,7 @@ def _first_comment(path: Path) -> str:
 def cmd_report(args) -> int:
     from rich.markdown import Markdown
 
-    from raysel.report import build, markdown_table
+    from raysel.report.build import build, markdown_table, tables_json
 
     report = build(args.sweep, tracking_uri=args.tracking_uri, source=args.source, metric=args.metric,
                    step=args.step, arms=args.arms.split(",") if args.arms else None, baseline=args.baseline,
@@ -227,8 +226,7 @@ def cmd_report(args) -> int:
         name = args.table or "summary"
         print(tables[name].to_csv(index=False) if name in tables else "", end="")
     elif args.format == "json":
-        print(json.dumps({k: json.loads(v.to_json(orient="records", date_format="iso")) for k, v in chosen.items()},
-                         indent=2))
+        print(tables_json(chosen))
     elif args.table:
         _print_markdown(markdown_table(chosen[args.table]), Markdown)
     else:

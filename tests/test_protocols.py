@@ -82,7 +82,7 @@ def test_per_seed_selection_picks_the_dev_best_config_per_seed():
     trials = pd.DataFrame({
         "arm": ["a"] * 4, "seed": [1, 1, 2, 2], "stage": ["grid"] * 4, "params.lr": [1e-5, 1e-4, 1e-5, 1e-4],
         "dev_accuracy": [0.5, 0.7, 0.9, 0.6], "test_accuracy": [0.40, 0.60, 0.80, 0.95]})
-    chosen = per_seed_selection(trials, "dev_accuracy", "max", "test_accuracy")
+    chosen = per_seed_selection(trials, "dev_accuracy", "max")
     assert chosen["test_accuracy"].tolist() == [0.60, 0.80]  # not the test-best 0.95
     summary = summarize(trials, spec("per_seed_grid").protocol)
     row = summary.iloc[0]

@@ -242,6 +242,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join([header, rule] + ["| " + " | ".join(row) + " |" for row in cells.to_numpy().tolist()])
 
 
-def to_json(report: Report) -> str:
-    return json.dumps({k: json.loads(v.to_json(orient="records", date_format="iso"))
-                       for k, v in report.tables().items()}, indent=2)
+def tables_json(tables: dict[str, pd.DataFrame]) -> str:
+    """Tables as one JSON object: {name: [one object per row]}."""
+    return json.dumps({k: json.loads(v.to_json(orient="records", date_format="iso")) for k, v in tables.items()},
+                      indent=2)

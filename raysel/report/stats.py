@@ -64,11 +64,8 @@ def usable(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[keep]
 
 
-def per_seed_selection(trials: pd.DataFrame, select_metric: str, select_mode: str,
-                       report_metric: str | None = None) -> pd.DataFrame:
-    """LM-BFF model selection: per (arm, seed) the trial with the best dev ``select_metric``.
-
-    ``report_metric`` is kept for callers of the old signature; every column is returned."""
+def per_seed_selection(trials: pd.DataFrame, select_metric: str, select_mode: str) -> pd.DataFrame:
+    """LM-BFF model selection: per (arm, seed) the trial (all its columns) with the best dev ``select_metric``."""
     ok = trials.dropna(subset=[select_metric])
     ordered = ok.sort_values(select_metric, ascending=select_mode == "min", kind="stable")
     return ordered.groupby(["arm", "seed"], sort=False).head(1).sort_values(["arm", "seed"], kind="stable")
