@@ -12,8 +12,9 @@ its own spawned process (so that its peak memory is its own):
   ({name: [C, *shape]}), then per eval example a ``vmap`` over the C train gradient directions of
   a ``torch.func.jvp`` of the eval logits along that direction: ⟨g_c(x_train), g_c'(x_eval)⟩ for
   all c, c'; each [C, C] block moved to float64 on CPU. train × train is computed in full.
-- raysel: ``raysel.methods.kernel.ntk`` (vmapped jacrev over ``--chunk-size`` examples, products
-  accumulated in float64; train × train through the symmetric path).
+- raysel: ``raysel.methods.kernel.ntk`` (vmapped jacrev over ``--chunk-size`` examples, the word
+  embeddings differentiated at the rows the inputs use, products accumulated in float64; train ×
+  train through the symmetric path; ``--row-chunk-size`` train examples held at once).
 
 Formula sgd, over all parameters. Each engine does an untimed warm-up (2 × 2 examples), then
 train × train and train × eval once each, timed. Rates are kernel entries (N·C·M·C) per second.
@@ -55,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-eval", type=int, default=16, help="eval examples M (16)")
     parser.add_argument("--seq-len", type=int, default=16, help="tokens per example (16)")
     parser.add_argument("--chunk-size", type=int, default=8, help="raysel ntk chunk_size (8)")
+    parser.add_argument("--row-chunk-size", type=int, default=None,
+                        help="raysel ntk row_chunk_size: train examples held at once (default: chunk size)")
     parser.add_argument("--check", type=int, default=4,
                         help="examples per side for the float64 agreement check (4; 0 skips it)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -87,16 +90,18 @@ def reference_kernel(model: torch.nn.Module, rows: dict, cols: dict) -> torch.Te
     return out
 
 
-def raysel_kernel(model, rows, cols, chunk_size):
+def raysel_kernel(model, rows, cols, chunk_size, row_chunk_size=None):
     fn = kernel.classifier_logits_fn(model)
-    return kernel.ntk(model, rows, cols, logits_fn=fn, formula="sgd", chunk_size=chunk_size)
+    return kernel.ntk(model, rows, cols, logits_fn=fn, formula="sgd", chunk_size=chunk_size,
+                      row_chunk_size=row_chunk_size)
 
 
-def run_engine(engine: str, model, train, eval_, chunk_size: int, device: torch.device):
+def run_engine(engine: str, model, train, eval_, chunk_size: int, device: torch.device,
+               row_chunk_size: int | None = None):
     def call(rows, cols):
         with torch.no_grad() if engine == "raysel" else torch.enable_grad():
             if engine == "raysel":
-                return raysel_kernel(model, rows, None if cols is rows else cols, chunk_size)
+                return raysel_kernel(model, rows, None if cols is rows else cols, chunk_size, row_chunk_size)
             return reference_kernel(model, rows, cols)
 
     def sync():
@@ -141,7 +146,7 @@ def worker(engine: str, args: argparse.Namespace, path: str) -> None:
         cuda0 = torch.cuda.memory_allocated()
     small = {k: v[:2] for k, v in train.items()}
     run_engine(engine, model, small, {k: v[:2] for k, v in eval_.items()}, args.chunk_size, device)  # warm-up
-    kernels, times = run_engine(engine, model, train, eval_, args.chunk_size, device)
+    kernels, times = run_engine(engine, model, train, eval_, args.chunk_size, device, args.row_chunk_size)
     memory = {"peak_rss_increase_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
     if device.type == "cuda":
         memory["cuda_peak_allocated_increase_mib"] = (torch.cuda.max_memory_allocated() - cuda0) / 2 ** 20
@@ -193,7 +198,8 @@ def main() -> None:
     result = {
         "bench": "kernel", "model": args.model, "params": ref["params"], "dtype": ref["dtype"],
         "device": args.device, "threads": args.threads, "n_train": args.n_train, "n_eval": args.n_eval,
-        "seq_len": args.seq_len, "classes": CLASSES, "chunk_size": args.chunk_size, "formula": "sgd",
+        "seq_len": args.seq_len, "classes": CLASSES, "chunk_size": args.chunk_size,
+        "row_chunk_size": args.row_chunk_size or args.chunk_size, "formula": "sgd",
         "entries": sizes, "seconds": {e: r["times"] for e, r in runs.items()}, "entries_per_s": rates,
         "ratio_raysel_vs_reference": {k: rates["raysel"][k] / rates["reference"][k] for k in rates["raysel"]},
         "max_rel_diff_model_dtype": {k: rel_scale(ours["kernels"][k], ref["kernels"][k]) for k in sizes},

@@ -46,6 +46,16 @@ def accuracy(predictions: Sequence[int] | torch.Tensor, labels: Sequence[int] | 
     return float((predictions == labels).float().mean()) if len(labels) else float("nan")
 
 
+def binary_f1(predictions: Sequence[int] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
+    """F1 of the positive class (label 1), as GLUE reports it for MRPC and QQP; 0 when nothing is
+    predicted or labelled positive."""
+    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
+    accuracy(predictions, labels)  # the same shape checks
+    true_positive = int(((predictions == 1) & (labels == 1)).sum())
+    predicted, actual = int((predictions == 1).sum()), int((labels == 1).sum())
+    return 2 * true_positive / (predicted + actual) if predicted + actual else 0.0
+
+
 # ---------------------------------------------------------------- SQuAD F1 / EM
 def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""

@@ -101,6 +101,7 @@ class DataSpec(_Strict):
     label_field: str = "label"  # column holding the label (classification)
     k: int | None = Field(None, gt=0)  # k-shot per label; the split's seed is the protocol seed
     max_examples: int | None = Field(None, gt=0)  # cap on training examples (fast tests)
+    labels: list[str] | None = None  # classification: keep only these labels, in this order (a binary subset)
 
 
 class ArmSpec(_Strict):
@@ -108,8 +109,8 @@ class ArmSpec(_Strict):
     method: str
     params: dict[str, Any] = {}
     search_space: dict[str, Any] = {}
-    model: ModelSpec | None = None  # defaults to the spec's model
-    data: DataSpec | None = None  # defaults to the spec's data
+    model: ModelSpec | None = None  # the fields it sets replace the spec's model's
+    data: DataSpec | None = None  # the fields it sets replace the spec's data's (e.g. only labels)
 
 
 class ProtocolSpec(_Strict):
@@ -202,12 +203,20 @@ class SweepSpec(_Strict):
             ArmSpec(name=self.method or "", method=self.method or "", params=self.params,
                     search_space=self.search_space)
         ]
-        return [a.model_copy(update={"model": a.model or self.model, "data": a.data or self.data})
+        return [a.model_copy(update={"model": _laid_over(self.model, a.model), "data": _laid_over(self.data, a.data)})
                 for a in arms]
 
     def parsed_search_space(self, arm: ArmSpec) -> dict[str, Any]:
         """An arm's search space with distributions parsed (fixed values stay as they are)."""
         return {key: _parse_space_value(value) for key, value in arm.search_space.items()}
+
+
+def _laid_over(base: _Strict, override: _Strict | None) -> _Strict:
+    """An arm's model or data section: the fields the arm sets, over the spec's (``--set data.k=64``
+    reaches an arm that only sets ``data.labels``)."""
+    if override is None:
+        return base
+    return base.model_copy(update={field: getattr(override, field) for field in override.model_fields_set})
 
 
 def _parse_space_value(value: Any) -> Any:

@@ -57,3 +57,32 @@ def test_igf_trial_builds_its_learner_and_trains_on_cuda(tmp_path):
     final = igf.train_loop(params, run)
     assert math.isfinite(final["test_perplexity"]) and final["test_perplexity"] < run.results[1]["test_perplexity"]
     assert run.results[0]["ig_workers"] == 1 and run.results[-1]["contexts_consumed"] >= 6 * 8
+
+
+def test_kernel_on_cuda_equals_the_cpu_kernel_and_a_trial_runs_there(tmp_path):
+    """The eNTK of tiny-bert's prompt logits (padded, length-sorted chunks, compact vocabulary) on
+    CUDA against the same computation on CPU, in float64; then a kernel trial on CUDA."""
+    from raysel.methods import kernel
+    from raysel.models import load_model
+
+    model, _ = load_model("tiny-bert", "masked_lm")
+    model = model.double()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(4, 12, (10,), generator=g)
+    mask = (torch.arange(12)[None] < lengths[:, None]).long()
+    batch = {"input_ids": torch.randint(5, 2000, (10, 12), generator=g) * mask, "attention_mask": mask,
+             "mask_pos": lengths - 2}
+    fn = kernel.prompt_logits_fn(model, [11, 22, 33])
+    cpu = kernel.ntk(model, batch, {k: v[:6] for k, v in batch.items()}, logits_fn=fn, chunk_size=3)
+    cuda_model = model.cuda()
+    on_cuda = {k: v.cuda() for k, v in batch.items()}
+    gpu = kernel.ntk(cuda_model, on_cuda, {k: v[:6] for k, v in on_cuda.items()},
+                     logits_fn=kernel.prompt_logits_fn(cuda_model, [11, 22, 33]), chunk_size=3)
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float64
+    torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=1e-9 * float(cpu.abs().max()))
+
+    method = get_method("kernel")
+    run = LocalRun(seed=13, model=ModelSpec(name="tiny-bert"), data=DataSpec(name="pydocs-topics", k=4),
+                   device=torch.device("cuda"), artifact_dir=tmp_path / "trial")
+    final = method.train_loop(method.Params(label_words=["string", "data", "time", "file", "number"]), run)
+    assert 0 <= final["test_accuracy"] <= 1 and final["kernel_entries_per_s"] > 0

@@ -161,6 +161,92 @@ def test_tiny_bert_classifier_prompt_and_binary_logits():
     assert k.shape == (3, 3, 3, 3) and torch.equal(k, k.permute(2, 3, 0, 1))
 
 
+def padded_tiny_bert_inputs(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """``n`` examples of different lengths (4..9 tokens), right-padded, a mask position in each."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, 10, (n,), generator=g)
+    ids = torch.randint(5, 2000, (n, int(lengths.max())), generator=g)
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask,
+            "mask_pos": (torch.rand(n, generator=g) * (lengths - 1)).long() + 1}
+
+
+def per_example_kernel(model, fn, rows, cols, keep=lambda n: True):
+    """Brute force on each example alone, unpadded (its own length, no attention mask)."""
+    def alone(batch):
+        out = []
+        for i in range(len(batch["input_ids"])):
+            length = int(batch["attention_mask"][i].sum())
+            out.append(brute_grads(model, fn, {"input_ids": batch["input_ids"][i:i + 1, :length],
+                                               **({"mask_pos": batch["mask_pos"][i:i + 1]} if "mask_pos" in batch
+                                                  else {})}, keep))
+        return torch.cat(out)
+    return brute_kernel(alone(rows), alone(cols))
+
+
+@pytest.mark.parametrize("mode", ["prompt", "classifier"])
+def test_padded_batches_vectorized_with_sparse_embedding_rows_equal_each_example_alone(mode):
+    """The fast path (vmap over padded chunks, vocabulary rows differentiated sparsely) against
+    per-example autograd on unpadded inputs, over every parameter (embeddings and tied decoder too)."""
+    if mode == "prompt":
+        model, _ = load_model("tiny-bert", "masked_lm")
+        model = model.double()
+        fn = kernel.prompt_logits_fn(model, [11, 22, 33])
+    else:
+        model, _ = load_model("tiny-bert", "sequence_classification", num_labels=3)
+        model = model.double()
+        fn = kernel.classifier_logits_fn(model)
+    train, test = padded_tiny_bert_inputs(5, 0), padded_tiny_bert_inputs(4, 1)
+    if mode == "classifier":
+        train, test = ({k: v for k, v in b.items() if k != "mask_pos"} for b in (train, test))
+    expected = per_example_kernel(model, fn, train, test)
+    fast = kernel.ntk(model, train, test, logits_fn=fn, chunk_size=2, row_chunk_size=3)
+    assert_same(fast, expected)
+    assert_same(kernel.ntk(model, train, test, logits_fn=fn, chunk_size=3, sparse_rows=False), expected)
+    square = kernel.ntk(model, train, logits_fn=fn, chunk_size=2)
+    assert_same(square, per_example_kernel(model, fn, train, train))
+    # an attention key bias has a zero gradient (softmax ignores a shift) computed as ±1e-20 noise whose
+    # sign depends on the padding: signgd is compared without it
+    no_key_bias = lambda n: not n.endswith("key.bias")  # noqa: E731
+    assert_same(kernel.ntk(model, train, logits_fn=fn, formula="signgd", chunk_size=2, row_chunk_size=3,
+                           subset=no_key_bias),
+                kernel.ntk(model, train, dict(train), logits_fn=fn, formula="signgd", chunk_size=4,
+                           sparse_rows=False, vectorize=False, subset=no_key_bias))
+
+
+def test_causal_model_padded_vectorized_equals_each_example_alone():
+    model, _ = load_model("tiny-gpt2-random", "sequence_classification", num_labels=2)
+    model = model.double()
+    model.config.pad_token_id = 0
+    fn = kernel.classifier_logits_fn(model)
+    batch = {k: v for k, v in padded_tiny_bert_inputs(4, 2).items() if k != "mask_pos"}
+    # GPT-2's classifier reads the last non-pad token: pad with the pad id (0), never used inside
+    expected = per_example_kernel(model, fn, batch, batch, keep=lambda n: "wte" not in n)
+    got = kernel.ntk(model, batch, logits_fn=fn, chunk_size=3, subset=lambda n: "wte" not in n)
+    assert_same(got, expected)
+
+
+@pytest.mark.parametrize("formula", ["sgd", "asymmetric_signgd"])
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_shards_sum_to_the_single_worker_kernel_entry_for_entry(formula, world):
+    model, train, test = tiny(2), ids(7, 8), ids(4, 9)
+    fn = kernel.binary(logits_of(model)) if formula == "asymmetric_signgd" else logits_of(model)
+    for eval_batch in (None, test):
+        whole = kernel.ntk(model, train, eval_batch, logits_fn=fn, formula=formula, chunk_size=2, row_chunk_size=3)
+        parts = [kernel.ntk(model, train, eval_batch, logits_fn=fn, formula=formula, chunk_size=2, row_chunk_size=3,
+                            shard=(rank, world)) for rank in range(world)]
+        assert torch.equal(sum(parts), whole)  # each entry computed by exactly one rank, zeros elsewhere
+        assert sum(bool(p.any()) for p in parts) >= 2
+
+
+def test_progress_callback_counts_this_ranks_blocks():
+    model, train, test = tiny(), ids(5, 0), ids(3, 1)
+    seen = []
+    kernel.ntk(model, train, test, logits_fn=logits_of(model), chunk_size=2,
+               on_block=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 6) for i in range(1, 7)]  # 3 row chunks × 2 column chunks
+
+
 def test_bad_names_list_the_allowed_ones():
     model, batch = tiny(), ids(2, 0)
     with pytest.raises(ValueError, match="sgd, signgd, asymmetric_signgd"):
@@ -280,7 +366,7 @@ def test_asym_solver_on_a_separable_binary_set():
 
 # ----------------------------------------------------------------------------- LM-BFF prompts
 def test_lm_bff_prompts_put_one_mask_and_read_single_token_label_words():
-    from raysel.methods.kernel.prompts import PROMPTS, encode, fill, label_word_ids, prompt_for
+    from raysel.data.prompts import PROMPTS, encode, fill, label_word_ids, prompt_for
     from raysel.models import load_model
 
     _, tokenizer = load_model("minilm", "masked_lm")

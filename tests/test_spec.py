@@ -270,3 +270,18 @@ def test_x_keys_hold_yaml_anchors_shared_by_arms(tmp_path):
     spec = load_spec(path)
     assert [a.params for a in spec.arms] == [{"task": "causal_lm", "max_steps": 7, "lr": 1e-4},
                                              {"task": "causal_lm", "max_steps": 7, "lr": 1e-3}]
+
+
+def test_an_arms_data_and_model_are_laid_over_the_specs_field_by_field():
+    raw = {"name": "a", "model": {"name": "minilm"}, "data": {"name": "pydocs-topics", "k": 16},
+           "protocol": {"kind": "seeds", "seeds": [13], "metric": "dev_accuracy", "mode": "max"},
+           "arms": [{"name": "five", "method": "standard", "params": {"task": "classification"}},
+                    {"name": "two", "method": "standard", "params": {"task": "classification"},
+                     "data": {"labels": ["text", "math"]}},
+                    {"name": "other", "method": "standard", "params": {"task": "classification"},
+                     "data": {"name": "/data/k-shot/SST-2"}, "model": {"name": "tiny-bert"}}]}
+    arms = {a.name: a for a in load_spec(raw, ["data.k=64"]).resolved_arms()}
+    assert arms["five"].data.k == arms["two"].data.k == arms["other"].data.k == 64
+    assert arms["two"].data.name == "pydocs-topics" and arms["two"].data.labels == ["text", "math"]
+    assert arms["five"].data.labels is None and arms["five"].model.name == "minilm"
+    assert arms["other"].data.name == "/data/k-shot/SST-2" and arms["other"].model.name == "tiny-bert"

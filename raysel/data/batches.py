@@ -39,22 +39,38 @@ class TokenWindows:
 
 
 class ClassificationBatches:
-    """(text, label) examples tokenised once, padded per batch."""
+    """(text, label) examples tokenised once, padded per batch.
 
-    def __init__(self, tokenizer, examples: Sequence[tuple[str, int]], max_length: int):
+    With a ``prompt`` (raysel.data.prompts) each text is placed in the prompt's template and the
+    batches carry each example's mask position (``mask_pos``) for a PromptClassifier."""
+
+    def __init__(self, tokenizer, examples: Sequence[tuple[str, int]], max_length: int, prompt=None):
         if not examples:
             raise DataError("a classification split is empty")
         self.tokenizer = tokenizer
-        self.encoded = tokenizer([text for text, _ in examples], truncation=True, max_length=max_length)["input_ids"]
+        texts = [text for text, _ in examples]
+        self.mask_pos: torch.Tensor | None = None
+        if prompt is None:
+            self.encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        else:
+            from raysel.data.prompts import prompt_ids
+
+            pairs = [prompt_ids(tokenizer, prompt, text, max_length=max_length) for text in texts]
+            self.encoded = [ids for ids, _ in pairs]
+            self.mask_pos = torch.tensor([pos for _, pos in pairs], dtype=torch.long)
         self.labels = torch.tensor([label for _, label in examples], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        indices = list(indices)
         padded = self.tokenizer.pad({"input_ids": [self.encoded[i] for i in indices]}, return_tensors="pt")
-        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
-                "labels": self.labels[list(indices)]}
+        out = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
+               "labels": self.labels[indices]}
+        if self.mask_pos is not None:
+            out["mask_pos"] = self.mask_pos[indices]
+        return out
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return self.batch(torch.randint(0, len(self), (n,), generator=generator).tolist())
@@ -67,8 +83,8 @@ class ClassificationBatches:
         predictions = []
         for start in range(0, len(self), batch_size):
             batch = self.batch(range(start, min(start + batch_size, len(self))))
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+            batch.pop("labels")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             predictions.append(logits.argmax(-1).cpu())
         model.train(was_training)
         return torch.cat(predictions)

@@ -27,6 +27,7 @@ class LabeledSplits:
     dev: list[tuple[str, int]]
     test: list[tuple[str, int]]
     labels: tuple[str, ...]
+    source_labels: tuple[str, ...] = ()  # a label subset (data.labels): the full task's labels
 
 
 def _read(path: str | Path) -> tuple[Path, str]:

@@ -82,7 +82,27 @@ def wikitext_articles(lines: list[str]) -> list[str]:
 
 
 def classification_splits(data, seed: int) -> LabeledSplits:
-    """Labelled examples per split; with ``data.k`` the LM-BFF k-shot split of ``seed``."""
+    """Labelled examples per split; with ``data.k`` the LM-BFF k-shot split of ``seed``; with
+    ``data.labels`` only those labels (after the k-shot split, so a label subset keeps the same examples)."""
+    splits = _classification_splits(data, seed)
+    return select_labels(splits, data.labels) if getattr(data, "labels", None) else splits
+
+
+def select_labels(splits: LabeledSplits, names: list[str]) -> LabeledSplits:
+    """The examples of the labels ``names`` only, re-indexed in that order (e.g. a binary subset)."""
+    unknown = [n for n in names if n not in splits.labels]
+    if unknown or len(set(names)) != len(names) or len(names) < 2:
+        raise DataError(f"data.labels {names}: give two or more distinct labels of this task; "
+                        f"its labels are {list(splits.labels)}")
+    index = {splits.labels.index(n): i for i, n in enumerate(names)}
+
+    def keep(rows: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return [(text, index[label]) for text, label in rows if label in index]
+    return LabeledSplits(keep(splits.train), keep(splits.dev), keep(splits.test), tuple(names),
+                         source_labels=splits.source_labels or splits.labels)
+
+
+def _classification_splits(data, seed: int) -> LabeledSplits:
     if data.name == "pydocs-topics":
         train, dev = load_topics("train"), load_topics("dev")
         if data.k:

@@ -8,6 +8,7 @@ from raysel.methods.base import Method, MethodParams, RunContext
 # name -> "module:Class"; imported on first use so that `raysel list` stays fast.
 _REGISTRY: dict[str, str] = {
     "igf": "raysel.methods.igf:IGF",
+    "kernel": "raysel.methods.kernel:Kernel",
     "standard": "raysel.methods.standard:Standard",
 }
 

@@ -1,6 +1,6 @@
 """The one fine-tuning loop every method shares (so that comparisons between methods are fair).
 
-AdamW, linear schedule with warmup, gradient accumulation, clipping, bf16 autocast on CUDA,
+AdamW (or plain SGD), linear schedule with warmup, gradient accumulation, clipping, bf16 autocast on CUDA,
 evaluation every ``eval_every`` optimizer steps, a checkpoint with every evaluation. A method
 customises it with two functions: ``next_batch(step, micro, generator)`` gives the next
 micro-batch (or None to skip it, e.g. a filter rejected it) and ``evaluate(model)`` the metrics.
@@ -10,7 +10,7 @@ is checkpointed, so a restarted trial replays exactly the steps it would have ta
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import pydantic
 import torch
@@ -24,7 +24,9 @@ Batch = dict[str, torch.Tensor]
 class LoopParams(MethodParams):
     """Optimisation hyperparameters shared by every method's fine-tuning loop."""
 
-    lr: float = Field(5e-5, gt=0)  # AdamW peak learning rate
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: torch.optim.SGD (the kernel paper's SGD fine-tuning)
+    lr: float = Field(5e-5, gt=0)  # peak learning rate
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd only
     weight_decay: float = Field(0.0, ge=0)
     adam_eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(0, ge=0)  # linear warmup, then linear decay to 0 at max_steps
@@ -78,6 +80,12 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def make_optimizer(parameters, params: LoopParams) -> torch.optim.Optimizer:
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    return torch.optim.AdamW(parameters, lr=params.lr, eps=params.adam_eps, weight_decay=params.weight_decay)
+
+
 def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
               next_batch: Callable[[int, int, torch.Generator], Batch | None],
               evaluate: Callable[[torch.nn.Module], dict[str, float]], *,
@@ -90,8 +98,7 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
     method's counters) is checkpointed and restored with the model."""
     model = run.prepare_model(model)
     plain = getattr(model, "module", model)  # unwrapped from DDP for evaluation and state
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, eps=params.adam_eps,
-                                  weight_decay=params.weight_decay)
+    optimizer = make_optimizer(model.parameters(), params)
     schedule = linear_schedule(optimizer, params.warmup_steps, params.max_steps)
     start, evaluation = 0, {}
     torch.manual_seed(run.seed + 7919 * run.rank)  # dropout; batches have their own generators

@@ -1,7 +1,8 @@
 """Standard fine-tuning: the baseline every selective method is compared with.
 
-Causal LM (reports dev/test perplexity per step) or sequence classification (dev/test accuracy),
-through the shared loop of raysel.methods.loop.
+Causal LM (reports dev/test perplexity per step), sequence classification with a classifier head
+(dev/test accuracy), or prompt-based classification (LM-BFF: a masked LM's scores of the label words
+at the prompt's mask are the logits), through the shared loop of raysel.methods.loop.
 """
 from __future__ import annotations
 
@@ -11,20 +12,32 @@ import torch
 from pydantic import Field
 
 from raysel.data.batches import ClassificationBatches, TokenWindows
+from raysel.data.prompts import prompt_and_words
 from raysel.data.sources import classification_splits, lm_splits
 from raysel.methods.base import RunContext
 from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import accuracy, perplexity
 from raysel.models import check_model, load_model
+from raysel.models.prompt import PromptClassifier
 from raysel.spec import DataSpec, ModelSpec
 
 
 class StandardParams(LoopParams):
-    task: Literal["causal_lm", "classification"] = "causal_lm"
+    task: Literal["causal_lm", "classification", "prompt"] = "causal_lm"
+    prompt_task: str | None = None  # task "prompt": whose LM-BFF template (default: the data's task)
+    label_words: list[str] | None = None  # task "prompt": one word per label instead of the template's
     context_len: int = Field(32, gt=1)  # tokens per causal-LM context
     max_length: int = Field(128, gt=1)  # classification: truncate inputs to this many tokens
     eval_examples: int = Field(128, gt=0)  # LM: dev/test windows; classification: cap per eval split
     eval_batch_size: int = Field(64, gt=0)
+
+
+MODEL_TASK = {"causal_lm": "causal_lm", "classification": "sequence_classification", "prompt": "masked_lm"}
+
+
+def _prompt(params: StandardParams, tokenizer, data: DataSpec, splits) -> tuple:
+    return prompt_and_words(tokenizer, data.name, splits.labels, splits.source_labels,
+                            task=params.prompt_task, label_words=params.label_words)
 
 
 class Standard:
@@ -35,12 +48,15 @@ class Standard:
 
     def preflight(self, params: StandardParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: the model can be found and the data loads (else ModelError/DataError)."""
-        check_model(model.name, "causal_lm" if params.task == "causal_lm" else "sequence_classification")
+        check_model(model.name, MODEL_TASK[params.task])
         if params.task == "causal_lm":
             lm_splits(data)
-        else:
-            for seed in seeds if data.k else seeds[:1]:
-                classification_splits(data, seed=seed)
+            return
+        for seed in seeds if data.k else seeds[:1]:
+            splits = classification_splits(data, seed=seed)
+        if params.task == "prompt":
+            _, tokenizer = load_model(model.name, "masked_lm")
+            _prompt(params, tokenizer, data, splits)
 
     def train_loop(self, params: StandardParams, run: RunContext) -> dict[str, float]:
         if params.task == "causal_lm":
@@ -67,10 +83,16 @@ class Standard:
 
     def _classification(self, params: StandardParams, run: RunContext) -> dict[str, float]:
         data = classification_splits(run.data, seed=run.seed)
-        model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))
-        train = ClassificationBatches(tokenizer, data.train, params.max_length)
-        dev = ClassificationBatches(tokenizer, data.dev[:params.eval_examples], params.max_length)
-        test = ClassificationBatches(tokenizer, data.test[:params.eval_examples], params.max_length)
+        prompt = None
+        if params.task == "prompt":
+            mlm, tokenizer = load_model(run.model.name, "masked_lm")
+            prompt, word_ids = _prompt(params, tokenizer, run.data, data)
+            model = PromptClassifier(mlm, word_ids)
+        else:
+            model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))
+        train = ClassificationBatches(tokenizer, data.train, params.max_length, prompt)
+        dev = ClassificationBatches(tokenizer, data.dev[:params.eval_examples], params.max_length, prompt)
+        test = ClassificationBatches(tokenizer, data.test[:params.eval_examples], params.max_length, prompt)
         per_micro = micro_batch_size(params, run.world_size)
 
         def next_batch(step: int, micro: int, generator: torch.Generator):

@@ -21,7 +21,7 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import pydantic
 import torch
@@ -30,6 +30,7 @@ from pydantic import Field
 from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits
 from raysel.methods.base import MethodParams, RunContext
+from raysel.methods.collective import atomic_save, build_once, distributed, gather
 from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, information_gain, objective_and_pool,
                                           objective_perplexity, predict, rank_correlation, sample_context,
                                           threshold_at,
@@ -205,22 +206,12 @@ class IGF:
                  pool: list[torch.Tensor]) -> tuple[SecondaryLearner, dict[str, float]]:
         """The secondary learner (built by this trial's workers or by an earlier trial) and its metrics.
 
-        Rank 0 holds the cache's lock; when the learner must be built, every rank computes the IG of
-        its share of the contexts (contexts[rank::world_size]) and rank 0 assembles them and fits it."""
-        from filelock import FileLock
-
+        When the learner must be built, every rank computes the IG of its share of the contexts
+        (contexts[rank::world_size]) and rank 0 assembles them and fits it."""
         directory = run.shared_dir / f"igf-learner-{params.learner_key(run.model, run.data)}"
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(directory / "build.lock"))  # concurrent trials: one builds, the others wait
-        if run.rank == 0:
-            lock.acquire()
-        try:
-            built_here = _on_all_ranks(run, not (directory / LEARNER_FILE).exists())
+        with build_once(run, directory / LEARNER_FILE) as built_here:
             if built_here:
                 self._build_learner(params, run, model, objective, pool, directory)
-        finally:
-            if run.rank == 0:
-                lock.release()
         saved = torch.load(directory / LEARNER_FILE, map_location=run.device, weights_only=False)
         learner = _new_learner(model, params.learner_seed)
         learner.load_state_dict(saved["state"])
@@ -238,16 +229,15 @@ class IGF:
         contexts = torch.stack([sample_context(pool, params.context_len, generator)
                                 for _ in range(params.ig_contexts)])
         started = time.perf_counter()
-        rank, world = (run.rank, run.world_size) if _distributed(run) else (0, 1)
+        rank, world = (run.rank, run.world_size) if distributed(run) else (0, 1)
         share = information_gain(model, contexts[rank::world].to(run.device), objective.to(run.device),
                                  lr=params.ig_lr, step=params.ig_step, max_grad_norm=params.max_grad_norm,
                                  engine=params.ig_engine, chunk_size=params.ig_chunk_size).cpu()
-        ig = _gather_strided(run, share, len(contexts))
+        ig = _interleave(gather(run, share), len(contexts))
         ig_seconds = time.perf_counter() - started
         if rank == 0:
             check = _first_order_check(params, run, model, contexts, objective, ig)
             self._fit_and_save(params, run, model, objective, contexts, ig, ig_seconds, world, directory, check)
-        _on_all_ranks(run, True)  # the others wait until rank 0 has saved the learner
 
     def _fit_and_save(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
                       contexts: torch.Tensor, ig: torch.Tensor, ig_seconds: float, world: int,
@@ -265,7 +255,7 @@ class IGF:
                    "learner_q_above_minus_1": float((q >= -1).double().mean())}
         torch.save({"contexts": contexts, "ig": ig, "z": z, "q": q, "objective": objective.cpu()},
                    directory / PAIRS_FILE)
-        _atomic_save({"state": {k: v.cpu() for k, v in state.items()}, "info": info, "ig_mean": mean,
+        atomic_save({"state": {k: v.cpu() for k, v in state.items()}, "info": info, "ig_mean": mean,
                       "ig_std": std, "ig_seconds": ig_seconds, "ig_workers": world, "metrics": {**q_stats, **check},
                       "built_by": run.artifact_dir.name}, directory / LEARNER_FILE)
         run.log_artifact(directory / PAIRS_FILE, "igf")
@@ -283,34 +273,11 @@ def _first_order_check(params: IGFParams, run: RunContext, model: torch.nn.Modul
     return {"ig_first_order_spearman": rank_correlation(ig[:len(sample)], exact.cpu())}
 
 
-def _distributed(run: RunContext) -> bool:
-    import torch.distributed as dist
-
-    return run.world_size > 1 and dist.is_available() and dist.is_initialized()
-
-
-def _on_all_ranks(run: RunContext, value: bool) -> bool:
-    """Rank 0's ``value`` on every rank (a barrier when the trial runs on several workers)."""
-    if not _distributed(run):
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
-
-
-def _gather_strided(run: RunContext, share: torch.Tensor, total: int) -> torch.Tensor:
-    """Reassemble values computed as ``items[rank::world_size]`` into the items' order."""
-    if not _distributed(run):
-        return share
-    import torch.distributed as dist
-
-    shares: list = [None] * run.world_size
-    dist.all_gather_object(shares, share)
-    out = torch.empty(total, dtype=share.dtype)
+def _interleave(shares: list[torch.Tensor], total: int) -> torch.Tensor:
+    """Reassemble values computed as ``items[rank::world_size]`` (rank order) into the items' order."""
+    out = torch.empty(total, dtype=shares[0].dtype)
     for rank, part in enumerate(shares):
-        out[rank::run.world_size] = part
+        out[rank::len(shares)] = part
     return out
 
 
@@ -355,9 +322,3 @@ def _fixed_windows(articles: list[torch.Tensor], context_len: int, n: int, seed:
     """``n`` held-out test windows, the same for every trial (a fixed generator)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.stack([sample_context(articles, context_len, generator) for _ in range(n)])
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)

@@ -11,6 +11,9 @@ Deliberate differences from the reference code (princeton-nlp/LM-Kernel-FT):
 - Per-example Jacobians come from torch.func (vmap of jacrev, ``chunk_size`` examples at a time);
   the inner (eval) Jacobians are recomputed per train chunk rather than taken by jvp.
 - train × train uses symmetry: only blocks on or above the diagonal are computed.
+- Vocabulary-sized parameters are differentiated only at the rows that can have a gradient (the
+  reference's jvp gathers them too; its jacrev side holds them densely).
+- Padded batches are vmapped with a 4-D attention mask (the reference pads dynamically, batch 1).
 - The asym solver takes ``kernel_lambda`` and ``kernel_gamma`` as explicit arguments (the
   reference reads a missing ``kernel_lambda``).
 """
@@ -24,12 +27,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from raysel.methods.loop import eval_mode
+from raysel.models.prompt import PromptClassifier
 
 FORMULAS = ("sgd", "signgd", "asymmetric_signgd")
 SUBSETS = ("all", "exclude_embeddings", "exclude_head", "only_biases", "trainable")
 SOLVERS = ("lstsq", "logistic", "svc", "svr", "asym")
 
 BLOCK_SLICE = 65_536  # parameters per partial dot product (see _block)
+OUTPUT_ROWS = "__output_rows__"  # a params key: a logits function's output rows in a compact vocabulary
 
 Params = dict[str, Tensor]
 Batch = dict[str, Tensor]
@@ -40,27 +45,29 @@ LogitsFn = Callable[[Params, Batch], Tensor]  # (parameters by name, batch with 
 
 def classifier_logits_fn(model: nn.Module) -> LogitsFn:
     """The classifier head's logits [B, num_labels]: the batch holds the model's keyword inputs."""
+    causal = _is_causal(model)
+
     def logits(params: Params, batch: Batch) -> Tensor:
-        return functional_call(model, params, (), dict(batch)).logits
+        params = {n: p for n, p in params.items() if n != OUTPUT_ROWS}
+        return functional_call(model, params, (), _model_inputs(batch, causal, _dtype(params))).logits
+    logits.output_rows = ()  # type: ignore[attr-defined]  # no vocabulary row on the output side
     return logits
 
 
-def prompt_logits_fn(model: nn.Module, label_word_ids: Tensor | list[int], *,
-                     mask_key: str = "mask_pos") -> LogitsFn:
-    """MLM scores at the mask position restricted to the C label words: [B, C].
+def prompt_logits_fn(model: nn.Module, label_word_ids: Tensor | list[int]) -> LogitsFn:
+    """A masked LM's scores at the mask restricted to the C label words: [B, C] (LM-BFF's logits).
 
-    The mask position varies per example, so it travels in the batch under ``mask_key`` ([B]
-    long); the other keys are the model's inputs.
-    """
-    words = torch.as_tensor(label_word_ids, dtype=torch.long)
+    ``model`` is the ``*ForMaskedLM``; the batch holds its inputs and each example's mask position
+    ``mask_pos`` [B]. The logits are those of raysel.models.prompt.PromptClassifier, which
+    prompt-based fine-tuning trains."""
+    words = [int(w) for w in torch.as_tensor(label_word_ids).flatten()]
+    wrapper = PromptClassifier(model, words)
+    causal = _is_causal(model)
 
     def logits(params: Params, batch: Batch) -> Tensor:
-        inputs = {k: v for k, v in batch.items() if k != mask_key}
-        scores = functional_call(model, params, (), inputs).logits  # [B, L, V]
-        # gather rather than advanced indexing: the positions are vmapped tensors
-        index = batch[mask_key].view(-1, 1, 1).expand(-1, 1, scores.shape[-1])
-        at_mask = scores.gather(1, index).squeeze(1)  # [B, V]
-        return at_mask.index_select(1, words.to(at_mask.device))
+        named = {("label_word_ids" if name == OUTPUT_ROWS else "mlm." + name): p for name, p in params.items()}
+        return functional_call(wrapper, named, (), _model_inputs(batch, causal, _dtype(params))).logits
+    logits.output_rows = tuple(words)  # type: ignore[attr-defined]  # the decoder rows the logits read
     return logits
 
 
@@ -71,7 +78,35 @@ def binary(logits_fn: LogitsFn) -> LogitsFn:
         if two.shape[-1] != 2:
             raise ValueError(f"binary needs exactly 2 logits, got {two.shape[-1]}")
         return two[:, 1:] - two[:, :1]
+    if hasattr(logits_fn, "output_rows"):
+        logits.output_rows = logits_fn.output_rows  # type: ignore[attr-defined]
     return logits
+
+
+def _is_causal(model: nn.Module) -> bool:
+    """Whether the model's attention is causal (transformers marks its attention modules ``is_causal``)."""
+    return any(getattr(module, "is_causal", False) is True for module in model.modules())
+
+
+def _dtype(params: Params) -> torch.dtype:
+    return next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)
+
+
+def _model_inputs(batch: Batch, causal: bool, dtype: torch.dtype) -> Batch:
+    """The batch with its padding mask [B, L] as an additive 4-D mask [B, 1, L, L].
+
+    transformers turns a 2-D mask into a 4-D one with data-dependent checks that torch.func.vmap
+    refuses; a 4-D mask is used as given (causal models: the causal triangle is added here). It is in
+    the parameters' dtype: a float32 mask beside float64 attention scores changes the numbers."""
+    if "attention_mask" not in batch or batch["attention_mask"].dim() != 2:
+        return batch
+    keep = batch["attention_mask"].bool()[:, None, None, :]  # [B, 1, 1, L]
+    length = keep.shape[-1]
+    keep = keep.expand(-1, 1, length, length)
+    if causal:
+        keep = keep & torch.ones(length, length, dtype=torch.bool, device=keep.device).tril()
+    additive = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    return {**batch, "attention_mask": additive}
 
 
 # ----------------------------------------------------------------------------- eNTK
@@ -106,122 +141,254 @@ def select_params(model: nn.Module, subset: str | Callable[[str], bool] = "all")
 
 def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *, logits_fn: LogitsFn,
         formula: Literal["sgd", "signgd", "asymmetric_signgd"] = "sgd",
-        subset: str | Callable[[str], bool] = "all", chunk_size: int = 8, vectorize: bool = True) -> Tensor:
+        subset: str | Callable[[str], bool] = "all", chunk_size: int = 8, row_chunk_size: int | None = None,
+        vectorize: bool = True, sparse_rows: bool = True, shard: tuple[int, int] = (0, 1),
+        on_block: Callable[[int, int], None] | None = None) -> Tensor:
     """The empirical NTK of ``logits_fn`` at the model's parameters, float64.
 
     sgd: K[i,c,j,c'] = ⟨g_c(x_i), g_c'(x_j)⟩, [N, C, M, C] (i over train, j over eval);
     signgd: ⟨sign g_c(x_i), sign g_c'(x_j)⟩; asymmetric_signgd (C = 1 only): [2, N, 1, M, 1],
     pass 0 ⟨sign g(x_i), g(x_j)⟩ and the flipped pass 1 ⟨g(x_i), sign g(x_j)⟩ = ⟨sign g(x_j), g(x_i)⟩.
     ``eval_batch`` None (or the train batch itself): train × train through the symmetric path.
-    Gradients are over ``select_params(model, subset)``, with dropout off; ``chunk_size`` examples
-    have their Jacobians held at once (memory ≈ chunk_size · C · #params per side).
+    Gradients are over ``select_params(model, subset)``, with dropout off. signgd, as in the
+    reference, takes the sign of every entry, also of gradients that are zero up to rounding (an
+    attention key bias: softmax ignores a constant shift): those add ±1 terms that depend on the
+    arithmetic (padding, chunking); exclude such parameters with a subset predicate if it matters.
 
-    ``vectorize``: per-example Jacobians by vmap over the chunk (fast; ``logits_fn`` must have no
-    data-dependent control flow: transformers inspects an ``attention_mask``, so give equal-length
-    examples without one), else one jacrev per example (any model, padded batches with masks).
+    Work is in blocks: the Jacobians of ``row_chunk_size`` train examples (default ``chunk_size``)
+    are held while those of ``chunk_size`` eval examples at a time are formed against them (memory ≈
+    (rows + columns) · C · #params floats). ``shard=(rank, world)`` computes only this rank's
+    contiguous share of the blocks and leaves zeros elsewhere, so that the sum over ranks (an
+    all-reduce) is the whole kernel, entry for entry. ``on_block(done, total)`` follows progress.
+
+    ``vectorize``: per-example Jacobians by vmap over the chunk (padded batches are fine: the
+    attention mask goes in as 4-D), else one jacrev per example. ``sparse_rows``: when the logits
+    function declares its ``output_rows`` (the built-in ones do) and the model is bidirectional,
+    vocabulary-sized parameters (word embeddings, a tied MLM decoder and its bias) are
+    differentiated only at the rows that can have a gradient (the chunk's token ids and those
+    output rows), through a compact vocabulary (``_jacobian_fn``), instead of densely.
     """
     if formula not in FORMULAS:
         raise ValueError(f"formula must be one of {', '.join(FORMULAS)}, got {formula!r}")
     params = select_params(model, subset)
     symmetric = eval_batch is None or eval_batch is train_batch
+    vocabulary = _vocabulary_params(model, logits_fn, train_batch) if sparse_rows else {}
+    plan = _Plan(chunk_size, row_chunk_size or chunk_size, shard, on_block)
     with eval_mode(model), torch.no_grad():
-        jac = _jacobian_fn(logits_fn, params, vectorize)
+        jac = _jacobian_fn(logits_fn, params, vectorize, vocabulary, _pinned_rows(model))
+        classes = _classes(logits_fn, params, train_batch)
+        train_order = _by_length(train_batch)
+        eval_order = train_order if symmetric else _by_length(eval_batch)
+
+        def kernel(sign_rows: bool, sign_cols: bool, mirror: bool = False) -> Tensor:
+            """One pass over examples sorted by length (less padding per chunk), in the callers' order;
+            ``mirror``: train × train computed on and above the diagonal only."""
+            columns = train_order if symmetric else eval_order
+            k = plan.kernel(jac, train_order.batch, columns.batch, classes, sign_rows, sign_cols, symmetric=mirror)
+            return k[train_order.inverse][:, :, columns.inverse]
+
         if formula == "asymmetric_signgd":
-            return _asymmetric(jac, train_batch, None if symmetric else eval_batch, chunk_size)
+            if classes != 1:
+                raise ValueError(f"asymmetric_signgd is for binary classification (C = 1 logit, see binary()); "
+                                 f"got C = {classes}")
+            if symmetric:
+                first = kernel(True, False)  # not symmetric: every block computed
+                return torch.stack([first, first.permute(2, 3, 0, 1).contiguous()])  # ⟨g_i, sign g_j⟩ = pass 0 at (j, i)
+            plan.total_runs = 2
+            return torch.stack([kernel(True, False), kernel(False, True)])
         signed = formula == "signgd"
-        if symmetric:
-            return _symmetric_kernel(jac, train_batch, chunk_size, signed)
-        return _kernel(jac, train_batch, eval_batch, chunk_size, signed, signed)
+        return kernel(signed, signed, mirror=symmetric)
 
 
-def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool) -> Callable[[Batch], Params]:
-    """Batch [B, ...] → per-example Jacobians {name: [B, C, *shape]}."""
-    def one(p: Params, example: Batch) -> Tensor:
-        return logits_fn(p, {k: v[None] for k, v in example.items()})[0]
+class _Sorted(NamedTuple):
+    batch: Batch  # the examples, shortest first
+    inverse: Tensor  # positions that put the kernel's rows or columns back in the given order
 
-    def looped(p: Params, batch: Batch) -> Params:
-        rows = [jacrev(one)(p, {k: v[i] for k, v in batch.items()}) for i in range(len(next(iter(batch.values()))))]
-        return {n: torch.stack([r[n] for r in rows]) for n in p}
 
-    per_example = vmap(jacrev(one), in_dims=(None, 0)) if vectorize else looped
+def _by_length(batch: Batch) -> _Sorted:
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return _Sorted(batch, torch.arange(_size(batch)))
+    order = torch.sort(mask.sum(1).cpu(), stable=True).indices
+    return _Sorted({k: v[order.to(v.device)] for k, v in batch.items()}, torch.argsort(order))
 
-    def jacobians(batch: Batch) -> Params:
+
+class _Jacobians(NamedTuple):
+    grads: Params  # name → [B, C, *shape]; a row-sparse parameter's: [B, C, u, *rest] (its rows only)
+    rows: dict[str, Tensor]  # row-sparse parameter → the u sorted row ids its grads hold
+
+
+def _vocabulary_params(model: nn.Module, logits_fn: LogitsFn, batch: Batch) -> Params:
+    """The model's vocabulary-sized parameters (all of them, differentiated or not), when the
+    kernel can run on a compact vocabulary (see ``ntk``'s sparse_rows); else none.
+
+    Only for bidirectional models: a causal classifier finds its last token by comparing input ids
+    with the pad id, which a compact vocabulary renumbers."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if (not hasattr(logits_fn, "output_rows") or "input_ids" not in batch or embeddings is None
+            or _is_causal(model)):
+        return {}
+    vocab = embeddings.weight.shape[0]
+    return {n: p.detach() for n, p in model.named_parameters() if p.dim() >= 1 and p.shape[0] == vocab}
+
+
+def _pinned_rows(model: nn.Module) -> Tensor:
+    """Ids kept at their own position in a compact vocabulary: 0 .. the padding index, so that the
+    embedding's padding_idx (no gradient) and RoBERTa's position ids (ids != padding_idx) still hold."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    padding = getattr(embeddings, "padding_idx", None)
+    return torch.arange((padding or 0) + 1)
+
+
+def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool, vocabulary: Params, pinned: Tensor
+                 ) -> Callable[[Batch], _Jacobians]:
+    """Batch [B, ...] → per-example Jacobians.
+
+    Row-sparse parameters go in compacted: for each chunk the rows U it can touch (its token ids,
+    the logits' output rows, the pinned ids; sorted, so the pinned ones keep their positions) are
+    the whole "vocabulary", the input ids and output rows are renumbered into it, and the model runs
+    on those rows. The function is the same, so the gradient with respect to the compact rows is
+    the full gradient at U, and nothing vocabulary-sized is formed (dense per-example gradients
+    of a 30k × 384 embedding cost minilm ~70% of its Jacobian time)."""
+    output_rows = torch.as_tensor(getattr(logits_fn, "output_rows", ()), dtype=torch.long)
+    sparse = [n for n in params if n in vocabulary]  # differentiated at the chunk's rows
+    dense = {n: p for n, p in params.items() if n not in vocabulary}
+
+    def jacobians(batch: Batch) -> _Jacobians:
+        extra: Params = {}
+        compact: Params = {}
+        rows = None
+        if vocabulary:
+            ids = batch["input_ids"]
+            rows = torch.cat([pinned, ids.flatten().cpu(), output_rows]).unique()  # sorted
+            on_device = rows.to(ids.device)
+            batch = {**batch, "input_ids": torch.searchsorted(on_device, ids.contiguous())}
+            compact = {n: vocabulary[n].index_select(0, on_device) for n in sparse}
+            # the vocabulary-sized parameters not differentiated are compacted too (constants)
+            extra.update({n: p.index_select(0, on_device) for n, p in vocabulary.items() if n not in params})
+            if len(output_rows):
+                extra[OUTPUT_ROWS] = torch.searchsorted(on_device, output_rows.to(ids.device))
+
+        def one(dense_: Params, compact_: Params, example: Batch) -> Tensor:
+            return logits_fn({**dense_, **compact_, **extra}, {k: v[None] for k, v in example.items()})[0]
+
+        def looped(dense_: Params, compact_: Params, batch_: Batch) -> tuple[Params, Params]:
+            size = len(next(iter(batch_.values())))
+            parts = [jacrev(one, argnums=(0, 1))(dense_, compact_, {k: v[i] for k, v in batch_.items()})
+                     for i in range(size)]
+            return tuple({n: torch.stack([p[side][n] for p in parts]) for n in parts[0][side]} for side in (0, 1))
+
+        per_example = vmap(jacrev(one, argnums=(0, 1)), in_dims=(None, None, 0)) if vectorize else looped
         with torch.enable_grad(), warnings.catch_warnings():
             # kernels without a vmap batching rule loop over the batch and warn; same numbers
             warnings.filterwarnings("ignore", message=".*batching rule.*")
-            return per_example(params, batch)
+            grads_dense, grads_sparse = per_example(dense, compact, batch)
+        grads = {**grads_dense, **grads_sparse}
+        return _Jacobians({n: grads[n] for n in params}, {n: rows for n in sparse})
     return jacobians
 
 
-def _chunks(batch: Batch, chunk_size: int) -> list[Batch]:
-    n = len(next(iter(batch.values())))
-    return [{k: v[s:s + chunk_size] for k, v in batch.items()} for s in range(0, n, chunk_size)]
+def _classes(logits_fn: LogitsFn, params: Params, batch: Batch) -> int:
+    """C, from one example's logits (every rank needs it, even one without blocks to compute)."""
+    with torch.no_grad():
+        return logits_fn(params, _trim({k: v[:1] for k, v in batch.items()})).shape[-1]
 
 
-def _block(a: Params, b: Params, sign_a: bool, sign_b: bool) -> Tensor:
+def _size(batch: Batch) -> int:
+    return len(next(iter(batch.values())))
+
+
+def _trim(batch: Batch) -> Batch:
+    """Drop the padding columns no example of this slice needs (positions past its longest one)."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return batch
+    length, full = int(mask.sum(1).max()), mask.shape[1]
+    return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == full else v for k, v in batch.items()}
+
+
+def _rows_slice(batch: Batch, start: int, stop: int) -> Batch:
+    return _trim({k: v[start:stop] for k, v in batch.items()})
+
+
+class _Plan:
+    """Which blocks this rank computes, in which order, with which Jacobians held (see ``ntk``)."""
+
+    def __init__(self, chunk_size: int, row_chunk_size: int, shard: tuple[int, int],
+                 on_block: Callable[[int, int], None] | None):
+        rank, world = shard
+        if chunk_size < 1 or row_chunk_size < 1:
+            raise ValueError(f"chunk sizes must be positive, got {chunk_size} and {row_chunk_size}")
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        self.chunk, self.row_chunk, self.rank, self.world = chunk_size, row_chunk_size, rank, world
+        self.on_block, self.total_runs, self.done = on_block, 1, 0
+
+    def blocks(self, n: int, m: int, symmetric: bool) -> list[tuple[int, int, int, int]]:
+        """All blocks (row start, row stop, column start, column stop) in row-major order; symmetric:
+        the diagonal block of each row chunk and the columns after it (the rest is mirrored)."""
+        out = []
+        for r0 in range(0, n, self.row_chunk):
+            r1 = min(n, r0 + self.row_chunk)
+            if symmetric:
+                out.append((r0, r1, r0, r1))
+            for c0 in range(r1 if symmetric else 0, m, self.chunk):
+                out.append((r0, r1, c0, min(m, c0 + self.chunk)))
+        return out
+
+    def kernel(self, jac: Callable[[Batch], _Jacobians], rows: Batch, cols: Batch, classes: int, sign_rows: bool,
+               sign_cols: bool, symmetric: bool = False) -> Tensor:
+        n, m = _size(rows), _size(cols)
+        blocks = self.blocks(n, m, symmetric)
+        start, stop = (len(blocks) * self.rank) // self.world, (len(blocks) * (self.rank + 1)) // self.world
+        kernel = torch.zeros(n, classes, m, classes, dtype=torch.float64)
+        held, held_rows = None, None
+        for r0, r1, c0, c1 in blocks[start:stop]:
+            if held_rows != (r0, r1):
+                held, held_rows = jac(_rows_slice(rows, r0, r1)), (r0, r1)
+            if symmetric and c0 == r0:  # averaged with its mirror so that the kernel is exactly symmetric
+                block = _block(held, held, sign_rows, sign_cols)
+                block = (block + block.permute(2, 3, 0, 1)) / 2
+            else:
+                block = _block(held, jac(_rows_slice(cols, c0, c1)), sign_rows, sign_cols)
+            kernel[r0:r1, :, c0:c1, :] = block
+            if symmetric and c0 != r0:
+                kernel[c0:c1, :, r0:r1, :] = block.permute(2, 3, 0, 1)
+            self.done += 1
+            if self.on_block is not None:
+                self.on_block(self.done, (stop - start) * self.total_runs)
+        return kernel
+
+
+def _common(rows_a: Tensor, rows_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions in two sorted id lists of the ids they share."""
+    in_a = torch.isin(rows_a, rows_b).nonzero().flatten()
+    return in_a, torch.searchsorted(rows_b, rows_a[in_a])
+
+
+def _block(a: _Jacobians, b: _Jacobians, sign_a: bool, sign_b: bool) -> Tensor:
     """Σ over parameters of ⟨a[i, c], b[j, c']⟩: [Ba, C, Bb, C], float64.
 
     Products run in the Jacobians' dtype over slices of ``BLOCK_SLICE`` parameters and the slices'
-    sums accumulate in float64: converting whole Jacobians to float64 first (a dense word-embedding
-    Jacobian is [B, C, vocab, d]) cost 8x the time and memory on minilm for no accuracy that matters
-    (float32 slices agree with float64 to ~2e-7 of the kernel's scale)."""
-    total = None
-    for name, ga in a.items():
-        ga, gb = ga.flatten(2), b[name].flatten(2)
+    sums accumulate in float64: converting whole Jacobians to float64 first cost 8x the time and
+    memory on minilm for no accuracy that matters (float32 slices agree with float64 to ~2e-7 of
+    the kernel's scale). A row-sparse parameter contributes through the rows both sides hold (a
+    row only one side holds has a zero gradient on the other: sign(0) = 0 too)."""
+    first, second = next(iter(a.grads.values())), next(iter(b.grads.values()))
+    total = torch.zeros(first.shape[0], first.shape[1], second.shape[0], second.shape[1], dtype=torch.float64,
+                        device=first.device)
+    for name, ga in a.grads.items():
+        gb = b.grads[name]
+        if name in a.rows:
+            at_a, at_b = _common(a.rows[name].to(ga.device), b.rows[name].to(ga.device))
+            ga, gb = ga.index_select(2, at_a), gb.index_select(2, at_b)
+        ga, gb = ga.flatten(2), gb.flatten(2)
         ga = ga.sign() if sign_a else ga
         gb = gb.sign() if sign_b else gb
         for start in range(0, ga.shape[2], BLOCK_SLICE):
-            part = torch.einsum("acp,bdp->acbd", ga[..., start:start + BLOCK_SLICE],
-                                gb[..., start:start + BLOCK_SLICE]).double()
-            total = part if total is None else total + part
+            total += torch.einsum("acp,bdp->acbd", ga[..., start:start + BLOCK_SLICE],
+                                  gb[..., start:start + BLOCK_SLICE]).double()
     return total.cpu()
-
-
-def _kernel(jac: Callable[[Batch], Params], rows: Batch, cols: Batch, chunk_size: int, sign_rows: bool,
-            sign_cols: bool) -> Tensor:
-    col_chunks = _chunks(cols, chunk_size)
-    blocks = []
-    for r in _chunks(rows, chunk_size):
-        jr = jac(r)
-        blocks.append(torch.cat([_block(jr, jac(c), sign_rows, sign_cols) for c in col_chunks], dim=2))
-    return torch.cat(blocks, dim=0)
-
-
-def _symmetric_kernel(jac: Callable[[Batch], Params], batch: Batch, chunk_size: int, signed: bool) -> Tensor:
-    """train × train: blocks on and above the diagonal, the rest mirrored (K[j,c',i,c] = K[i,c,j,c'])."""
-    chunks = _chunks(batch, chunk_size)
-    starts = [0]
-    for c in chunks:
-        starts.append(starts[-1] + len(next(iter(c.values()))))
-    kernel = None
-    for a, ca in enumerate(chunks):
-        ja = jac(ca)
-        for b in range(a, len(chunks)):
-            if b == a:  # averaged with its mirror so that the kernel is exactly symmetric
-                block = _block(ja, ja, signed, signed)
-                block = (block + block.permute(2, 3, 0, 1)) / 2
-            else:
-                block = _block(ja, jac(chunks[b]), signed, signed)
-            if kernel is None:
-                n, classes = starts[-1], block.shape[1]
-                kernel = torch.empty(n, classes, n, classes, dtype=torch.float64)
-            ra, rb = slice(starts[a], starts[a + 1]), slice(starts[b], starts[b + 1])
-            kernel[ra, :, rb, :] = block
-            kernel[rb, :, ra, :] = block.permute(2, 3, 0, 1)
-    return kernel
-
-
-def _asymmetric(jac: Callable[[Batch], Params], train: Batch, eval_: Batch | None, chunk_size: int) -> Tensor:
-    if eval_ is None:
-        first = _kernel(jac, train, train, chunk_size, True, False)
-        flipped = first.permute(2, 3, 0, 1)  # ⟨g(x_i), sign g(x_j)⟩ = pass 0 at (j, i)
-    else:
-        first = _kernel(jac, train, eval_, chunk_size, True, False)
-        flipped = _kernel(jac, train, eval_, chunk_size, False, True)
-    if first.shape[1] != 1:
-        raise ValueError(f"asymmetric_signgd is for binary classification (C = 1 logit, see binary()); "
-                         f"got C = {first.shape[1]}")
-    return torch.stack([first, flipped.contiguous()])
 
 
 # ----------------------------------------------------------------------------- solvers

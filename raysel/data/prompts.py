@@ -1,14 +1,17 @@
-"""LM-BFF prompts: per task a template with one mask and the label words the kernel's logits read.
+"""LM-BFF prompts: per task a template with one mask and the label words whose MLM scores are the
+classifier's logits (prompt-based fine-tuning and the kernel method read the same ones).
 
 Templates follow LM-BFF's manual prompts (../shared/specs/kernel.md, "LM-BFF prompts"); ``{s1}`` and
-``{s2}`` are the example's sentences and ``{mask}`` the tokenizer's mask token. The classifier's
-logits in prompt mode are the MLM scores at the mask for the label words, in label order.
+``{s2}`` are the example's sentences and ``{mask}`` the tokenizer's mask token.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from raysel.data.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,22 @@ def prompt_for(task: str) -> Prompt:
     return PROMPTS[key]
 
 
+def task_of(data_name: str) -> str:
+    """The prompt task a data set is: its built-in name, or an LM-BFF task directory's name
+    (``data/k-shot/SST-2`` → ``sst-2``)."""
+    return Path(data_name).name.lower()
+
+
+def words_for(prompt: Prompt, labels: tuple[str, ...], source_labels: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The label words of ``labels``: the prompt's words are in the full task's label order
+    (``source_labels`` when ``labels`` is a subset of it)."""
+    full = source_labels or labels
+    if len(full) != len(prompt.label_words):
+        raise ValueError(f"the prompt has {len(prompt.label_words)} label words {list(prompt.label_words)} but the "
+                         f"task has {len(full)} labels {list(full)}; give label_words")
+    return tuple(prompt.label_words[full.index(label)] for label in labels)
+
+
 def fill(prompt: Prompt, mask_token: str, s1: str, s2: str | None = None) -> str:
     """The prompt's text for one example (before tokenisation)."""
     if prompt.pair:
@@ -69,21 +88,42 @@ def label_word_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
     return ids
 
 
-def encode(tokenizer, prompt: Prompt, examples: list[tuple[str, str | None]], max_length: int = 128
-           ) -> dict[str, torch.Tensor]:
-    """Padded input ids, attention mask and each example's mask position (``mask_pos``).
+def prompt_ids(tokenizer, prompt: Prompt, s1: str, s2: str | None = None, max_length: int = 128
+               ) -> tuple[list[int], int]:
+    """One example's token ids in the prompt and the position of its mask.
 
     A sentence too long for ``max_length`` is cut from its end, never the template (the mask stays)."""
-    rows, masks = [], []
-    for s1, s2 in examples:
+    ids = tokenizer(fill(prompt, tokenizer.mask_token, s1, s2))["input_ids"]
+    while len(ids) > max_length and s1:  # shorten s1 in proportion until the prompt fits
+        s1 = s1[: int(len(s1) * max_length / len(ids) * 0.9)]
         ids = tokenizer(fill(prompt, tokenizer.mask_token, s1, s2))["input_ids"]
-        while len(ids) > max_length and s1:  # shorten s1 in proportion until the prompt fits
-            s1 = s1[: int(len(s1) * max_length / len(ids) * 0.9)]
-            ids = tokenizer(fill(prompt, tokenizer.mask_token, s1, s2))["input_ids"]
-        if len(ids) > max_length:
-            raise ValueError(f"the prompt alone is longer than max_length={max_length} tokens")
-        rows.append(ids)
-        masks.append(ids.index(tokenizer.mask_token_id))
-    batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    if len(ids) > max_length:
+        raise ValueError(f"the prompt alone is longer than max_length={max_length} tokens")
+    return ids, ids.index(tokenizer.mask_token_id)
+
+
+def encode(tokenizer, prompt: Prompt, examples: list[tuple[str, str | None]], max_length: int = 128
+           ) -> dict[str, torch.Tensor]:
+    """Padded input ids, attention mask and each example's mask position (``mask_pos``)."""
+    encoded = [prompt_ids(tokenizer, prompt, s1, s2, max_length) for s1, s2 in examples]
+    batch = tokenizer.pad({"input_ids": [ids for ids, _ in encoded]}, return_tensors="pt")
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "mask_pos": torch.tensor(masks, dtype=torch.long)}
+            "mask_pos": torch.tensor([pos for _, pos in encoded], dtype=torch.long)}
+
+
+def prompt_and_words(tokenizer, data_name: str, labels: tuple[str, ...], source_labels: tuple[str, ...] = (), *,
+                     task: str | None = None, label_words: list[str] | None = None) -> tuple[Prompt, list[int]]:
+    """The prompt of ``task`` (default: the data's task, ``task_of``) and the vocabulary ids of the
+    label words of ``labels`` (``label_words`` overrides the prompt's, one per label). A task
+    without a prompt or a label word that is not one token is a DataError naming what is allowed."""
+    try:
+        prompt = prompt_for(task or task_of(data_name))
+        if label_words is not None:
+            if len(label_words) != len(labels):
+                raise ValueError(f"label_words has {len(label_words)} words for {len(labels)} labels {list(labels)}")
+            words = tuple(label_words)
+        else:
+            words = words_for(prompt, labels, source_labels)
+        return prompt, label_word_ids(tokenizer, words)
+    except ValueError as err:
+        raise DataError(f"prompt: {err}") from None
