@@ -111,11 +111,13 @@ def encode(tokenizer, prompt: Prompt, examples: list[tuple[str, str | None]], ma
             "mask_pos": torch.tensor([pos for _, pos in encoded], dtype=torch.long)}
 
 
-def prompt_and_words(tokenizer, data_name: str, labels: tuple[str, ...], source_labels: tuple[str, ...] = (), *,
-                     task: str | None = None, label_words: list[str] | None = None) -> tuple[Prompt, list[int]]:
+def prompt_and_words(tokenizer, data_name: str, splits, *, task: str | None = None,
+                     label_words: list[str] | None = None) -> tuple[Prompt, list[int]]:
     """The prompt of ``task`` (default: the data's task, ``task_of``) and the vocabulary ids of the
-    label words of ``labels`` (``label_words`` overrides the prompt's, one per label). A task
-    without a prompt or a label word that is not one token is a DataError naming what is allowed."""
+    label words of ``splits.labels`` (a LabeledSplits; ``label_words`` overrides the prompt's, one per
+    label). A task without a prompt or a label word that is not one token is a DataError naming what
+    is allowed."""
+    labels, source_labels = splits.labels, splits.source_labels
     try:
         prompt = prompt_for(task or task_of(data_name))
         if label_words is not None:

@@ -35,11 +35,6 @@ class StandardParams(LoopParams):
 MODEL_TASK = {"causal_lm": "causal_lm", "classification": "sequence_classification", "prompt": "masked_lm"}
 
 
-def _prompt(params: StandardParams, tokenizer, data: DataSpec, splits) -> tuple:
-    return prompt_and_words(tokenizer, data.name, splits.labels, splits.source_labels,
-                            task=params.prompt_task, label_words=params.label_words)
-
-
 class Standard:
     """Standard fine-tuning (causal LM or classification): the baseline of every comparison."""
 
@@ -56,7 +51,7 @@ class Standard:
             splits = classification_splits(data, seed=seed)
         if params.task == "prompt":
             _, tokenizer = load_model(model.name, "masked_lm")
-            _prompt(params, tokenizer, data, splits)
+            prompt_and_words(tokenizer, data.name, splits, task=params.prompt_task, label_words=params.label_words)
 
     def train_loop(self, params: StandardParams, run: RunContext) -> dict[str, float]:
         if params.task == "causal_lm":
@@ -86,7 +81,8 @@ class Standard:
         prompt = None
         if params.task == "prompt":
             mlm, tokenizer = load_model(run.model.name, "masked_lm")
-            prompt, word_ids = _prompt(params, tokenizer, run.data, data)
+            prompt, word_ids = prompt_and_words(tokenizer, run.data.name, data, task=params.prompt_task,
+                                               label_words=params.label_words)
             model = PromptClassifier(mlm, word_ids)
         else:
             model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))

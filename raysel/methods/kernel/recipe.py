@@ -100,7 +100,7 @@ class Kernel:
         _check_labels(params, splits)
         if params.prompt:
             _, tokenizer = load_model(model.name, "masked_lm")
-            _prompt(params, tokenizer, data, splits)
+            prompt_and_words(tokenizer, data.name, splits, task=params.prompt_task, label_words=params.label_words)
 
     def train_loop(self, params: KernelParams, run: RunContext) -> dict[str, float]:
         splits = classification_splits(run.data, seed=run.seed)
@@ -138,7 +138,8 @@ class Kernel:
         torch.manual_seed(run.seed)  # a new classifier head (prompt: false) is initialised from the seed
         if params.prompt:
             model, tokenizer = load_model(run.model.name, "masked_lm")
-            prompt, word_ids = _prompt(params, tokenizer, run.data, splits)
+            prompt, word_ids = prompt_and_words(tokenizer, run.data.name, splits, task=params.prompt_task,
+                                               label_words=params.label_words)
             logits_fn = prompt_logits_fn(model, word_ids)
             max_length = params.max_length or MAX_LENGTH.get(_task(params, run.data), 128)
             inputs = [encode(tokenizer, prompt, [(text, None) for text, _ in rows], max_length)
@@ -184,11 +185,6 @@ def _progress(what: str, rank: int):
 
 def _task(params: KernelParams, data: DataSpec) -> str:
     return (params.prompt_task or task_of(data.name)).lower()
-
-
-def _prompt(params: KernelParams, tokenizer, data: DataSpec, splits: LabeledSplits) -> tuple:
-    return prompt_and_words(tokenizer, data.name, splits.labels, splits.source_labels,
-                            task=params.prompt_task, label_words=params.label_words)
 
 
 def _check_labels(params: KernelParams, splits: LabeledSplits) -> None:
