@@ -9,6 +9,7 @@ A trial's config has two keys: ``variant`` (arm, method, stage, params, model, d
 """
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class TrialSettings:
     gpus_per_worker: float = 0.0
     max_failures: int = 0
     storage_path: str = field(default_factory=lambda: str(Path("raysel_results").resolve()))
+    # where `raysel sweep` started: relative paths in a spec (local data, kernel_cache) are relative
+    # to it, while Ray starts each trial in its own trial directory
+    working_dir: str = field(default_factory=os.getcwd)
 
     def resources(self) -> dict[str, float]:
         """Resources of the Tune trial itself (under Ray Train, the workers reserve their own)."""
@@ -217,6 +221,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """The body of every raysel Tune trial."""
     from ray import tune
 
+    _enter(settings.working_dir)
     variant, seed = config["variant"], int(config["seed"])
     method = get_method(variant["method"])
     params = method.Params.model_validate(variant["params"])
@@ -250,6 +255,13 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     logger.finish("FINISHED")
 
 
+def _enter(working_dir: str) -> None:
+    """Work where the sweep was started, when that directory exists on this node (on a cluster a
+    ``ray job submit --working-dir`` job's directory does; a driver's local one may not)."""
+    if os.path.isdir(working_dir):
+        os.chdir(working_dir)
+
+
 def _loggable_variant(variant: dict[str, Any]) -> dict[str, Any]:
     return {"params": variant["params"], "model": variant["model"], "data": variant["data"],
             "arm": variant["arm"], "method": variant["method"]}
@@ -281,6 +293,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     settings: TrialSettings = config["settings"]
+    _enter(settings.working_dir)
     variant, seed = config["variant"], int(config["seed"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

@@ -216,3 +216,25 @@ def test_kernel_blocks_split_across_ray_train_workers_equal_one_workers_kernel(t
     for name in ("k_train", "k_eval"):
         scale = float(single[name].abs().max())
         torch.testing.assert_close(saved[name], single[name], rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_kernels_prebuilt_without_ray_are_found_through_a_relative_kernel_cache(tmp_path, ray_session,
+                                                                                monkeypatch):
+    """launch/prebuild_kernels.py (no Ray, e.g. on a GPU box) fills a cache; the sweep's trials, which
+    Ray starts in their own directories, find it through the path relative to where the sweep began."""
+    import runpy
+
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    spec = kernel_spec(tmp_path, name="kernel-prebuilt")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    prebuild = runpy.run_path(str(Path(__file__).parents[1] / "launch" / "prebuild_kernels.py"))
+    prebuild["main"](["spec.yaml", "--cache", "kernels"])
+    built = {f.parent.name: torch.load(f, weights_only=False) for f in Path("kernels").glob("kernel-*/kernels.pt")}
+    assert len(built) == 2  # one per data seed; the solver grid shares them
+
+    result = raysel.run_sweep({**spec, "params": {**spec["params"], "kernel_cache": "kernels"}}, progress=False)
+    assert result.num_errors == 0 and len(result.trials) == 6
+    assert not list((tmp_path / "results" / "kernel-prebuilt" / "artifacts" / "shared").glob("kernel-*"))
+    assert set(result.trials["kernel_seconds"]) == {saved["seconds"] for saved in built.values()}

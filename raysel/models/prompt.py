@@ -44,7 +44,7 @@ class PromptClassifier(nn.Module):
             # gather, not advanced indexing: under torch.func.vmap the positions are batched tensors
             hidden_at_mask = hidden.gather(1, at.expand(-1, 1, hidden.shape[-1]))
             at_mask = getattr(self.mlm, self._head_name)(hidden_at_mask)[:, 0]
-        logits = at_mask.index_select(1, self.label_word_ids)
+        logits = at_mask.index_select(1, self.label_word_ids.to(at_mask.device))  # wrapped before .to(device)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

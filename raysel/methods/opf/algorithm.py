@@ -1,0 +1,355 @@
+"""Over-parameterized fine-tuning (OPF): matrices in MPO form, Fisher selection, merge-back.
+
+Pure functions and one module, no orchestration (the recipe composes them):
+
+- ``mpo_decompose`` / ``mpo_contract``: a matrix [I, J] as a chain of 4-D cores (r_k, i_k, j_k, r_k+1)
+  with I = ∏ i_k, J = ∏ j_k, through ``tensorly.decomposition.tensor_train_matrix``. Without
+  truncation the bond dimensions are r_k = min(∏_{m≤k} i_m j_m, ∏_{m>k} i_m j_m): exact, and with
+  size-1 middle modes the cores hold several times the matrix's parameters (the over-parameterization).
+- ``MPOLinear``: a linear layer whose weight is the product of trainable cores; ``merge()`` gives the
+  plain layer back, so inference costs what the original model costs.
+- ``matrix_candidates`` / ``fisher_scores`` / ``select_top``: which matrices to decompose (the
+  empirical Fisher, ChildTuning-D), ``decomposition_rounds``: when (static or dynamic topN).
+
+A matrix here is ``x @ W`` oriented: W is [in_features, out_features] (nn.Linear's weight
+transposed, GPT-2's Conv1D weight as it is), ``in_shape`` factors the rows and ``out_shape`` the columns.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------- shapes and bond dimensions
+
+
+def mpo_ranks(in_shape: Sequence[int], out_shape: Sequence[int], rank: int | None = None) -> list[int]:
+    """Bond dimensions r_0..r_n (r_0 = r_n = 1): exact ones, capped at ``rank`` when given."""
+    if len(in_shape) != len(out_shape) or not in_shape:
+        raise ValueError(f"in_shape {list(in_shape)} and out_shape {list(out_shape)} need the same, non-zero length")
+    modes = [i * j for i, j in zip(in_shape, out_shape)]
+    ranks = [1]
+    for k in range(1, len(modes)):
+        exact = min(math.prod(modes[:k]), math.prod(modes[k:]))
+        ranks.append(exact if rank is None else min(exact, rank))
+    return ranks + [1]
+
+
+def mpo_num_parameters(in_shape: Sequence[int], out_shape: Sequence[int], rank: int | None = None) -> int:
+    """How many numbers the cores hold (compare with ∏ in_shape · ∏ out_shape)."""
+    r = mpo_ranks(in_shape, out_shape, rank)
+    return sum(r[k] * i * j * r[k + 1] for k, (i, j) in enumerate(zip(in_shape, out_shape)))
+
+
+def _two_factors(n: int) -> tuple[int, int]:
+    """n = a · b with a the smallest divisor ≥ √n (768 → 32 · 24, 3072 → 64 · 48, as OPF's BERT configs)."""
+    a = next(d for d in range(math.isqrt(n - 1) + 1 if n > 1 else 1, n + 1) if n % d == 0)
+    return a, n // a
+
+
+def auto_shapes(in_features: int, out_features: int, middle: int = 13) -> tuple[list[int], list[int]]:
+    """OPF's shape config for any matrix: [a, 1 × middle, b] for each side (BERT-base: 8.88×)."""
+    a, b = _two_factors(in_features)
+    c, d = _two_factors(out_features)
+    return [a] + [1] * middle + [b], [c] + [1] * middle + [d]
+
+
+# ---------------------------------------------------------------- decompose and contract
+
+
+def mpo_decompose(weight: Tensor, in_shape: Sequence[int], out_shape: Sequence[int], rank: int | None = None,
+                  *, gauge: bool = False) -> list[Tensor]:
+    """Cores (r_k, i_k, j_k, r_k+1) of ``weight`` [∏ in_shape, ∏ out_shape] by tensorly's TT-matrix SVD sweep.
+
+    ``rank=None`` is exact (OPF: truncate_num 10000); an int caps every bond. The SVDs run in float64
+    and the cores come back in the weight's dtype and device. ``gauge=True`` moves the orthogonality
+    centre to the central core (left cores left-orthogonal, right cores right-orthogonal; OPF's
+    symmetric form), leaving the product unchanged."""
+    from tensorly.decomposition import tensor_train_matrix
+
+    rows, cols = math.prod(in_shape), math.prod(out_shape)
+    if tuple(weight.shape) != (rows, cols):
+        raise ValueError(f"weight {tuple(weight.shape)} is not ∏ in_shape × ∏ out_shape = ({rows}, {cols})")
+    ranks = mpo_ranks(in_shape, out_shape, rank)
+    tensor = weight.detach().to("cpu", torch.float64).numpy().reshape(*in_shape, *out_shape)
+    cores = [torch.from_numpy(np.ascontiguousarray(f)) for f in tensor_train_matrix(tensor, ranks).factors]
+    if gauge:
+        cores = _centre_gauge(cores)
+    return [c.to(device=weight.device, dtype=weight.dtype) for c in cores]
+
+
+def _centre_gauge(cores: list[Tensor]) -> list[Tensor]:
+    """Right-orthogonalise the cores right of the centre (RQ by QR of the transpose), pushing R leftwards."""
+    cores = list(cores)
+    centre = (len(cores) - 1) // 2
+    for k in range(len(cores) - 1, centre, -1):
+        r, i, j, s = cores[k].shape
+        q, rr = torch.linalg.qr(cores[k].reshape(r, i * j * s).T)  # core = rr^T q^T
+        cores[k] = q.T.reshape(-1, i, j, s)
+        cores[k - 1] = torch.einsum("aijr,sr->aijs", cores[k - 1], rr)
+    return cores
+
+
+@functools.lru_cache(maxsize=256)
+def _contraction_plan(shapes: tuple[tuple[int, int, int, int], ...]) -> tuple:
+    """The cheapest order to multiply out a chain of cores (matrix-chain dynamic programme).
+
+    A segment k..m contracts to (r_k, ∏ i·j, r_m+1); joining k..m with m+1..n costs
+    r_k · S(k..m) · r_m+1 · S(m+1..n) · r_n+1 multiply-adds. Left-to-right (the reference) is one of
+    the orders; with OPF's wide end cores and square middle ones the best order is several times cheaper."""
+    n = len(shapes)
+    size = [s[1] * s[2] for s in shapes]
+    left = [s[0] for s in shapes] + [shapes[-1][3]]
+    cost = {(k, k): 0 for k in range(n)}
+    split: dict[tuple[int, int], int] = {}
+    for length in range(2, n + 1):
+        for k in range(n - length + 1):
+            m_end = k + length - 1
+            best = None
+            for m in range(k, m_end):
+                c = (cost[k, m] + cost[m + 1, m_end]
+                     + left[k] * math.prod(size[k:m + 1]) * left[m + 1] * math.prod(size[m + 1:m_end + 1]) * left[m_end + 1])
+                if best is None or c < best[0]:
+                    best = (c, m)
+            cost[k, m_end], split[k, m_end] = best
+
+    def plan(k: int, m_end: int):
+        return k if k == m_end else (plan(k, split[k, m_end]), plan(split[k, m_end] + 1, m_end))
+    return plan(0, n - 1)
+
+
+def mpo_contract(cores: Sequence[Tensor]) -> Tensor:
+    """The matrix [∏ i_k, ∏ j_k] the cores represent (autograd flows to every core)."""
+    def run(node) -> Tensor:  # a segment as (r_left, I_seg, J_seg, r_right)
+        if isinstance(node, int):
+            return cores[node]
+        a, b = run(node[0]), run(node[1])
+        out = torch.einsum("aijr,rklb->aikjlb", a, b)
+        return out.reshape(a.shape[0], a.shape[1] * b.shape[1], a.shape[2] * b.shape[2], b.shape[3])
+    whole = run(_contraction_plan(tuple(tuple(c.shape) for c in cores)))
+    return whole.reshape(whole.shape[1], whole.shape[2])
+
+
+def mpo_contract_left_to_right(cores: Sequence[Tensor]) -> Tensor:
+    """The reference's contraction (one core after another from the left); for benchmarks and tests."""
+    out = cores[0]
+    for core in cores[1:]:
+        out = torch.einsum("aijr,rklb->aikjlb", out, core)
+        out = out.reshape(1, out.shape[1] * out.shape[2], out.shape[3] * out.shape[4], out.shape[5])
+    return out.reshape(out.shape[1], out.shape[2])
+
+
+# ---------------------------------------------------------------- the layer
+
+
+class MPOLinear(nn.Module):
+    """``y = x @ W + b`` with W the product of trainable MPO cores.
+
+    ``mode="contract"`` (default) multiplies the cores out once per forward and then does one matmul;
+    ``mode="cores"`` pushes the input through the cores one by one and never forms W. Outside autograd
+    (eval, ``torch.no_grad``) the contracted W is kept until a core changes, so evaluation costs what
+    the dense layer costs. bench/opf.py measures both modes (``contract`` wins at OPF's bond dims)."""
+
+    def __init__(self, cores: Sequence[Tensor], bias: Tensor | None, *, conv1d: bool = False,
+                 mode: str = "contract"):
+        super().__init__()
+        if mode not in ("contract", "cores"):
+            raise ValueError(f"MPOLinear mode {mode!r}: use 'contract' or 'cores'")
+        self.cores = nn.ParameterList([nn.Parameter(c.detach().clone()) for c in cores])
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.in_shape = [c.shape[1] for c in cores]
+        self.out_shape = [c.shape[2] for c in cores]
+        self.in_features, self.out_features = math.prod(self.in_shape), math.prod(self.out_shape)
+        self.conv1d, self.mode = conv1d, mode
+        self._cached: tuple[tuple, Tensor] | None = None
+
+    @classmethod
+    def from_layer(cls, layer: nn.Module, in_shape: Sequence[int] | None = None,
+                   out_shape: Sequence[int] | None = None, *, rank: int | None = None, gauge: bool = False,
+                   mode: str = "contract") -> "MPOLinear":
+        """Decompose an ``nn.Linear`` or a GPT-2 ``Conv1D`` exactly (shapes: ``auto_shapes`` when not given)."""
+        conv1d = type(layer).__name__ == "Conv1D"
+        matrix = layer.weight if conv1d else layer.weight.T
+        if in_shape is None or out_shape is None:
+            in_shape, out_shape = auto_shapes(*matrix.shape)
+        cores = mpo_decompose(matrix, in_shape, out_shape, rank, gauge=gauge)
+        return cls(cores, layer.bias, conv1d=conv1d, mode=mode)
+
+    def weight_matrix(self) -> Tensor:
+        """W [in_features, out_features]; reused while no core has changed and no gradient is needed."""
+        tracked = torch.is_grad_enabled() and any(c.requires_grad for c in self.cores)
+        if tracked:
+            self._cached = None
+            return mpo_contract(list(self.cores))
+        key = tuple((c.data_ptr(), c._version) for c in self.cores)
+        if self._cached is None or self._cached[0] != key:
+            with torch.no_grad():
+                self._cached = (key, mpo_contract(list(self.cores)))
+        return self._cached[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "cores":
+            y = _through_cores(x, list(self.cores))
+            return y if self.bias is None else y + self.bias
+        w = self.weight_matrix()
+        return nn.functional.linear(x, w.T.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def merge(self) -> nn.Module:
+        """The plain layer (nn.Linear, or Conv1D for GPT-2) with W multiplied out: same outputs, dense cost."""
+        with torch.no_grad():
+            w = mpo_contract(list(self.cores))
+            if self.conv1d:
+                from transformers.pytorch_utils import Conv1D
+
+                layer = Conv1D(self.out_features, self.in_features)
+                layer.weight.copy_(w)
+            else:
+                layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+                layer.weight.copy_(w.T)
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer.to(device=w.device, dtype=w.dtype)
+
+    def extra_repr(self) -> str:
+        n = sum(c.numel() for c in self.cores)
+        return (f"in={self.in_shape}, out={self.out_shape}, ranks={[c.shape[0] for c in self.cores][1:]}, "
+                f"parameters={n} ({n / (self.in_features * self.out_features):.2f}x dense), mode={self.mode}")
+
+
+def _through_cores(x: Tensor, cores: list[Tensor]) -> Tensor:
+    """x @ W without forming W: contract the input's modes with one core at a time."""
+    lead = x.shape[:-1]
+    in_shape = [c.shape[1] for c in cores]
+    t = x.reshape(-1, *in_shape).unsqueeze(-1)  # [B, i_1 .. i_n, r_0 = 1]
+    done = []  # output modes produced so far, kept right after the batch dimension
+    for k, core in enumerate(cores):
+        # t: [B, j_1..j_k-1, i_k .. i_n, r_k]; contract i_k and r_k with core (r_k, i_k, j_k, r_k+1)
+        t = torch.movedim(t, 1 + len(done), -2)  # [B, j.., i_k+1 .. i_n, i_k, r_k]
+        t = torch.tensordot(t, core, dims=([t.dim() - 2, t.dim() - 1], [1, 0]))  # [..., j_k, r_k+1]
+        t = torch.movedim(t, -2, 1 + len(done))
+        done.append(core.shape[2])
+    return t.reshape(*lead, math.prod(done))
+
+
+# ---------------------------------------------------------------- which matrices
+
+
+# weight type -> per architecture a pattern whose group 1 is the layer index (anchored: the
+# reference's "output.dense" also caught attention's output, which we do not repeat)
+MATRIX_PATTERNS: dict[str, dict[str, str]] = {
+    "FFN_1": {"bert": r"layer\.(\d+)\.intermediate\.dense", "gpt2": r"h\.(\d+)\.mlp\.c_fc"},
+    "FFN_2": {"bert": r"layer\.(\d+)\.output\.dense", "gpt2": r"h\.(\d+)\.mlp\.c_proj"},
+    "attention": {"bert": r"layer\.(\d+)\.attention\.(?:self\.(?:query|key|value)|output\.dense)",
+                  "gpt2": r"h\.(\d+)\.attn\.c_(?:attn|proj)"},
+}
+WEIGHT_TYPES = tuple(MATRIX_PATTERNS)
+
+
+def matrix_candidates(model: nn.Module, weight_types: Iterable[str]) -> dict[str, dict[int, list[str]]]:
+    """Per weight type, per layer index, the module names of its matrices (nn.Linear or Conv1D)."""
+    found: dict[str, dict[int, list[str]]] = {}
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    for kind in weight_types:
+        if kind not in MATRIX_PATTERNS:
+            raise ValueError(f"weight type {kind!r}: choose from {', '.join(WEIGHT_TYPES)}")
+        layers: dict[int, list[str]] = {}
+        for pattern in MATRIX_PATTERNS[kind].values():
+            for name in names:
+                hit = re.search(rf"(?:^|\.){pattern}$", name)
+                if hit:
+                    layers.setdefault(int(hit.group(1)), []).append(name)
+        if not layers:
+            raise ValueError(f"the model has no {kind} matrices (BERT-family and GPT-2-family names are known)")
+        found[kind] = layers
+    return found
+
+
+def fisher_scores(model: nn.Module, batches: Iterable[dict[str, Tensor]], names: Iterable[str], *,
+                  max_grad_norm: float | None = 1.0) -> dict[str, float]:
+    """Empirical Fisher of each named matrix: over one pass of ``batches``, the sum of mean(grad²) of
+    its weight, gradients clipped (global norm ``max_grad_norm``) as in training. Dropout off, so the
+    ranking is deterministic; the model's gradients are cleared afterwards."""
+    modules = dict(model.named_modules())
+    weights = {name: modules[name].weight for name in names}
+    scores = dict.fromkeys(weights, 0.0)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+            for name, w in weights.items():
+                if w.grad is not None:
+                    scores[name] += float(w.grad.double().pow(2).mean())
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return scores
+
+
+def select_top(candidates: dict[str, dict[int, list[str]]], scores: dict[str, float], top_n: int,
+               exclude: Iterable[str] = ()) -> list[str]:
+    """Per weight type the ``top_n`` layers of highest mean score (a layer's attention matrices go together),
+    among layers none of whose matrices is in ``exclude``; their module names, best first."""
+    excluded = set(exclude)
+    chosen: list[str] = []
+    for layers in candidates.values():
+        open_layers = {i: names for i, names in layers.items() if not excluded & set(names)}
+        ranked = sorted(open_layers, key=lambda i: (-sum(scores[n] for n in open_layers[i]) / len(open_layers[i]), i))
+        for i in ranked[:top_n]:
+            chosen += open_layers[i]
+    return chosen
+
+
+def decomposition_rounds(top_n: int, split_num: int, epochs: int) -> dict[int, int]:
+    """{epoch: layers per weight type to decompose at its start}: OPF's static (split_num 1) and dynamic
+    schedule — top_n // split_num more every ceil(epochs / split_num) epochs, split_num times."""
+    if split_num < 1 or top_n % split_num:
+        raise ValueError(f"topN ({top_n}) must be divisible by split_num ({split_num})")
+    every = math.ceil(epochs / split_num)
+    rounds = {epoch: top_n // split_num for epoch in range(0, epochs, every)}
+    if len(rounds) != split_num:
+        raise ValueError(f"split_num {split_num} with {epochs} epochs decomposes at epochs {sorted(rounds)}, "
+                         f"{len(rounds)} rounds instead of {split_num}: choose epochs ≥ {split_num} so that "
+                         f"ceil(epochs / split_num) · (split_num − 1) < epochs")
+    return rounds
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where module ``name`` is; return the old one."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+def decompose(model: nn.Module, names: Iterable[str], shapes: dict[str, tuple[list[int], list[int]]] | None = None,
+              *, gauge: bool = False, mode: str = "contract") -> dict[str, dict[str, float]]:
+    """Replace each named matrix by an exact MPOLinear; per matrix its parameter counts."""
+    report = {}
+    for name in names:
+        layer = model.get_submodule(name)
+        in_shape, out_shape = (shapes or {}).get(name, (None, None))
+        mpo = MPOLinear.from_layer(layer, in_shape, out_shape, gauge=gauge, mode=mode)
+        replace_module(model, name, mpo)
+        dense = mpo.in_features * mpo.out_features
+        cores = sum(c.numel() for c in mpo.cores)
+        report[name] = {"dense": float(dense), "mpo": float(cores), "ratio": cores / dense}
+    return report
+
+
+def merge_all(model: nn.Module) -> int:
+    """Multiply every MPOLinear out into its plain layer, in place; how many there were."""
+    names = [n for n, m in model.named_modules() if isinstance(m, MPOLinear)]
+    for name in names:
+        replace_module(model, name, model.get_submodule(name).merge())
+    return len(names)
