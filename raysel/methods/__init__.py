@@ -9,6 +9,7 @@ from raysel.methods.base import Method, MethodParams, RunContext
 _REGISTRY: dict[str, str] = {
     "igf": "raysel.methods.igf:IGF",
     "kernel": "raysel.methods.kernel:Kernel",
+    "opf": "raysel.methods.opf:OPF",
     "standard": "raysel.methods.standard:Standard",
 }
 

@@ -90,31 +90,40 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
               next_batch: Callable[[int, int, torch.Generator], Batch | None],
               evaluate: Callable[[torch.nn.Module], dict[str, float]], *,
               step_metrics: Callable[[int], dict[str, float]] | None = None,
-              extra_state: Any = None) -> dict[str, float]:
+              extra_state: Any = None,
+              param_groups: Callable[[torch.nn.Module], list[dict[str, Any]]] | None = None,
+              before_step: Callable[[int], bool] | None = None) -> dict[str, float]:
     """Train ``model`` for ``params.max_steps`` optimizer steps; return the last evaluation.
 
     ``step_metrics(step)`` adds the method's own numbers to every step's report (e.g. IGF's
     acceptance rate); ``extra_state`` (anything with ``state_dict``/``load_state_dict``, e.g. the
-    method's counters) is checkpointed and restored with the model."""
+    method's counters) is checkpointed and restored with the model — restored first, so that it can
+    rebuild the model's structure before the weights load. ``param_groups(model)`` gives the
+    optimizer's groups (e.g. their own learning rates); ``before_step(step)`` may change the model's
+    parameters (OPF decomposes matrices) and returns True when it did: the optimizer is then rebuilt
+    over the new parameters, keeping the state of those that remain and the schedule's position."""
     model = run.prepare_model(model)
     plain = getattr(model, "module", model)  # unwrapped from DDP for evaluation and state
-    optimizer = make_optimizer(model.parameters(), params)
-    schedule = linear_schedule(optimizer, params.warmup_steps, params.max_steps)
     start, evaluation = 0, {}
     torch.manual_seed(run.seed + 7919 * run.rank)  # dropout; batches have their own generators
     state = run.restore()
+    if state is not None and extra_state is not None:
+        extra_state.load_state_dict(state["extra"])
+    optimizer = make_optimizer(param_groups(plain) if param_groups else model.parameters(), params)
+    schedule = linear_schedule(optimizer, params.warmup_steps, params.max_steps)
     if state is not None:
         plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         start, evaluation = state["step"], state["evaluation"]
-        if extra_state is not None:
-            extra_state.load_state_dict(state["extra"])
     else:
         evaluation = evaluate(plain)
         run.report(0, **evaluation)
     for step in range(start + 1, params.max_steps + 1):
+        if before_step is not None and before_step(step):
+            optimizer, schedule = _rebuilt(optimizer, schedule, param_groups(plain) if param_groups
+                                           else model.parameters(), params)
         model.train()
         losses = []
         for micro in range(params.grad_accum):
@@ -144,6 +153,21 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
                             "extra": extra_state.state_dict() if extra_state is not None else None})
         run.report(step, **metrics)
     return dict(evaluation)
+
+
+def _rebuilt(optimizer: torch.optim.Optimizer, schedule, parameters, params: LoopParams):
+    """A new optimizer over ``parameters``: state carried over for the parameters it had, same schedule step."""
+    new = make_optimizer(parameters, params)
+    for group in new.param_groups:
+        for p in group["params"]:
+            if p in optimizer.state:
+                new.state[p] = optimizer.state[p]
+    new_schedule = linear_schedule(new, params.warmup_steps, params.max_steps)
+    new_schedule.last_epoch = schedule.last_epoch
+    for group, base, factor in zip(new.param_groups, new_schedule.base_lrs, new_schedule.lr_lambdas):
+        group["lr"] = base * factor(new_schedule.last_epoch)
+    new_schedule._last_lr = [group["lr"] for group in new.param_groups]  # what get_last_lr() reports
+    return new, new_schedule
 
 
 def state_summary(model: torch.nn.Module) -> dict[str, Any]:

@@ -6,7 +6,8 @@ at the prompt's mask are the logits), through the shared loop of raysel.methods.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator, Literal
 
 import torch
 from pydantic import Field
@@ -15,7 +16,7 @@ from raysel.data.batches import ClassificationBatches, TokenWindows
 from raysel.data.prompts import prompt_and_words
 from raysel.data.sources import classification_splits, lm_splits
 from raysel.methods.base import RunContext
-from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
+from raysel.methods.loop import Batch, LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import accuracy, perplexity
 from raysel.models import check_model, load_model
 from raysel.models.prompt import PromptClassifier
@@ -54,48 +55,78 @@ class Standard:
             prompt_and_words(tokenizer, data.name, splits, task=params.prompt_task, label_words=params.label_words)
 
     def train_loop(self, params: StandardParams, run: RunContext) -> dict[str, float]:
-        if params.task == "causal_lm":
-            return self._causal_lm(params, run)
-        return self._classification(params, run)
+        task = prepare(params, run)
+        return fine_tune(task.model, params, run, task.next_batch, task.evaluate)
 
-    def _causal_lm(self, params: StandardParams, run: RunContext) -> dict[str, float]:
-        model, tokenizer = load_model(run.model.name, "causal_lm")
-        splits = lm_splits(run.data)
-        train = TokenWindows(tokenizer, splits["train"], params.context_len)
-        dev = TokenWindows(tokenizer, splits["dev"], params.context_len).fixed(params.eval_examples, seed=0)
-        test = TokenWindows(tokenizer, splits["test"], params.context_len).fixed(params.eval_examples, seed=1)
-        per_micro = micro_batch_size(params, run.world_size)
 
-        def next_batch(step: int, micro: int, generator: torch.Generator):
-            ids = train.sample(per_micro, generator)
-            return {"input_ids": ids, "labels": ids}
+@dataclass
+class Prepared:
+    """One trial's model and data for the shared loop (methods that change the model build on it)."""
 
-        def evaluate(m: torch.nn.Module) -> dict[str, float]:
-            return {"dev_perplexity": perplexity(m, dev, params.eval_batch_size),
-                    "test_perplexity": perplexity(m, test, params.eval_batch_size)}
+    model: torch.nn.Module
+    next_batch: Callable[[int, int, torch.Generator], Batch]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    train_size: int  # examples (classification) or non-overlapping windows (causal LM): one epoch's worth
+    one_pass: Callable[[int], Iterator[Batch]]  # the training data once, in a fixed order, in batches of n
 
-        return fine_tune(model, params, run, next_batch, evaluate)
 
-    def _classification(self, params: StandardParams, run: RunContext) -> dict[str, float]:
-        data = classification_splits(run.data, seed=run.seed)
-        prompt = None
-        if params.task == "prompt":
-            mlm, tokenizer = load_model(run.model.name, "masked_lm")
-            prompt, word_ids = prompt_and_words(tokenizer, run.data.name, data, task=params.prompt_task,
-                                               label_words=params.label_words)
-            model = PromptClassifier(mlm, word_ids)
-        else:
-            model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))
-        train = ClassificationBatches(tokenizer, data.train, params.max_length, prompt)
-        dev = ClassificationBatches(tokenizer, data.dev[:params.eval_examples], params.max_length, prompt)
-        test = ClassificationBatches(tokenizer, data.test[:params.eval_examples], params.max_length, prompt)
-        per_micro = micro_batch_size(params, run.world_size)
+def prepare(params: StandardParams, run: RunContext) -> Prepared:
+    """Load the model and data of a standard fine-tuning trial."""
+    if params.task == "causal_lm":
+        return _causal_lm(params, run)
+    return _classification(params, run)
 
-        def next_batch(step: int, micro: int, generator: torch.Generator):
-            return train.sample(per_micro, generator)
 
-        def evaluate(m: torch.nn.Module) -> dict[str, float]:
-            return {f"{name}_accuracy": accuracy(split.predict(m, params.eval_batch_size), split.labels)
-                    for name, split in (("dev", dev), ("test", test))}
+def _causal_lm(params: StandardParams, run: RunContext) -> Prepared:
+    model, tokenizer = load_model(run.model.name, "causal_lm")
+    splits = lm_splits(run.data)
+    train = TokenWindows(tokenizer, splits["train"], params.context_len)
+    dev = TokenWindows(tokenizer, splits["dev"], params.context_len).fixed(params.eval_examples, seed=0)
+    test = TokenWindows(tokenizer, splits["test"], params.context_len).fixed(params.eval_examples, seed=1)
+    per_micro = micro_batch_size(params, run.world_size)
+    windows = sum(len(a) // params.context_len for a in train.articles)
 
-        return fine_tune(model, params, run, next_batch, evaluate)
+    def next_batch(step: int, micro: int, generator: torch.Generator):
+        ids = train.sample(per_micro, generator)
+        return {"input_ids": ids, "labels": ids}
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        return {"dev_perplexity": perplexity(m, dev, params.eval_batch_size),
+                "test_perplexity": perplexity(m, test, params.eval_batch_size)}
+
+    def one_pass(n: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(run.seed)
+        for start in range(0, windows, n):
+            ids = train.sample(min(n, windows - start), generator)
+            yield {"input_ids": ids, "labels": ids}
+
+    return Prepared(model, next_batch, evaluate, windows, one_pass)
+
+
+def _classification(params: StandardParams, run: RunContext) -> Prepared:
+    data = classification_splits(run.data, seed=run.seed)
+    prompt = None
+    if params.task == "prompt":
+        mlm, tokenizer = load_model(run.model.name, "masked_lm")
+        prompt, word_ids = prompt_and_words(tokenizer, run.data.name, data, task=params.prompt_task,
+                                           label_words=params.label_words)
+        model = PromptClassifier(mlm, word_ids)
+    else:
+        model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))
+    train = ClassificationBatches(tokenizer, data.train, params.max_length, prompt)
+    dev = ClassificationBatches(tokenizer, data.dev[:params.eval_examples], params.max_length, prompt)
+    test = ClassificationBatches(tokenizer, data.test[:params.eval_examples], params.max_length, prompt)
+    per_micro = micro_batch_size(params, run.world_size)
+
+    def next_batch(step: int, micro: int, generator: torch.Generator):
+        return train.sample(per_micro, generator)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        return {f"{name}_accuracy": accuracy(split.predict(m, params.eval_batch_size), split.labels)
+                for name, split in (("dev", dev), ("test", test))}
+
+    def one_pass(n: int) -> Iterator[Batch]:
+        for start in range(0, len(train), n):
+            yield train.batch(range(start, min(start + n, len(train))))
+
+    return Prepared(model, next_batch, evaluate, len(train), one_pass)
