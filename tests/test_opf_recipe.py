@@ -43,7 +43,7 @@ def opf_trial(tmp_path, run_cls=LocalRun, saved_state=None, **params):
 def test_the_cores_train_and_the_merged_checkpoint_is_a_plain_transformers_model(tmp_path):
     """With the rest of the model frozen (lr ≈ 0) only the cores can move the decomposed matrices:
     the reference's optimizer, built before decomposing, would leave them exactly as they were."""
-    final, run = opf_trial(tmp_path, topN=1, weight_types=["FFN_1"], lr=1e-12, mpo_lr=1e-2, save_merged=True)
+    final, run = opf_trial(tmp_path, top_n=1, weight_types=["FFN_1"], lr=1e-12, mpo_lr=1e-2, save_merged=True)
     assert final["mpo_matrices"] == 1 and final["over_parameterization"] > 1
     assert final["merge_max_abs_diff"] <= 1e-5 and final["latency_ratio_merged_vs_original"] > 0
     trained = AutoModelForSequenceClassification.from_pretrained(run.artifact_dir / "merged")
@@ -74,15 +74,15 @@ def test_merge_round_trip_through_save_and_load(tmp_path):
 
 def test_dynamic_schedule_decomposes_more_at_the_scheduled_epoch(tmp_path):
     # 20 train examples (k = 4, 5 labels), batch 8: 3 steps an epoch; 9 steps = 3 epochs;
-    # topN 2, split_num 2: one layer per type at epoch 0 (step 1), one more at epoch ceil(3/2) = 2 (step 7)
-    final, run = opf_trial(tmp_path, topN=2, split_num=2, weight_types=["FFN_1", "FFN_2"], max_steps=9)
+    # top_n 2, split_num 2: one layer per type at epoch 0 (step 1), one more at epoch ceil(3/2) = 2 (step 7)
+    final, run = opf_trial(tmp_path, top_n=2, split_num=2, weight_types=["FFN_1", "FFN_2"], max_steps=9)
     counts = {r["step"]: r["mpo_matrices"] for r in run.results if r["step"] >= 1}
     assert [counts[s] for s in sorted(counts)] == [2] * 6 + [4] * 3
     assert final["mpo_matrices"] == 4
 
 
 def test_a_restarted_trial_rebuilds_its_mpo_layers_and_continues_identically(tmp_path):
-    params = dict(topN=2, split_num=2, weight_types=["FFN_1"], max_steps=9)
+    params = dict(top_n=2, split_num=2, weight_types=["FFN_1"], max_steps=9)
     full, first = opf_trial(tmp_path / "a", run_cls=KeepingRun, **params)
     again, second = opf_trial(tmp_path / "b", saved_state=first.states[6], **params)
     losses = [r["train_loss"] for r in first.results if r["step"] >= 1]
@@ -95,7 +95,7 @@ def test_opf_specs_are_checked_before_anything_runs(tmp_path):
     spec = {"name": "o", "method": "opf", "model": {"name": "tiny-bert"}, "data": {"name": "pydocs-topics", "k": 4},
             "protocol": {"kind": "seeds", "seeds": [13], "metric": "dev_accuracy", "mode": "max"}}
     with pytest.raises(SpecError, match="divisible"):
-        load_spec({**spec, "params": {"topN": 3, "split_num": 2}})
+        load_spec({**spec, "params": {"top_n": 3, "split_num": 2}})
     with pytest.raises(SpecError, match="choose from FFN_1, FFN_2, attention"):
         load_spec({**spec, "params": {"weight_types": ["FFN_3"]}})
     from raysel.sweep import preflight

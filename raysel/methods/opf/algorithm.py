@@ -313,7 +313,7 @@ def decomposition_rounds(top_n: int, split_num: int, epochs: int) -> dict[int, i
     """{epoch: layers per weight type to decompose at its start}: OPF's static (split_num 1) and dynamic
     schedule — top_n // split_num more every ceil(epochs / split_num) epochs, split_num times."""
     if split_num < 1 or top_n % split_num:
-        raise ValueError(f"topN ({top_n}) must be divisible by split_num ({split_num})")
+        raise ValueError(f"top_n ({top_n}) must be divisible by split_num ({split_num})")
     every = math.ceil(epochs / split_num)
     rounds = {epoch: top_n // split_num for epoch in range(0, epochs, every)}
     if len(rounds) != split_num:

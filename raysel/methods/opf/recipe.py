@@ -34,11 +34,9 @@ class MPOShape(pydantic.BaseModel):
 
 
 class OPFParams(StandardParams):
-    model_config = pydantic.ConfigDict(populate_by_name=True)
-
     task: Literal["causal_lm", "classification", "prompt"] = "classification"
     weight_types: list[str] = Field(default_factory=lambda: list(WEIGHT_TYPES), min_length=1)
-    top_n: int = Field(3, ge=0, alias="topN")  # layers per weight type to over-parameterize
+    top_n: int = Field(3, ge=0)  # the reference's --topN: layers per weight type to over-parameterize
     split_num: int = Field(1, ge=1)  # 1: static selection; s: top_n // s more every ceil(epochs / s) epochs
     mpo_lr: float = Field(2.8e-6, gt=0)  # the cores' learning rate (the rest trains at lr)
     middle_cores: int = Field(13, ge=0)  # automatic shapes [a, 1 × middle, b] (BERT-base: 8.88x)
@@ -54,7 +52,7 @@ class OPFParams(StandardParams):
         if unknown:
             raise ValueError(f"weight_types {unknown}: choose from {', '.join(WEIGHT_TYPES)}")
         if self.top_n % self.split_num:
-            raise ValueError(f"topN ({self.top_n}) must be divisible by split_num ({self.split_num})")
+            raise ValueError(f"top_n ({self.top_n}) must be divisible by split_num ({self.split_num})")
         extra = sorted(set(self.shapes) - set(self.weight_types))
         if extra:
             raise ValueError(f"shapes for {extra}, which are not in weight_types {self.weight_types}")

@@ -1,0 +1,175 @@
+"""OPF: a training step with matrices in MPO form, against the dense model and the reference formulation.
+
+    python bench/opf.py                                    # minilm, batch 32 x 128 tokens (the paper's)
+    python bench/opf.py --batch 8 --seq-len 64             # a small batch: the cores' cost shows more
+    python bench/opf.py --model tiny-bert --steps 5
+
+One model (a built-in with a sequence-classification head) and one batch of random tokens. The
+first ``--top-n`` layers of each weight type (FFN_1, FFN_2, attention: 3 + 3 + 12 matrices by
+default) are put in MPO form with OPF's shapes ([a, 1 × 13, b], ``auto_shapes``), then one training
+step (forward, backward, AdamW step) is timed, median of ``--steps`` after two untimed ones, for:
+
+- dense: the model as it is (what OPF's merged model costs);
+- opf: raysel's MPOLinear, ``mode="contract"``: W multiplied out once per forward in the cheapest
+  order (a matrix-chain dynamic programme), then one matmul;
+- opf-cores: MPOLinear ``mode="cores"``: the input pushed through the cores, W never formed;
+- reference: W rebuilt from the cores on every forward by contracting left to right (OPF's code).
+
+Also an evaluation forward (no_grad): MPOLinear keeps W while the cores do not change; the reference
+rebuilds it. At the start every variant's logits equal the dense model's (reported). Ratios are
+against the dense step (target: opf ≤ 1.5x) and against the reference. Prints a table and one JSON
+line, writes bench/results/opf.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, save  # noqa: E402
+
+from raysel.methods.opf.algorithm import (MPOLinear, auto_shapes, matrix_candidates, mpo_contract_left_to_right,  # noqa: E402
+                                          replace_module)
+from raysel.models import load_model  # noqa: E402
+
+VARIANTS = ("dense", "opf", "opf-cores", "reference")
+
+
+class ReferenceMPO(nn.Module):
+    """The reference formulation: the cores multiplied out left to right on every forward."""
+
+    def __init__(self, layer: MPOLinear):
+        super().__init__()
+        self.cores, self.bias = layer.cores, layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, mpo_contract_left_to_right(list(self.cores)).T, self.bias)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model", choices=("tiny-bert", "minilm"), default="minilm")
+    parser.add_argument("--batch", type=int, default=32, help="examples per step (32)")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per example (128)")
+    parser.add_argument("--top-n", type=int, default=3, help="layers per weight type in MPO form (3)")
+    parser.add_argument("--middle", type=int, default=13, help="size-1 middle cores of the shapes (13)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (5)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "opf.json")
+    return parser.parse_args(argv)
+
+
+def build(base: nn.Module, variant: str, names: list[str], middle: int) -> nn.Module:
+    model = copy.deepcopy(base)
+    if variant == "dense":
+        return model
+    for name in names:
+        layer = model.get_submodule(name)
+        in_shape, out_shape = auto_shapes(layer.in_features, layer.out_features, middle)
+        mpo = MPOLinear.from_layer(layer, in_shape, out_shape, mode="cores" if variant == "opf-cores" else "contract")
+        replace_module(model, name, ReferenceMPO(mpo) if variant == "reference" else mpo)
+    return model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_variant(model: nn.Module, batch: dict, steps: int, device: torch.device) -> dict:
+    model.to(device).train()
+    cores = [p for n, p in model.named_parameters() if ".cores." in n]
+    rest = [p for n, p in model.named_parameters() if ".cores." not in n]
+    optimizer = torch.optim.AdamW([{"params": rest}, {"params": cores, "lr": 1e-6}], lr=1e-5)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        optimizer.step()
+
+    train = []
+    for i in range(steps + 2):
+        sync(device)
+        started = time.perf_counter()
+        step()
+        sync(device)
+        if i >= 2:
+            train.append(time.perf_counter() - started)
+    model.eval()
+    evals = []
+    with torch.no_grad():
+        for i in range(steps + 1):
+            sync(device)
+            started = time.perf_counter()
+            model(**batch)
+            sync(device)
+            if i >= 1:
+                evals.append(time.perf_counter() - started)
+    return {"train_step_s": statistics.median(train), "eval_forward_s": statistics.median(evals)}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    base, _ = load_model(args.model, "sequence_classification", num_labels=5)
+    base.eval()
+    found = matrix_candidates(base, ["FFN_1", "FFN_2", "attention"])
+    names = [n for layers in found.values() for i in sorted(layers)[:args.top_n] for n in layers[i]]
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000 if args.model == "minilm" else 2000, (args.batch, args.seq_len),
+                                        generator=g),
+             "labels": torch.randint(0, 5, (args.batch,), generator=g)}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.no_grad():
+        reference_logits = base.to(device)(**batch).logits
+    results, agreement, parameters = {}, {}, {}
+    for variant in args.variants:
+        model = build(base, variant, names, args.middle).to(device).eval()
+        with torch.no_grad():
+            agreement[variant] = float((model(**batch).logits - reference_logits).abs().max())
+        parameters[variant] = sum(p.numel() for p in model.parameters())
+        results[variant] = time_variant(model, batch, args.steps, device)
+        print(f"{variant:<10} train step {results[variant]['train_step_s']:.3f} s, "
+              f"eval forward {results[variant]['eval_forward_s']:.3f} s", flush=True)
+        del model
+    ratio = {f"{v}_vs_dense": {k: results[v][k] / results["dense"][k] for k in results[v]}
+             for v in results if v != "dense" and "dense" in results}
+    if "opf" in results and "reference" in results:
+        ratio["reference_vs_opf"] = {k: results["reference"][k] / results["opf"][k] for k in results["opf"]}
+    if "opf" in results and "opf-cores" in results:
+        ratio["cores_vs_contract"] = {k: results["opf-cores"][k] / results["opf"][k] for k in results["opf"]}
+    result = {"bench": "opf", "model": args.model, "batch": args.batch, "seq_len": args.seq_len,
+              "top_n": args.top_n, "middle": args.middle, "matrices": len(names), "device": args.device,
+              "threads": args.threads, "parameters": parameters, "seconds": results, "ratios": ratio,
+              "max_abs_logit_diff_at_init": agreement, "machine": machine(args.device)}
+    report(result)
+    save(result, args.out)
+
+
+def report(r: dict) -> None:
+    print(f"OPF on {r['model']}: {r['matrices']} matrices in MPO form (top {r['top_n']} layers per type, "
+          f"middle {r['middle']}), batch {r['batch']} x {r['seq_len']} tokens, {r['device']}, {r['threads']} threads")
+    print(f"{'variant':<11}{'parameters':>12}{'train step s':>14}{'eval fwd s':>12}{'|dlogit| at init':>18}")
+    for v, s in r["seconds"].items():
+        print(f"{v:<11}{r['parameters'][v]:>12}{s['train_step_s']:>14.3f}{s['eval_forward_s']:>12.3f}"
+              f"{r['max_abs_logit_diff_at_init'][v]:>18.1e}")
+    for name, values in r["ratios"].items():
+        print(f"{name}: train step {values['train_step_s']:.2f}x, eval forward {values['eval_forward_s']:.2f}x")
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
