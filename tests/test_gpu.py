@@ -86,3 +86,26 @@ def test_kernel_on_cuda_equals_the_cpu_kernel_and_a_trial_runs_there(tmp_path):
                    device=torch.device("cuda"), artifact_dir=tmp_path / "trial")
     final = method.train_loop(method.Params(label_words=["string", "data", "time", "file", "number"]), run)
     assert 0 <= final["test_accuracy"] <= 1 and final["kernel_entries_per_s"] > 0
+
+
+def test_opf_on_cuda_mpo_layers_equal_the_cpu_ones_and_a_trial_trains_and_merges(tmp_path):
+    """MPOLinear's contraction and its cached W on CUDA against CPU in float64; then an OPF trial on
+    CUDA (bf16 autocast over the MPO layers) that decomposes, trains its cores and merges back."""
+    from raysel.methods.opf import MPOLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 96).double()
+    x = torch.randn(7, 48, dtype=torch.float64)
+    on_cpu = MPOLinear.from_layer(linear, [6, 1, 8], [8, 1, 12])
+    on_cuda = MPOLinear.from_layer(linear.cuda(), [6, 1, 8], [8, 1, 12])
+    torch.testing.assert_close(on_cuda(x.cuda()).cpu(), on_cpu(x), rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(on_cuda(x.cuda()).cpu(), linear.cpu()(x), rtol=1e-10, atol=1e-12)
+
+    opf = get_method("opf")
+    run = LocalRun(seed=13, model=ModelSpec(name="tiny-bert"), data=DataSpec(name="pydocs-topics", k=4),
+                   device=torch.device("cuda"), artifact_dir=tmp_path / "trial")
+    final = opf.train_loop(opf.Params(top_n=2, split_num=2, max_steps=9, batch_size=8, eval_every=3,
+                                      middle_cores=2, lr=1e-3, mpo_lr=1e-3), run)
+    assert final["mpo_matrices"] == 2 * 6 and final["merge_max_abs_diff"] < 1e-3
+    assert (tmp_path / "trial" / "merged" / "model.safetensors").is_file()

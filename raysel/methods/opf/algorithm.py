@@ -125,18 +125,24 @@ def _contraction_plan(shapes: tuple[tuple[int, int, int, int], ...]) -> tuple:
 
 def mpo_contract(cores: Sequence[Tensor]) -> Tensor:
     """The matrix [∏ i_k, ∏ j_k] the cores represent (autograd flows to every core)."""
-    def run(node) -> Tensor:  # a segment as (r_left, I_seg, J_seg, r_right)
-        if isinstance(node, int):
-            return cores[node]
-        a, b = run(node[0]), run(node[1])
-        out = torch.einsum("aijr,rklb->aikjlb", a, b)
-        return out.reshape(a.shape[0], a.shape[1] * b.shape[1], a.shape[2] * b.shape[2], b.shape[3])
+    def run(node) -> Tensor:
+        return cores[node] if isinstance(node, int) else _join(run(node[0]), run(node[1]))
     whole = run(_contraction_plan(tuple(tuple(c.shape) for c in cores)))
     return whole.reshape(whole.shape[1], whole.shape[2])
 
 
+def _join(a: Tensor, b: Tensor) -> Tensor:
+    """Two adjacent segments (r, I, J, s) · (s, K, L, t) → (r, I·K, J·L, t): one matmul over the bond,
+    then the modes interleaved (a view when K or J is 1, as for OPF's size-1 middle cores)."""
+    r, i, j, _ = a.shape
+    _, k, l_, t = b.shape
+    out = (a.reshape(r * i * j, -1) @ b.reshape(b.shape[0], -1)).reshape(r, i, j, k, l_, t)
+    return out.transpose(2, 3).reshape(r, i * k, j * l_, t)
+
+
 def mpo_contract_left_to_right(cores: Sequence[Tensor]) -> Tensor:
-    """The reference's contraction (one core after another from the left); for benchmarks and tests."""
+    """The reference's contraction: one core after another from the left (tensordot, then the
+    modes reordered); for benchmarks and tests."""
     out = cores[0]
     for core in cores[1:]:
         out = torch.einsum("aijr,rklb->aikjlb", out, core)
