@@ -10,8 +10,10 @@ default) are put in MPO form with OPF's shapes ([a, 1 × 13, b], ``auto_shapes``
 step (forward, backward, AdamW step) is timed, median of ``--steps`` after two untimed ones, for:
 
 - dense: the model as it is (what OPF's merged model costs);
-- opf: raysel's MPOLinear, ``mode="contract"``: W multiplied out once per forward in the cheapest
-  order (a matrix-chain dynamic programme), then one matmul;
+- opf: raysel's MPOLinear, ``mode="contract"``, as the recipe uses it: W multiplied out once per
+  forward in the cheapest order (a matrix-chain dynamic programme), same-shaped layers together in
+  one batched contraction (MPOBank), then one matmul;
+- opf-layerwise: the same, each layer on its own;
 - opf-cores: MPOLinear ``mode="cores"``: the input pushed through the cores, W never formed;
 - reference: W rebuilt from the cores on every forward by contracting left to right (OPF's code).
 
@@ -38,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save  # noqa: E402
 
 from raysel.methods.opf.algorithm import (MPOLinear, auto_shapes, matrix_candidates, mpo_contract_left_to_right,  # noqa: E402
-                                          replace_module)
+                                          replace_module, share_contractions)
 from raysel.models import load_model  # noqa: E402
 
-VARIANTS = ("dense", "opf", "opf-cores", "reference")
+VARIANTS = ("dense", "opf", "opf-layerwise", "opf-cores", "reference")
 
 
 class ReferenceMPO(nn.Module):
@@ -80,6 +82,8 @@ def build(base: nn.Module, variant: str, names: list[str], middle: int) -> nn.Mo
         in_shape, out_shape = auto_shapes(layer.in_features, layer.out_features, middle)
         mpo = MPOLinear.from_layer(layer, in_shape, out_shape, mode="cores" if variant == "opf-cores" else "contract")
         replace_module(model, name, ReferenceMPO(mpo) if variant == "reference" else mpo)
+    if variant == "opf":
+        share_contractions(model)
     return model
 
 

@@ -169,3 +169,33 @@ def test_decompose_and_merge_a_model_in_place():
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-9, atol=1e-10)
     assert merge_all(model) == 5 and not any(isinstance(m, MPOLinear) for m in model.modules())
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-9, atol=1e-10)
+
+
+def test_same_shaped_mpo_layers_contract_together_with_the_same_outputs_and_gradients():
+    """A bank multiplies out all same-shaped layers at once; forward, gradients (also over two
+    accumulated micro-batches) and the no-grad cache equal per-layer contraction."""
+    from raysel.methods.opf.algorithm import MPOBank
+
+    torch.manual_seed(0)
+    model, _ = load_model("tiny-bert", "sequence_classification", num_labels=2)
+    model = model.double()
+    alone = __import__("copy").deepcopy(model)
+    names = [n for layers in matrix_candidates(model, ["attention"]).values() for g in layers.values() for n in g]
+    decompose(model, names)
+    decompose(alone, names)
+    for m in alone.modules():
+        m.__dict__.pop("_bank", None)
+    banks = {id(m.__dict__["_bank"]) for m in model.modules() if isinstance(m, MPOLinear)}
+    assert len(banks) == 1 and isinstance(next(m for m in model.modules() if isinstance(m, MPOLinear))._bank, MPOBank)
+    batches = [{"input_ids": torch.randint(5, 2000, (2, 9)), "labels": torch.tensor([0, 1])} for _ in range(2)]
+    for net in (model, alone):
+        net.train(False)
+        for b in batches:  # two micro-batches, one accumulated gradient
+            net(**b).loss.backward()
+    for (name, p), q in zip(model.named_parameters(), alone.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batches[0]).logits, alone(**batches[0]).logits)
+        first = model(**batches[0]).logits
+        next(p for n, p in model.named_parameters() if ".cores." in n).mul_(1.5)  # a step changes a core
+        assert not torch.equal(model(**batches[0]).logits, first)
