@@ -33,8 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save  # noqa: E402

@@ -242,6 +242,9 @@ class MPOBank:
 
     def __init__(self, layers: list[MPOLinear]):
         self.layers = layers
+        # the Parameter objects stay the same through optimizer steps, load_state_dict and .to();
+        # listing them once spares ParameterList indexing on every forward (it cost more than the matmuls)
+        self._cores = [c for m in layers for c in m.cores]
         self._key: tuple | None = None
         self._stacked: Tensor | None = None
 
@@ -249,7 +252,7 @@ class MPOBank:
         self._key = None
 
     def matrix(self, layer: MPOLinear) -> Tensor:
-        cores = [c for m in self.layers for c in m.cores]
+        cores = self._cores
         tracked = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
         # versions only grow, so their sum changes when any core is written (optimizer, load_state_dict)
         key = (tracked, sum(c._version for c in cores), sum(c.data_ptr() for c in cores))
