@@ -104,3 +104,33 @@ def test_opf_specs_are_checked_before_anything_runs(tmp_path):
                                                 "shapes": {"FFN_1": {"in": [8, 8], "out": [16, 4]}}}})
     with pytest.raises(ModelError, match=r"shapes.FFN_1: in \[8, 8\] × out \[16, 4\] must multiply to 64 × 128"):
         preflight(bad_shapes)
+
+
+def test_an_opf_search_then_seeds_sweep_on_ray_logs_the_merged_model(tmp_path, ray_session):
+    """OPF against standard fine-tuning through Ray Tune + Optuna + MLflow: a tiny search+seeds sweep."""
+    import mlflow
+
+    import raysel
+
+    train = {**BASE, "task": "classification", "max_steps": 6}
+    spec = {"name": "opf-small", "model": {"name": "tiny-bert"}, "data": {"name": "pydocs-topics", "k": 4},
+            "arms": [{"name": "opf", "method": "opf",
+                      "params": {**train, "save_merged": True, "weight_types": ["FFN_1", "attention"], "top_n": 2},
+                      "search_space": {"split_num": {"distribution": "categorical", "choices": [1, 2]},
+                                       "mpo_lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2}}},
+                     {"name": "standard", "method": "standard", "params": {k: v for k, v in train.items()
+                                                                           if k not in ("middle_cores", "mpo_lr",
+                                                                                        "save_merged")},
+                      "search_space": {"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2}}}],
+            "protocol": {"kind": "search+seeds", "num_samples": 2, "seeds": [13], "metric": "dev_accuracy",
+                         "mode": "max", "report_metric": "test_accuracy"},
+            "resources": {"max_concurrent_trials": 2},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
+    result = raysel.run_sweep(spec, progress=False)
+    assert result.num_errors == 0 and len(result.trials) == 2 * 2 + 2
+    seeds = result.trials[(result.trials["stage"] == "seeds") & (result.trials["arm"] == "opf")]
+    assert (seeds["mpo_matrices"] > 0).all() and (seeds["merge_max_abs_diff"] <= 1e-5).all()
+    client = mlflow.MlflowClient(result.tracking_uri)
+    run_id = seeds.iloc[0]["mlflow_run_id"]
+    assert {a.path for a in client.list_artifacts(run_id, "merged")} >= {"merged/config.json",
+                                                                         "merged/model.safetensors"}
