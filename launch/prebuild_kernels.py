@@ -8,8 +8,9 @@ the sweep runs, and point the kernel arms at it; their trials then find every ke
     raysel sweep tune_configs/kernel_5seed.yaml --set data.k=64 --set name=kernel-5seed-k64 \\
         --set arms.0.params.kernel_cache=kernels/ --set arms.3.params.kernel_cache=kernels/
 
-A kernel is keyed by what it depends on (model, data, seed, logits, formula, subset: see
-``KernelParams.kernel_key``), so the cache is found whatever the solver settings. Each kernel is
+A kernel is keyed by what it depends on (model, data, seed, logits, formula, subset, and the split's
+examples themselves: see ``KernelParams.kernel_key``), so the cache is found whatever the solver
+settings, and not used where the data differ (the built-ins depend on the Python version). Each kernel is
 built by one run of the kernel recipe's own loop (``LocalRun``), which also prints its dev/test
 accuracy for the arm's first grid point.
 """
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                                artifact_dir=args.cache / f"prebuilt-{device.type}-{variant['arm']}-seed{seed}")
                 started = time.perf_counter()
                 metrics = method.train_loop(params, run)
-                print(json.dumps({"arm": variant["arm"], "seed": seed, "key": key,
+                print(json.dumps({"arm": variant["arm"], "seed": seed,
                                   "wall_s": round(time.perf_counter() - started, 1),
                                   **{k: metrics[k] for k in ("kernel_seconds", "kernel_entries_per_s",
                                                              "dev_accuracy", "test_accuracy")}}), flush=True)

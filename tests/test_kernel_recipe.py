@@ -238,3 +238,7 @@ def test_kernels_prebuilt_without_ray_are_found_through_a_relative_kernel_cache(
     assert result.num_errors == 0 and len(result.trials) == 6
     assert not list((tmp_path / "results" / "kernel-prebuilt" / "artifacts" / "shared").glob("kernel-*"))
     assert set(result.trials["kernel_seconds"]) == {saved["seconds"] for saved in built.values()}
+    # the key holds the examples: a cache filled from other texts (another Python's built-ins) is not used
+    params, model, data = KernelParams(**TINY), ModelSpec(name="tiny-bert"), DataSpec(name="pydocs-topics", k=4)
+    rows = [[("some text", 0)], [], []]
+    assert params.kernel_key(model, data, 13, rows) != params.kernel_key(model, data, 13, [[("other text", 0)], [], []])

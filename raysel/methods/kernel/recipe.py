@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pydantic
 import torch
@@ -77,12 +77,17 @@ class KernelParams(MethodParams):
                              "true (and two labels, e.g. data.labels)")
         return self
 
-    def kernel_key(self, model: ModelSpec, data: DataSpec, seed: int) -> str:
-        """What the kernels depend on (trials that differ only in solver settings share them)."""
+    def kernel_key(self, model: ModelSpec, data: DataSpec, seed: int, examples: Any = None) -> str:
+        """What the kernels depend on (trials that differ only in solver settings share them).
+
+        ``examples`` (the split's rows) go into the key too, so that a cache filled where the data
+        differ — the built-ins are read from the running Python's standard library — is not used."""
         fields = ["prompt", "prompt_task", "label_words", "binary_classification", "max_length", "eval_examples",
                   "formula", "subset"]
         blob = json.dumps({"model": model.model_dump(), "data": data.model_dump(), "seed": seed,
                            **{f: getattr(self, f) for f in fields}}, sort_keys=True)
+        if examples is not None:
+            blob += hashlib.sha256(json.dumps(examples).encode()).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -106,7 +111,8 @@ class Kernel:
         splits = classification_splits(run.data, seed=run.seed)
         _check_labels(params, splits)
         dev, test = splits.dev[:params.eval_examples], splits.test[:params.eval_examples]
-        path = Path(params.kernel_cache or run.shared_dir) / f"kernel-{params.kernel_key(run.model, run.data, run.seed)}"
+        key = params.kernel_key(run.model, run.data, run.seed, examples=[splits.train, dev, test])
+        path = Path(params.kernel_cache or run.shared_dir) / f"kernel-{key}"
         with build_once(run, path / KERNELS_FILE) as missing:
             if missing:
                 self._build(params, run, splits, dev, test, path)
