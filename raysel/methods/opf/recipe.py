@@ -34,6 +34,8 @@ class MPOShape(pydantic.BaseModel):
 
 
 class OPFParams(StandardParams):
+    """The standard method's parameters (task, data, loop) and OPF's: what to decompose, when, how."""
+
     task: Literal["causal_lm", "classification", "prompt"] = "classification"
     weight_types: list[str] = Field(default_factory=lambda: list(WEIGHT_TYPES), min_length=1)
     top_n: int = Field(3, ge=0)  # the reference's --topN: layers per weight type to over-parameterize
@@ -42,7 +44,7 @@ class OPFParams(StandardParams):
     middle_cores: int = Field(13, ge=0)  # automatic shapes [a, 1 × middle, b] (BERT-base: 8.88x)
     shapes: dict[str, MPOShape] = Field(default_factory=dict)  # per weight type, instead of automatic
     gauge: bool = False  # cores in the symmetric (centre-orthogonal) form
-    mpo_mode: str = Field("contract", pattern="^(contract|cores)$")  # MPOLinear forward (see bench/opf.py)
+    mpo_mode: Literal["contract", "cores"] = "contract"  # MPOLinear's forward (see bench/opf.py)
     fisher_max_grad_norm: float | None = Field(1.0, gt=0)
     save_merged: bool = True  # save (and log) the merged plain checkpoint
 
@@ -99,8 +101,7 @@ class OPF:
                 scores = fisher_scores(model, ({k: v.to(run.device) for k, v in b.items()}
                                                for b in task.one_pass(params.batch_size)),
                                        names, max_grad_norm=params.fisher_max_grad_norm)
-            chosen = select_top(candidates, {**dict.fromkeys(done.names, 0.0), **scores}, rounds[epoch],
-                                exclude=done.names)
+            chosen = select_top(candidates, scores, rounds[epoch], exclude=done.names)
             done.add(chosen)
             print(f"opf: epoch {epoch}: decomposed {len(chosen)} matrices "
                   f"({time.perf_counter() - started:.1f} s with the Fisher pass)", flush=True)
