@@ -3,7 +3,8 @@
 AdamW (or plain SGD), linear schedule with warmup, gradient accumulation, clipping, bf16 autocast on CUDA,
 evaluation every ``eval_every`` optimizer steps, a checkpoint with every evaluation. A method
 customises it with two functions: ``next_batch(step, micro, generator)`` gives the next
-micro-batch (or None to skip it, e.g. a filter rejected it) and ``evaluate(model)`` the metrics.
+micro-batch (or None to skip it, e.g. a filter rejected it) and ``evaluate(model)`` the metrics;
+optional hooks add per-step metrics, method state, optimizer groups, and model changes between steps.
 Batches are drawn from a generator seeded by (seed, step, micro, rank) and the dropout RNG state
 is checkpointed, so a restarted trial replays exactly the steps it would have taken.
 """
