@@ -10,10 +10,10 @@ default) are put in MPO form with OPF's shapes ([a, 1 × 13, b], ``auto_shapes``
 step (forward, backward, AdamW step) is timed, median of ``--steps`` after two untimed ones, for:
 
 - dense: the model as it is (what OPF's merged model costs);
-- opf: raysel's MPOLinear, ``mode="contract"``, as the recipe uses it: W multiplied out once per
-  forward in the cheapest order (a matrix-chain dynamic programme), same-shaped layers together in
-  one batched contraction (MPOBank), then one matmul;
-- opf-layerwise: the same, each layer on its own;
+- opf: raysel's MPOLinear, ``mode="contract"``: W multiplied out once per forward in the cheapest
+  order (a matrix-chain dynamic programme), same-shaped layers together in one batched contraction
+  (MPOBank), then one matmul — what the recipe runs on CUDA;
+- opf-layerwise: the same, each layer on its own — what the recipe runs on the CPU;
 - opf-cores: MPOLinear ``mode="cores"``: the input pushed through the cores, W never formed;
 - reference: W rebuilt from the cores on every forward by contracting left to right (OPF's code).
 
@@ -85,7 +85,7 @@ def build(base: nn.Module, variant: str, names: list[str], middle: int) -> nn.Mo
         mpo = MPOLinear.from_layer(layer, in_shape, out_shape, mode="cores" if variant == "opf-cores" else "contract")
         replace_module(model, name, ReferenceMPO(mpo) if variant == "reference" else mpo)
     if variant == "opf":
-        share_contractions(model)
+        share_contractions(model, on_cpu=True)  # banked everywhere here; the recipe banks on CUDA only
     return model
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from raysel.methods.opf.algorithm import (MPOLinear, auto_shapes, decompose, decomposition_rounds, fisher_scores,
                                           matrix_candidates, merge_all, mpo_contract, mpo_contract_left_to_right,
                                           mpo_decompose, mpo_num_parameters, mpo_ranks, select_top,
-                                          _contraction_plan)
+                                          share_contractions, _contraction_plan)
 from raysel.models import load_model
 
 SHAPES = [([2, 3], [4, 5]), ([4, 1, 1, 3], [2, 1, 1, 5]), ([1, 6, 1], [3, 1, 4]), ([2, 2, 2, 2], [3, 1, 2, 2]),
@@ -183,8 +183,8 @@ def test_same_shaped_mpo_layers_contract_together_with_the_same_outputs_and_grad
     names = [n for layers in matrix_candidates(model, ["attention"]).values() for g in layers.values() for n in g]
     decompose(model, names)
     decompose(alone, names)
-    for m in alone.modules():
-        m.__dict__.pop("_bank", None)
+    assert share_contractions(model, on_cpu=True) == 1  # (on the CPU layers stay alone by default)
+    assert not any("_bank" in m.__dict__ for m in alone.modules())
     banks = {id(m.__dict__["_bank"]) for m in model.modules() if isinstance(m, MPOLinear)}
     assert len(banks) == 1 and isinstance(next(m for m in model.modules() if isinstance(m, MPOLinear))._bank, MPOBank)
     batches = [{"input_ids": torch.randint(5, 2000, (2, 9)), "labels": torch.tensor([0, 1])} for _ in range(2)]
