@@ -154,6 +154,17 @@ def mpo_contract_left_to_right(cores: Sequence[Tensor]) -> Tensor:
 # ---------------------------------------------------------------- the layer
 
 
+def is_conv1d(layer: nn.Module) -> bool:
+    """GPT-2's Conv1D: a linear layer whose weight is stored [in, out]."""
+    return type(layer).__name__ == "Conv1D"
+
+
+def layer_dims(layer: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a Conv1D."""
+    rows, cols = layer.weight.shape
+    return (rows, cols) if is_conv1d(layer) else (cols, rows)
+
+
 class MPOLinear(nn.Module):
     """``y = x @ W + b`` with W the product of trainable MPO cores.
 
@@ -180,7 +191,7 @@ class MPOLinear(nn.Module):
                    out_shape: Sequence[int] | None = None, *, rank: int | None = None, gauge: bool = False,
                    mode: str = "contract") -> "MPOLinear":
         """Decompose an ``nn.Linear`` or a GPT-2 ``Conv1D`` exactly (shapes: ``auto_shapes`` when not given)."""
-        conv1d = type(layer).__name__ == "Conv1D"
+        conv1d = is_conv1d(layer)
         matrix = layer.weight if conv1d else layer.weight.T
         if in_shape is None or out_shape is None:
             in_shape, out_shape = auto_shapes(*matrix.shape)
@@ -193,14 +204,14 @@ class MPOLinear(nn.Module):
         bank = self.__dict__.get("_bank")
         if bank is not None:
             return bank.matrix(self)
-        tracked = torch.is_grad_enabled() and any(c.requires_grad for c in self.cores)
-        if tracked:
+        cores = list(self.cores)
+        if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
             self._cached = None
-            return mpo_contract(list(self.cores))
-        key = tuple((c.data_ptr(), c._version) for c in self.cores)
+            return mpo_contract(cores)
+        key = _version_key(cores)
         if self._cached is None or self._cached[0] != key:
             with torch.no_grad():
-                self._cached = (key, mpo_contract(list(self.cores)))
+                self._cached = (key, mpo_contract(cores))
         return self._cached[1]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -254,8 +265,7 @@ class MPOBank:
     def matrix(self, layer: MPOLinear) -> Tensor:
         cores = self._cores
         tracked = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
-        # versions only grow, so their sum changes when any core is written (optimizer, load_state_dict)
-        key = (tracked, sum(c._version for c in cores), sum(c.data_ptr() for c in cores))
+        key = (tracked, *_version_key(cores))
         if self._key != key:
             with torch.set_grad_enabled(tracked):
                 stacked = [torch.stack([m.cores[k] for m in self.layers]) for k in range(len(layer.cores))]
@@ -264,6 +274,11 @@ class MPOBank:
                 self._stacked.register_hook(self._mark_used)
             self._key = key
         return self._stacked[layer.__dict__["_bank_index"]]
+
+
+def _version_key(cores: list[Tensor]) -> tuple[int, int]:
+    """Changes when any core is written (optimizer step, load_state_dict: versions only grow) or moved."""
+    return sum(c._version for c in cores), sum(c.data_ptr() for c in cores)
 
 
 def share_contractions(model: nn.Module, *, on_cpu: bool = False) -> int:
@@ -323,7 +338,7 @@ WEIGHT_TYPES = tuple(MATRIX_PATTERNS)
 def matrix_candidates(model: nn.Module, weight_types: Iterable[str]) -> dict[str, dict[int, list[str]]]:
     """Per weight type, per layer index, the module names of its matrices (nn.Linear or Conv1D)."""
     found: dict[str, dict[int, list[str]]] = {}
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)]
     for kind in weight_types:
         if kind not in MATRIX_PATTERNS:
             raise ValueError(f"weight type {kind!r}: choose from {', '.join(WEIGHT_TYPES)}")

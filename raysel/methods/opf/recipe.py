@@ -21,7 +21,7 @@ from pydantic import Field
 from raysel.methods.base import RunContext
 from raysel.methods.loop import eval_mode, fine_tune
 from raysel.methods.opf.algorithm import (WEIGHT_TYPES, MPOLinear, auto_shapes, decompose, decomposition_rounds,
-                                          fisher_scores, matrix_candidates, merge_all, select_top)
+                                          fisher_scores, layer_dims, matrix_candidates, merge_all, select_top)
 from raysel.methods.standard import MODEL_TASK, Standard, StandardParams, prepare
 from raysel.models import ModelError, load_model
 from raysel.spec import DataSpec, ModelSpec
@@ -74,7 +74,7 @@ class OPF:
         candidates = matrix_candidates(loaded, params.weight_types)
         for kind, shape in params.shapes.items():
             name = next(iter(candidates[kind].values()))[0]
-            rows, cols = _dims(loaded.get_submodule(name))
+            rows, cols = layer_dims(loaded.get_submodule(name))
             if math.prod(shape.in_shape) != rows or math.prod(shape.out_shape) != cols:
                 raise ModelError(f"shapes.{kind}: in {shape.in_shape} × out {shape.out_shape} must multiply to "
                                  f"{rows} × {cols} ({name})")
@@ -166,14 +166,8 @@ def _shapes(model: torch.nn.Module, params: OPFParams,
             if kind in params.shapes:
                 out[name] = (params.shapes[kind].in_shape, params.shapes[kind].out_shape)
             else:
-                out[name] = auto_shapes(*_dims(model.get_submodule(name)), params.middle_cores)
+                out[name] = auto_shapes(*layer_dims(model.get_submodule(name)), params.middle_cores)
     return out
-
-
-def _dims(layer: torch.nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an nn.Linear or a GPT-2 Conv1D."""
-    rows, cols = layer.weight.shape
-    return (rows, cols) if type(layer).__name__ == "Conv1D" else (cols, rows)
 
 
 class Decomposed:
