@@ -23,6 +23,7 @@ SEED_PRESETS: dict[str, list[int]] = {
 }
 RESERVED_TRIAL_KEYS = ("arm", "method", "seed", "stage", "model", "data")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
+GRID_PROTOCOLS = ("seeds", "per_seed_grid")  # protocols whose arms may have their own seeds and order
 
 
 class SpecError(ValueError):
@@ -32,6 +33,11 @@ class SpecError(ValueError):
         self.problems = problems
         head = f"invalid sweep spec{f' {source}' if source else ''}"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def seed_list(seeds: "str | list[int]") -> list[int]:
+    """A preset's seeds ('50-run', '5-seed') or the list itself."""
+    return list(SEED_PRESETS[seeds]) if isinstance(seeds, str) else list(seeds)
 
 
 class _Strict(pydantic.BaseModel):
@@ -111,6 +117,10 @@ class ArmSpec(_Strict):
     search_space: dict[str, Any] = {}
     model: ModelSpec | None = None  # the fields it sets replace the spec's model's
     data: DataSpec | None = None  # the fields it sets replace the spec's data's (e.g. only labels)
+    # seeds/per_seed_grid protocols: the arm's own seeds (default: the protocol's), and the arms whose
+    # trials all finish before this arm's start (e.g. pruning: the scoring runs whose records it reads)
+    seeds: Union[Literal["50-run", "5-seed"], list[int], None] = None
+    after: list[str] = []
 
 
 class ProtocolSpec(_Strict):
@@ -124,7 +134,7 @@ class ProtocolSpec(_Strict):
 
     @property
     def seed_list(self) -> list[int]:
-        return list(SEED_PRESETS[self.seeds]) if isinstance(self.seeds, str) else list(self.seeds)
+        return seed_list(self.seeds)
 
     @property
     def compared_metric(self) -> str:
@@ -172,6 +182,7 @@ class ReportSpec(_Strict):
     metric: str | None = None  # the compared metric (default: protocol.report_metric, else protocol.metric)
     step: int | None = Field(None, ge=0)  # box plot, bars and tests at this step (default: each trial's last)
     baseline: str | None = None  # an arm: test every other arm against it (default: every pair of arms)
+    columns: list[str] = []  # more metrics for the summary, as their mean per arm (e.g. subset_percent)
 
 
 class SweepSpec(_Strict):
@@ -205,6 +216,10 @@ class SweepSpec(_Strict):
         ]
         return [a.model_copy(update={"model": _laid_over(self.model, a.model), "data": _laid_over(self.data, a.data)})
                 for a in arms]
+
+    def arm_seeds(self, arm: ArmSpec) -> list[int]:
+        """The seeds an arm runs on: its own, else the protocol's."""
+        return seed_list(arm.seeds) if arm.seeds is not None else self.protocol.seed_list
 
     def parsed_search_space(self, arm: ArmSpec) -> dict[str, Any]:
         """An arm's search space with distributions parsed (fixed values stay as they are)."""
@@ -356,9 +371,49 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
     for index, arm in enumerate(arms):
         where = f"arms.{index}" if spec.arms else ""
         problems += _check_arm(arm, where, protocol.kind)
+    problems += _check_order(arms, protocol.kind)
     if spec.resources.workers == 0 and spec.resources.gpus_per_worker > 1:
         problems.append("resources.gpus_per_worker: a workers: 0 trial runs in one process; use at most 1 GPU")
     return problems
+
+
+def _check_order(arms: list[ArmSpec], kind: str) -> list[str]:
+    """Arms' own seeds and ``after``: grid protocols only, known arms, no cycles."""
+    problems: list[str] = []
+    names = [a.name for a in arms]
+    for index, arm in enumerate(arms):
+        where = f"arms.{index}"
+        if (arm.seeds is not None or arm.after) and kind not in GRID_PROTOCOLS:
+            problems.append(f"{where}: an arm's own seeds and after: need protocol 'seeds' or 'per_seed_grid' "
+                            f"(got {kind!r}; search phases run each arm on search_seed)")
+        if isinstance(arm.seeds, list) and (not arm.seeds or len(set(arm.seeds)) != len(arm.seeds)):
+            problems.append(f"{where}.seeds: must be a non-empty list of distinct integers, or '50-run' / '5-seed'")
+        for other in arm.after:
+            if other not in names or other == arm.name:
+                problems.append(f"{where}.after: {other!r} is not another arm; arms: {', '.join(names)}")
+    if not problems:
+        try:
+            arm_waves(arms)
+        except ValueError as err:
+            problems.append(f"arms: {err}")
+    return problems
+
+
+def arm_waves(arms: list[ArmSpec]) -> list[list[ArmSpec]]:
+    """The arms in the order ``after`` asks for: wave 0 needs nothing, wave w needs only earlier waves."""
+    by_name = {a.name: a for a in arms}
+    depth: dict[str, int] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> int:
+        if name in path:
+            raise ValueError(f"after: is circular ({' -> '.join([*path, name])})")
+        if name not in depth:
+            depth[name] = 1 + max((visit(n, (*path, name)) for n in by_name[name].after), default=-1)
+        return depth[name]
+
+    for arm in arms:
+        visit(arm.name, ())
+    return [[a for a in arms if depth[a.name] == w] for w in range(max(depth.values(), default=-1) + 1)]
 
 
 def _check_raw_arms(raw: dict[str, Any]) -> list[str]:

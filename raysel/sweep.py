@@ -7,6 +7,9 @@
 | search+seeds  | the search phases, then one grid: each arm's best config × seeds       |
 | per_seed_grid | one grid: arms × grid of the search space × seeds; selection per seed  |
 
+In seeds and per_seed_grid an arm may have its own seeds and wait for other arms (``after:``): the
+arms then run as several grids, one after the other, in the order ``after`` asks for.
+
 Every phase's trials are children of the sweep's MLflow parent run. A phase's Tune experiment is
 named after the sweep and the phase, so ``resume=True`` restores unfinished phases and reuses
 finished ones without re-running or re-logging them.
@@ -24,7 +27,7 @@ import pandas as pd
 
 from raysel.methods import get_method
 from raysel.report.sources import FRESH_KEY, STATE_FILE
-from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform,
+from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform, arm_waves,
                          grid_values, is_distribution, load_spec, parse_overrides)
 from raysel.tracking import TrackingInfo, end_run, ensure_experiment, log_artifacts, resolve_uri, start_parent_run
 from raysel.trial import TrialSettings, make_trainable
@@ -65,17 +68,28 @@ def expand(spec: SweepSpec) -> list[Phase]:
                       num_samples=protocol.num_samples,
                       variants=[_variant(arm, "search", {**arm.params, **spec.parsed_search_space(arm)})])
                 for arm in arms]
-    if protocol.kind == "seeds":
-        variants = [_variant(arm, "seeds", {**arm.params, **spec.parsed_search_space(arm)}) for arm in arms]
-        return [Phase(label="seeds", stage="seeds", variants=variants, seeds=protocol.seed_list)]
-    variants = []
-    for arm in arms:
-        space = spec.parsed_search_space(arm)
-        keys = sorted(space)
-        choices = [grid_values(space[k]) if is_distribution(space[k]) else [space[k]] for k in keys]
-        for combo in itertools.product(*choices):
-            variants.append(_variant(arm, "grid", {**arm.params, **dict(zip(keys, combo))}))
-    return [Phase(label="grid", stage="grid", variants=variants, seeds=protocol.seed_list)]
+    stage = "seeds" if protocol.kind == "seeds" else "grid"
+    groups: list[tuple[list[int], list[dict[str, Any]]]] = []  # (seeds, variants), in running order
+    for wave in arm_waves(arms):
+        by_seeds: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for arm in wave:
+            by_seeds.setdefault(tuple(spec.arm_seeds(arm)), []).extend(_grid_variants(spec, arm, stage))
+        groups += [(list(seeds), variants) for seeds, variants in by_seeds.items()]
+    if len(groups) == 1:
+        return [Phase(label=stage, stage=stage, variants=groups[0][1], seeds=groups[0][0])]
+    # arms with their own seeds or an order: one Tuner each, run one after the other
+    return [Phase(label=f"{stage}-{i}", stage=stage, variants=variants, seeds=seeds)
+            for i, (seeds, variants) in enumerate(groups, 1)]
+
+
+def _grid_variants(spec: SweepSpec, arm: ArmSpec, stage: str) -> list[dict[str, Any]]:
+    """An arm's fixed config (seeds) or every point of its grid (per_seed_grid)."""
+    space = spec.parsed_search_space(arm)
+    if stage == "seeds":
+        return [_variant(arm, stage, {**arm.params, **space})]
+    keys = sorted(space)
+    choices = [grid_values(space[k]) if is_distribution(space[k]) else [space[k]] for k in keys]
+    return [_variant(arm, stage, {**arm.params, **dict(zip(keys, combo))}) for combo in itertools.product(*choices)]
 
 
 def seeds_phase(spec: SweepSpec, best_params: dict[str, dict[str, Any]]) -> Phase:
@@ -175,7 +189,7 @@ def preflight(spec: SweepSpec) -> None:
         method = get_method(arm.method)
         check = getattr(method, "preflight", None)
         if check is not None:
-            check(method.Params.model_validate(arm.params), arm.model, arm.data, spec.protocol.seed_list)
+            check(method.Params.model_validate(arm.params), arm.model, arm.data, spec.arm_seeds(arm))
 
 
 def _init_ray(spec: SweepSpec) -> bool:

@@ -211,6 +211,15 @@ def test_spec_report_section_sets_the_defaults(tmp_path):
     assert only_igf.summary["arm"].tolist() == ["igf"] and only_igf.comparisons.empty
 
 
+def test_spec_report_columns_add_other_metrics_means_to_the_summary(tmp_path):
+    uri, parent = log_sweep(tmp_path, seeds_spec(columns=["train_loss"]), seeds_trials())
+    built = report.build(parent, tracking_uri=uri, out_dir=tmp_path / "out", make_figures=False)
+    assert built.summary["train_loss"].tolist() == pytest.approx([1.0 / 21, 1.0 / 21])  # each trial's last
+    uri, parent = log_sweep(tmp_path / "bad", seeds_spec(columns=["subset_percent"]), seeds_trials())
+    with pytest.raises(report.ReportError, match="report.columns: metric 'subset_percent' was not reported"):
+        report.build(parent, tracking_uri=uri, out_dir=tmp_path / "bad-out", make_figures=False)
+
+
 def test_search_sweep_gets_history_and_importances(tmp_path):
     spec = {"name": "search", "method": "standard",
             "search_space": {"lr": {"distribution": "loguniform", "low": 1e-5, "high": 1e-2},

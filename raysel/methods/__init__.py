@@ -10,6 +10,7 @@ _REGISTRY: dict[str, str] = {
     "igf": "raysel.methods.igf:IGF",
     "kernel": "raysel.methods.kernel:Kernel",
     "opf": "raysel.methods.opf:OPF",
+    "pruning": "raysel.methods.pruning:Pruning",
     "standard": "raysel.methods.standard:Standard",
 }
 

@@ -13,6 +13,11 @@ import pydantic
 import torch
 
 
+def shared_dir_of(sweep_dir: Path) -> Path:
+    """Where a sweep's trials share files (``RunContext.shared_dir``), beside their own artifact directories."""
+    return sweep_dir / "artifacts" / "shared"
+
+
 class MethodParams(pydantic.BaseModel):
     """Base for a method's hyperparameters: unknown keys are errors, values are validated."""
 
@@ -62,3 +67,5 @@ class Method(Protocol):
 
     # Optional: ``preflight(params, model_spec, data_spec, seeds)`` raises ModelError / DataError
     # for a model or data set that cannot be loaded; the sweep calls it before Ray starts.
+    # Optional: ``report_figures(arms, shared_dir, out) -> {name: png}``: figures of what the sweep's
+    # trials left in their shared directory (e.g. pruning's H histogram), drawn by ``raysel report``.

@@ -68,6 +68,7 @@ class Prepared:
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
     train_size: int  # examples (classification) or non-overlapping windows (causal LM): one epoch's worth
     one_pass: Callable[[int], Iterator[Batch]]  # the training data once, in a fixed order, in batches of n
+    examples: ClassificationBatches | None = None  # classification: the training split, batches by index
 
 
 def prepare(params: StandardParams, run: RunContext) -> Prepared:
@@ -129,4 +130,4 @@ def _classification(params: StandardParams, run: RunContext) -> Prepared:
         for start in range(0, len(train), n):
             yield train.batch(range(start, min(start + n, len(train))))
 
-    return Prepared(model, next_batch, evaluate, len(train), one_pass)
+    return Prepared(model, next_batch, evaluate, len(train), one_pass, train)

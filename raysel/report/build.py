@@ -40,6 +40,7 @@ class Report:
     selection: pd.DataFrame | None = None  # per_seed_grid: the dev-best trial per (arm, seed)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, Path] = field(default_factory=dict)
+    method_figures: dict[str, Path] = field(default_factory=dict)  # drawn by the methods (see method_figures)
     files: list[Path] = field(default_factory=list)
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -83,9 +84,12 @@ def build(sweep: "str | Path", *, tracking_uri: str | None = None, source: str =
     step = step if step is not None else spec.report.step
     if baseline is None and not (arms and spec.report.baseline not in arms):  # the spec's, unless --arms drops it
         baseline = spec.report.baseline
-    arms = _check_options(frame, metric, step, arms, [a.name for a in spec.resolved_arms()], baseline)
+    arms = _check_options(frame, metric, step, arms, [a.name for a in spec.resolved_arms()], baseline,
+                          spec.report.columns)
     report = _compute(record, frame, used, protocol, metric, step, arms, baseline, spec)
     out = Path(out_dir) if out_dir else (record.sweep_dir / "report" if record.sweep_dir else DEFAULT_OUT / record.name)
+    if make_figures and record.sweep_dir:
+        report.method_figures = method_figures(spec, record.sweep_dir, out)
     write(report, out, make_figures)
     if log:
         log_report(report, record)
@@ -104,9 +108,13 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
         params = [c for c in chosen if c.startswith("params.") and chosen[c].astype(str).nunique() > 1]
         keep = ["arm", "seed", "trial_id", *params, protocol.metric, metric]
         selection = chosen[chosen["arm"].isin(arms)][list(dict.fromkeys(keep))].reset_index(drop=True)
+    summary = stats.summarize(frame, protocol, metric, step, arms)
+    for column in spec.report.columns:  # e.g. a pruned subset's size beside its accuracy
+        values = stats.values_at(frame, protocol, column, step, arms)
+        summary[column] = summary["arm"].map(values.groupby("arm")["value"].mean())
     report = Report(
         name=record.name, protocol=protocol, metric=metric, step=step, source=used, frame=frame,
-        summary=stats.summarize(frame, protocol, metric, step, arms),
+        summary=summary,
         comparisons=stats.compare(frame, protocol, metric, step, arms, baseline),
         steps=stats.step_table(frame, protocol, metric, arms) if protocol.kind != "search" else pd.DataFrame(),
         search=search if search is not None else pd.DataFrame(),
@@ -116,12 +124,13 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
 
 
 def _check_options(frame: pd.DataFrame, metric: str, step: int | None, requested: list[str] | None,
-                   order: list[str], baseline: str | None) -> list[str]:
+                   order: list[str], baseline: str | None, columns: list[str] = ()) -> list[str]:
     """The arms to report, in order; one ReportError naming every bad option and what is allowed."""
     problems = []
     available = metric_columns(frame)
-    if metric not in available:
-        problems.append(f"metric {metric!r} was not reported by any trial; reported: {', '.join(available) or 'none'}")
+    for name, what in [(metric, "metric"), *((c, "report.columns: metric") for c in columns)]:
+        if name not in available:
+            problems.append(f"{what} {name!r} was not reported by any trial; reported: {', '.join(available) or 'none'}")
     present = list(dict.fromkeys(frame["arm"].dropna())) if "arm" in frame else []
     if requested:
         unknown = [a for a in requested if a not in present]
@@ -175,7 +184,7 @@ def write(report: Report, out: Path, make_figures: bool = True) -> list[Path]:
         (out / f"{stem}.json").write_text(table.to_json(orient="records", indent=2, date_format="iso"))
         files += [out / f"{stem}.{ext}" for ext in ("md", "csv", "json")]
     if make_figures:
-        report.figures = draw(report, out)
+        report.figures = {**draw(report, out), **report.method_figures}
         files += list(report.figures.values())
     (out / "report.md").write_text(report.markdown())
     report.files = [out / "report.md", *files]
@@ -204,6 +213,21 @@ def draw(report: Report, out: Path) -> dict[str, Path]:
     if not report.importances.empty:
         drawn["importances"] = figures.importances(report.importances, f"{name}: parameter importances",
                                                    out / "importances.png")
+    return drawn
+
+
+def method_figures(spec: SweepSpec, sweep_dir: Path, out: Path) -> dict[str, Path]:
+    """Figures of the sweep's methods from the files its trials shared (e.g. pruning's H histogram);
+    only for a sweep whose storage directory is here."""
+    from raysel.methods import get_method
+    from raysel.methods.base import shared_dir_of
+
+    arms = spec.resolved_arms()
+    drawn: dict[str, Path] = {}
+    for name in dict.fromkeys(a.method for a in arms):
+        hook = getattr(get_method(name), "report_figures", None)
+        if hook is not None:
+            drawn.update(hook(arms, shared_dir_of(sweep_dir), out))
     return drawn
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # → 800 × 500 pixels
@@ -114,4 +115,32 @@ def importances(table: pd.DataFrame, title: str, path: Path) -> Path:
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
     axes.set_xlabel("importance (fANOVA share of the objective's variance)")
+    return _save(figure, path)
+
+
+def h_histogram(h: np.ndarray, runs: int, removed: tuple[int, ...], title: str, path: Path) -> Path:
+    """Examples per H-score (0..runs), as a share of the training set; the bars of ``removed`` greyed."""
+    counts = np.bincount(h.astype(int), minlength=runs + 1)
+    share = 100.0 * counts / max(1, counts.sum())
+    figure, axes = _figure(title)
+    colors = ["0.7" if value in removed else "tab:blue" for value in range(runs + 1)]
+    bars = axes.bar(np.arange(runs + 1), share, color=colors)
+    for bar, count in zip(bars, counts):
+        axes.annotate(str(count), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    kept = 100.0 * counts[[v for v in range(runs + 1) if v not in removed]].sum() / max(1, counts.sum())
+    axes.set_xticks(np.arange(runs + 1))
+    axes.set_xlabel(f"H-score (runs of {runs} correct in every epoch)")
+    axes.set_ylabel("% of training examples (bar labels: counts)")
+    axes.legend(handles=[Patch(color="0.7", label=f"removed (winning ticket: H in {sorted(removed)})"),
+                         Patch(color="tab:blue", label=f"kept: {kept:.1f}% of the training set")])
+    return _save(figure, path)
+
+
+def cartography_map(scores: pd.DataFrame, title: str, path: Path) -> Path:
+    """Dataset Cartography: confidence against variability per example, coloured by H-score."""
+    figure, axes = _figure(title)
+    points = axes.scatter(scores["variability"], scores["confidence"], c=scores["h"], s=8, cmap="viridis")
+    figure.colorbar(points, ax=axes, label="H-score")
+    axes.set_xlabel("variability (std of the gold-label probability over runs × epochs)")
+    axes.set_ylabel("confidence (mean gold-label probability)")
     return _save(figure, path)
