@@ -166,6 +166,7 @@ class Pruning:
         Standard().preflight(params, model, data, seeds[:1])
 
     def train_loop(self, params: PruningParams, run: RunContext) -> dict[str, float]:
+        """One scoring run (phase score) or one fine-tuning run on a subset (phase train)."""
         if run.world_size > 1:
             raise ValueError("pruning records every example's training pass in one process: run it with workers: 0")
         task = prepare(params, run)
@@ -173,16 +174,16 @@ class Pruning:
         digest = _digest(examples.encoded, examples.labels, run.model.name)
         n = len(examples)
         order = permutation(n, run.seed)
-        recorder = None
-        if params.phase == "score":
-            rows, model, info = order, Recording(task.model, recorder := Recorder(params.epochs, n)), {}
+        if params.phase == "score":  # every example, every epoch, its training pass recorded
+            recorder: Recorder | None = Recorder(params.epochs, n)
+            rows, model, info = order, Recording(task.model, recorder), {}
         else:
+            recorder, model = None, task.model
             rows, info = self._subset(params, run, order, digest)
-            model = task.model
         steps_per_epoch = math.ceil(len(rows) / params.batch_size)
         loop = params.model_copy(update={"max_steps": params.epochs * steps_per_epoch,
                                          "eval_every": params.eval_every or steps_per_epoch})
-        per_micro = math.ceil(params.batch_size / params.grad_accum)
+        per_micro = params.batch_size // params.grad_accum
 
         def next_batch(step: int, micro: int, generator: torch.Generator):
             epoch, index = divmod(step - 1, steps_per_epoch)
