@@ -14,6 +14,7 @@ from rich.table import Table
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "tune_configs"
 QUICKSTART = CONFIG_DIR / "quickstart.yaml"
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl+C; the sweep continues with --resume
 
 console = Console()
 errors = Console(stderr=True)
@@ -119,10 +120,14 @@ def cmd_validate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from raysel.spec import load_spec
-    from raysel.sweep import run_sweep
+    from raysel.sweep import SweepInterrupted, run_sweep
 
     spec = load_spec(args.spec, args.overrides + ([f"ray.address={args.address}"] if args.address else []))
-    result = run_sweep(spec, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = run_sweep(spec, resume=args.resume, progress=not args.no_progress)
+    except SweepInterrupted as stop:
+        errors.print(f"interrupted: {stop}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
     _print_result(result, [spec.protocol.metric, spec.protocol.compared_metric])
     return 1 if result.num_errors else 0
 

@@ -124,6 +124,10 @@ def param_space(phase: Phase) -> dict[str, Any]:
     return {"variant": tune.grid_search(phase.variants), "seed": tune.grid_search(phase.seeds)}
 
 
+class SweepInterrupted(RuntimeError):
+    """A phase ended before its trials did (Ctrl+C, SIGINT): Tune saved its state; --resume continues it."""
+
+
 # ---------------------------------------------------------------- results
 @dataclass
 class SweepResult:
@@ -298,6 +302,10 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                                  tracking_uri=tracking.uri if tracking else None, enabled=progress)
         with reporter:
             grid = _tuner(spec, phase, settings, storage, [reporter], resume).fit()
+        ended = grid.num_terminated + grid.num_errors
+        if ended < phase.num_trials:  # Tune returns normally when interrupted: later phases must not start
+            raise SweepInterrupted(f"sweep {spec.name!r} was interrupted in phase {phase.label} ({ended} of "
+                                   f"{phase.num_trials} trials ended); continue it with --resume")
         frame = trials_frame(grid, phase)
         frames.append(frame)
         if phase.is_search:
@@ -314,6 +322,9 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                                    "cannot run the seeds phase")
             run_phase(seeds_phase(spec, best))
         status = "FINISHED"
+    except SweepInterrupted:
+        status = "KILLED"
+        raise
     finally:
         if tracking and parent:
             end_run(tracking.uri, parent, status)

@@ -65,7 +65,11 @@ def test_a_killed_trial_restarts_from_its_checkpoint_and_logs_no_duplicates(lm_s
 
 DRIVER = """
 import sys, raysel
-raysel.run_sweep({spec!r}, progress=False)
+from raysel.sweep import SweepInterrupted
+try:
+    raysel.run_sweep({spec!r}, progress=False)
+except SweepInterrupted:
+    sys.exit(130)
 """
 
 
@@ -83,7 +87,8 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec,
             time.sleep(0.5)
         assert _finished_trials(sweep_dir) >= 2
         os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C does
-        driver.wait(timeout=120)
+        # Tune returns normally when interrupted; raysel must notice (or it would start the next phase)
+        assert driver.wait(timeout=120) == 130
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
