@@ -89,8 +89,7 @@ def random_subset(order: torch.Tensor, size: int) -> torch.Tensor:
 def ambiguous_subset(variability: torch.Tensor, order: torch.Tensor, size: int) -> torch.Tensor:
     """The equal-size ambiguous baseline: the ``size`` most variable examples (ties: lower index), in
     the run's order."""
-    n = variability.numel()
-    ranked = sorted(range(n), key=lambda i: (-float(variability[i]), i))
-    keep = torch.zeros(n, dtype=torch.bool)
+    ranked = torch.argsort(variability, descending=True, stable=True)  # stable: ties keep the lower index
+    keep = torch.zeros(variability.numel(), dtype=torch.bool)
     keep[ranked[:size]] = True
     return ordered_subset(order, keep)
