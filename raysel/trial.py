@@ -101,13 +101,22 @@ class _Run:
             self.report(step, **{**last, **new})
 
     def restore(self) -> dict[str, Any] | None:
+        """The state of the trial's last checkpoint (None for a fresh trial)."""
+        state = self._load_state()
+        if state is None:
+            return None
+        self.set_tags(**{"raysel.restored_from_step": str(state.get("step", "unknown"))})
+        # The results after a restart carry the checkpoint's evaluation until the next one: a searcher
+        # (Optuna) reads the objective from every result, and the new process has reported nothing yet.
+        self._latest.update({k: float(v) for k, v in (state.get("evaluation") or {}).items()})
+        return state
+
+    def _load_state(self) -> dict[str, Any] | None:
         checkpoint = self._get_checkpoint()
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
-        self.set_tags(**{"raysel.restored_from_step": str(state.get("step", "unknown"))})
-        return state
+            return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
     def set_tags(self, **tags: str) -> None:
         self._logger.set_tags(tags)
@@ -179,10 +188,7 @@ class LocalRun(_Run):
     def _send(self, result, checkpoint):
         self.results.append(result)
 
-    def _get_checkpoint(self):
-        return None
-
-    def restore(self) -> dict[str, Any] | None:
+    def _load_state(self) -> dict[str, Any] | None:
         return self.saved_state
 
 

@@ -56,6 +56,9 @@ def test_a_restored_trial_finishes_exactly_like_an_uninterrupted_one():
     assert [r["step"] for r in resumed.results] == [5, 6, 7, 8]
     assert final_resumed == pytest.approx(final_full, rel=1e-6)
     assert [r["train_loss"] for r in resumed.results] == pytest.approx([r["train_loss"] for r in full.results[5:]])
+    # every result after the restart carries the objective, as before it (Optuna reads it from each one)
+    assert [r["test_perplexity"] for r in resumed.results] == pytest.approx(
+        [r["test_perplexity"] for r in full.results[5:]])
 
 
 def _local(seed: int) -> LocalRun:
