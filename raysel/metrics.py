@@ -87,3 +87,11 @@ def squad_em(prediction: str, answers: str | Iterable[str]) -> float:
     """Exact match after SQuAD normalisation (not the CaMeLS reference's prefix match)."""
     answers = [answers] if isinstance(answers, str) else list(answers)
     return float(any(normalize_answer(prediction) == normalize_answer(a) for a in answers))
+
+
+def squad_em_prefix(prediction: str, answers: str | Iterable[str]) -> float:
+    """The CaMeLS reference's "exact match": the normalised prediction starts with a normalised answer
+    (so a correct answer followed by more text counts)."""
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    predicted = normalize_answer(prediction)
+    return float(any(gold and predicted.startswith(gold) for gold in map(normalize_answer, answers)))

@@ -12,7 +12,7 @@ from raysel.data.loaders import (
     load_text_file,
 )
 from raysel.data.pydocs import Article, corpus_stats, load_mixed_pool, load_pydocs
-from raysel.data.sources import BUILTIN_DATA, classification_splits, lm_splits
+from raysel.data.sources import BUILTIN_DATA, classification_splits, lm_splits, qa_splits
 from raysel.data.topics import LABELS as TOPIC_LABELS
 from raysel.data.topics import k_shot_split, load_topics, write_k_shot
 
@@ -21,6 +21,7 @@ __all__ = [
     "BUILTIN_DATA",
     "classification_splits",
     "lm_splits",
+    "qa_splits",
     "DataError",
     "LabeledSplits",
     "TOPIC_LABELS",

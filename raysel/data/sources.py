@@ -5,6 +5,8 @@
 | pydocs                        | finetune / objective / test parts         | –                           |
 | pydocs-mixed                  | mixed pool / objective / test             | –                           |
 | pydocs-topics                 | –                                         | built-in task (k-shot: k)   |
+| synthetic-facts               | QA (``qa_splits``): qa_train / train / val / test documents with their questions |
+| a local StreamingQA directory | QA: {qa_train,train,val,test}.csv (qa_train.csv optional: train.csv)      |
 | a local .txt / .jsonl file    | 80 / 10 / 10 by a stable hash             | jsonl with label_field      |
 | a local LM-BFF task directory | –                                         | {k}-{seed}/ or train/dev/test.tsv |
 | anything else                 | HF dataset train / validation / test      | same, with label_field      |
@@ -15,7 +17,9 @@ import re
 from pathlib import Path
 
 from raysel.data.errors import DataError
-from raysel.data.loaders import LabeledSplits, load_hf_dataset, load_jsonl, load_lm_bff_dir, load_text_file
+from raysel.data.facts import generate_facts
+from raysel.data.loaders import (LabeledSplits, load_hf_dataset, load_jsonl, load_lm_bff_dir, load_streamingqa_csv,
+                                 load_text_file)
 from raysel.data.pydocs import load_mixed_pool, load_pydocs, stable_hash
 from raysel.data.topics import LABELS as TOPIC_LABELS
 from raysel.data.topics import k_shot_split, load_topics
@@ -24,7 +28,11 @@ BUILTIN_DATA = {
     "pydocs": "LM corpus: Python's own documentation pages and stdlib docstrings (English prose)",
     "pydocs-mixed": "pydocs fine-tuning pool mixed 50/50 with code, licence text and tables (for IGF)",
     "pydocs-topics": "classification: stdlib docstrings labelled by module family (5 classes)",
+    "synthetic-facts": "QA: seeded documents of facts about invented people, towns and organisations, "
+                       "2-4 questions each (for CaMeLS)",
 }
+FACTS_SPLIT_SIZES = {"qa_train": 400, "train": 400, "val": 100, "test": 100}  # documents
+QA_SPLITS = tuple(FACTS_SPLIT_SIZES)
 LM_SPLITS = ("train", "dev", "test")
 
 
@@ -44,7 +52,7 @@ def lm_splits(data) -> dict[str, list[str]]:
         return {"train": _cap([a.text for a in train], data), "dev": [a.text for a in load_pydocs("objective")],
                 "test": [a.text for a in load_pydocs("test")]}
     if data.name in BUILTIN_DATA:
-        raise DataError(f"data.name {data.name!r} is a classification task; a causal-LM method needs "
+        raise DataError(f"data.name {data.name!r} is not an LM corpus ({BUILTIN_DATA[data.name]}); a causal-LM method needs "
                         f"pydocs, pydocs-mixed, a text/jsonl file or an HF text dataset")
     path = Path(data.name)
     if path.is_file():
@@ -109,7 +117,7 @@ def _classification_splits(data, seed: int) -> LabeledSplits:
             train, dev = k_shot_split(train, data.k, seed)
         return LabeledSplits(_cap(train, data), dev, load_topics("test"), TOPIC_LABELS)
     if data.name in BUILTIN_DATA:
-        raise DataError(f"data.name {data.name!r} is an LM corpus; a classification task needs "
+        raise DataError(f"data.name {data.name!r} is not a classification task ({BUILTIN_DATA[data.name]}); it needs "
                         "pydocs-topics, an LM-BFF directory, a labelled jsonl file or an HF dataset with label_field")
     path = Path(data.name)
     if path.is_dir():
@@ -135,3 +143,42 @@ def _classification_splits(data, seed: int) -> LabeledSplits:
     if data.k:
         train, converted["dev"] = k_shot_split(train, data.k, seed)
     return LabeledSplits(_cap(train, data), converted["dev"], converted["test"], tuple(map(str, labels)))
+
+
+def qa_splits(data) -> dict[str, list[dict]]:
+    """Documents with their questions per split ``qa_train`` (QA pre-tuning), ``train`` (meta-training),
+    ``val`` and ``test`` (online-adaptation streams): [{text, questions: [{question, answers}]}].
+
+    ``synthetic-facts`` generates them (no entity in two splits); a directory holds StreamingQA/CaMeLS
+    CSVs (one row per question: text, question, answers) train.csv, val.csv, test.csv and optionally
+    qa_train.csv (without it QA pre-tuning uses train.csv, as the reference does). ``max_examples``
+    caps the train documents."""
+    if data.name == "synthetic-facts":
+        docs = generate_facts(sum(FACTS_SPLIT_SIZES.values()), seed=0)
+        splits, start = {}, 0
+        for split, size in FACTS_SPLIT_SIZES.items():
+            splits[split] = [{"text": d["text"], "questions": d["questions"]} for d in docs[start:start + size]]
+            start += size
+    elif Path(data.name).is_dir():
+        directory = Path(data.name)
+        missing = [f"{s}.csv" for s in ("train", "val", "test") if not (directory / f"{s}.csv").is_file()]
+        if missing:
+            raise DataError(f"{directory}: missing {', '.join(missing)}; a StreamingQA directory holds train.csv, "
+                            "val.csv, test.csv (and optionally qa_train.csv) with columns text, question, answers")
+        splits = {s: _documents(load_streamingqa_csv(directory / f"{s}.csv")) for s in ("train", "val", "test")}
+        qa_train = directory / "qa_train.csv"
+        splits["qa_train"] = _documents(load_streamingqa_csv(qa_train)) if qa_train.is_file() else splits["train"]
+    else:
+        raise DataError(f"data.name {data.name!r}: a QA method needs 'synthetic-facts' or a directory of "
+                        "StreamingQA CSVs (train.csv, val.csv, test.csv; columns text, question, answers)")
+    splits["train"] = _cap(splits["train"], data)
+    return {s: splits[s] for s in QA_SPLITS}
+
+
+def _documents(rows: list[dict]) -> list[dict]:
+    """CSV rows (one per question) grouped into documents, in order of first appearance."""
+    by_text: dict[str, dict] = {}
+    for row in rows:
+        doc = by_text.setdefault(row["text"], {"text": row["text"], "questions": []})
+        doc["questions"].append({"question": row["question"], "answers": row["answers"]})
+    return list(by_text.values())

@@ -7,6 +7,7 @@ from raysel.methods.base import Method, MethodParams, RunContext
 
 # name -> "module:Class"; imported on first use so that `raysel list` stays fast.
 _REGISTRY: dict[str, str] = {
+    "camels": "raysel.methods.camels:Camels",
     "igf": "raysel.methods.igf:IGF",
     "kernel": "raysel.methods.kernel:Kernel",
     "opf": "raysel.methods.opf:OPF",

@@ -144,3 +144,43 @@ def cartography_map(scores: pd.DataFrame, title: str, path: Path) -> Path:
     axes.set_xlabel("variability (std of the gold-label probability over runs × epochs)")
     axes.set_ylabel("confidence (mean gold-label probability)")
     return _save(figure, path)
+
+
+def token_weights(documents: list[list[str]], weights: list[list[float]], title: str, path: Path,
+                  line_chars: int = 96) -> Path:
+    """Documents as text with every token shaded by its weight (white 0 → dark the largest weight shown),
+    with a colour bar; monospaced, wrapped at ``line_chars`` characters."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    lines: list[list[tuple[str, float]]] = []
+    for tokens, values in zip(documents, weights):
+        lines.append([])
+        width = 0
+        for token, value in zip(tokens, values):
+            token = token.replace("\n", " ")
+            if width + len(token) > line_chars and lines[-1]:
+                lines.append([])
+                width = 0
+            lines[-1].append((token, value))
+            width += len(token)
+        lines.append([])  # a blank line between documents
+    top = max((v for vs in weights for v in vs), default=1.0) or 1.0
+    norm, cmap = Normalize(0.0, top), colormaps["Oranges"]
+    height = 1.2 + 0.22 * len(lines)
+    figure = Figure(figsize=(FIGSIZE[0] + 1.5, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.set_axis_off()
+    axes.set_xlim(0, line_chars)
+    axes.set_ylim(len(lines), 0)
+    for row, line in enumerate(lines):
+        x = 0
+        for token, value in line:
+            axes.text(x, row + 0.5, token, family="monospace", fontsize=8, va="center", ha="left",
+                      bbox={"facecolor": cmap(norm(value)), "edgecolor": "none", "pad": 0.6})
+            x += len(token)
+    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="token weight", fraction=0.03, pad=0.01)
+    return _save(figure, path)
