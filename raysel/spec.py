@@ -129,6 +129,9 @@ class ProtocolSpec(_Strict):
     mode: Literal["min", "max"]
     report_metric: str | None = None  # what the tables compare (default: metric)
     num_samples: int = Field(8, gt=0)  # Optuna trials per arm (search, search+seeds)
+    # search phases: Optuna's seeded TPE, or every point of the search space once (categorical / int
+    # distributions; num_samples is then the grid's size), e.g. the CaMeLS paper's learning-rate grid
+    searcher: Literal["optuna", "grid"] = "optuna"
     search_seed: int = 0  # the run seed of every search trial, and the TPE sampler's seed
     seeds: Union[Literal["50-run", "5-seed"], list[int]] = "50-run"
 
@@ -368,9 +371,13 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
         problems.append(f"arms: names must be distinct (got {names})")
     if spec.report.baseline is not None and spec.report.baseline not in names:
         problems.append(f"report.baseline: {spec.report.baseline!r} is not an arm; arms: {', '.join(names)}")
+    grid = protocol.searcher == "grid"
+    if grid and protocol.kind not in ("search", "search+seeds"):
+        problems.append(f"protocol.searcher: 'grid' is for the search phases of 'search' and 'search+seeds' "
+                        f"(protocol {protocol.kind!r} has none; per_seed_grid always enumerates its grid)")
     for index, arm in enumerate(arms):
         where = f"arms.{index}" if spec.arms else ""
-        problems += _check_arm(arm, where, protocol.kind)
+        problems += _check_arm(arm, where, protocol.kind, grid=grid)
     problems += _check_order(arms, protocol.kind)
     if spec.resources.workers == 0 and spec.resources.gpus_per_worker > 1:
         problems.append("resources.gpus_per_worker: a workers: 0 trial runs in one process; use at most 1 GPU")
@@ -420,6 +427,7 @@ def _check_raw_arms(raw: dict[str, Any]) -> list[str]:
     """Method-level checks of the arms that parse, so that one run reports every problem."""
     protocol = raw.get("protocol") if isinstance(raw.get("protocol"), dict) else {}
     kind = protocol.get("kind", "search")
+    grid = protocol.get("searcher") == "grid"
     if isinstance(raw.get("arms"), list) and raw["arms"]:
         candidates = [(f"arms.{i}", a) for i, a in enumerate(raw["arms"])]
     else:
@@ -428,7 +436,7 @@ def _check_raw_arms(raw: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     for where, arm in candidates:
         try:
-            problems += _check_arm(ArmSpec.model_validate(arm), where, kind)
+            problems += _check_arm(ArmSpec.model_validate(arm), where, kind, grid=grid)
         except pydantic.ValidationError:
             continue  # its structural errors are already reported
     return problems
@@ -438,7 +446,7 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _check_arm(arm: ArmSpec, where: str, kind: str) -> list[str]:
+def _check_arm(arm: ArmSpec, where: str, kind: str, *, grid: bool = False) -> list[str]:
     try:
         method = get_method(arm.method)
     except UnknownMethodError as err:
@@ -466,7 +474,7 @@ def _check_arm(arm: ArmSpec, where: str, kind: str) -> list[str]:
         if key not in fields:
             problems.append(f"{at}: {method.name!r} has no parameter {key!r}; allowed: {', '.join(sorted(fields))}")
             continue
-        problems += _check_distribution(value, at, kind)
+        problems += _check_distribution(value, at, kind, grid=grid)
     problems += _check_params(method, {**arm.params, **{k: v for k, v in space.items() if not is_distribution(v)}},
                               _join(where, "params"))
     # every value a distribution can produce must be a valid parameter: check its ends/choices
@@ -478,7 +486,7 @@ def _check_arm(arm: ArmSpec, where: str, kind: str) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def _check_distribution(value: Any, at: str, kind: str) -> list[str]:
+def _check_distribution(value: Any, at: str, kind: str, *, grid: bool = False) -> list[str]:
     if not is_distribution(value):
         return []
     problems = []
@@ -490,11 +498,11 @@ def _check_distribution(value: Any, at: str, kind: str) -> list[str]:
         problems.append(f"{at}.low: a loguniform distribution needs low > 0 (got {value.low})")
     if isinstance(value, (Uniform, LogUniform)) and not all(map(math.isfinite, (value.low, value.high))):
         problems.append(f"{at}: low and high must be finite")
-    if kind == "per_seed_grid":
+    if kind == "per_seed_grid" or grid:
         try:
             grid_values(value)
         except ValueError as err:
-            problems.append(f"{at}: {err} (protocol 'per_seed_grid')")
+            problems.append(f"{at}: {err} ({'searcher grid' if grid else 'protocol per_seed_grid'})")
     if kind == "seeds":
         problems.append(f"{at}: protocol 'seeds' runs a fixed config; give a value, not a distribution "
                         "(or use 'search+seeds')")

@@ -2,7 +2,8 @@
 
 | protocol      | phases                                                                 |
 |---------------|------------------------------------------------------------------------|
-| search        | per arm: Optuna (seeded TPE) over the arm's search space, one seed     |
+| search        | per arm: Optuna (seeded TPE) over the arm's search space, one seed (or |
+|               | with ``searcher: grid`` every point of it once)                        |
 | seeds         | one grid: arms × protocol seeds, fixed configs                         |
 | search+seeds  | the search phases, then one grid: each arm's best config × seeds       |
 | per_seed_grid | one grid: arms × grid of the search space × seeds; selection per seed  |
@@ -45,6 +46,7 @@ class Phase:
     variants: list[dict[str, Any]]  # arm, method, stage, params (values or distributions), model, data
     seeds: list[int]
     num_samples: int = 1  # Optuna trials (search phases)
+    grid: bool = False  # a search phase that enumerates its grid (searcher: grid) instead of asking Optuna
 
     @property
     def is_search(self) -> bool:
@@ -52,7 +54,7 @@ class Phase:
 
     @property
     def num_trials(self) -> int:
-        return self.num_samples if self.is_search else len(self.variants) * len(self.seeds)
+        return self.num_samples if self.is_search and not self.grid else len(self.variants) * len(self.seeds)
 
 
 def _variant(arm: ArmSpec, stage: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +65,9 @@ def _variant(arm: ArmSpec, stage: str, params: dict[str, Any]) -> dict[str, Any]
 def expand(spec: SweepSpec) -> list[Phase]:
     """The phases a protocol starts with (``search+seeds`` adds its seeds phase after the search)."""
     protocol, arms = spec.protocol, spec.resolved_arms()
+    if protocol.kind in ("search", "search+seeds") and protocol.searcher == "grid":
+        return [Phase(label=f"search-{arm.name}", stage="search", seeds=[protocol.search_seed], grid=True,
+                      variants=_grid_variants(spec, arm, "search")) for arm in spec.resolved_arms()]
     if protocol.kind in ("search", "search+seeds"):
         return [Phase(label=f"search-{arm.name}", stage="search", seeds=[protocol.search_seed],
                       num_samples=protocol.num_samples,
@@ -117,7 +122,7 @@ def _tune_domain(dist: Any):
 def param_space(phase: Phase) -> dict[str, Any]:
     from ray import tune
 
-    if phase.is_search:
+    if phase.is_search and not phase.grid:
         variant = phase.variants[0]
         params = {k: _tune_domain(v) if is_distribution(v) else v for k, v in variant["params"].items()}
         return {"variant": {**variant, "params": params}, "seed": phase.seeds[0]}
@@ -233,8 +238,9 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
         trainable,
         param_space=param_space(phase),
         tune_config=tune.TuneConfig(
-            metric=protocol.metric, mode=protocol.mode, num_samples=phase.num_samples if phase.is_search else 1,
-            search_alg=OptunaSearch(seed=protocol.search_seed) if phase.is_search else None,
+            metric=protocol.metric, mode=protocol.mode,
+            num_samples=phase.num_samples if phase.is_search and not phase.grid else 1,
+            search_alg=OptunaSearch(seed=protocol.search_seed) if phase.is_search and not phase.grid else None,
             scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
             # in-process trials reuse their actor: no fresh interpreter importing torch per trial
             reuse_actors=spec.resources.workers == 0),

@@ -270,3 +270,15 @@ def test_spec_report_baseline_must_be_an_arm():
 
     with pytest.raises(SpecError, match=r"report.baseline: 'std' is not an arm; arms: standard, igf"):
         load_spec(seeds_spec(baseline="std"))
+
+
+def test_parameter_importances_skip_an_arm_whose_objective_never_varied():
+    """fANOVA fails on a constant objective (e.g. F1 0 for every lr of a weak model): that arm is left out."""
+    from raysel.report.stats import param_importances
+    from raysel.spec import Categorical
+
+    space = {"lr": Categorical(distribution="categorical", choices=[1e-4, 1e-3, 1e-2])}
+    search = pd.DataFrame({"arm": ["flat"] * 3 + ["varied"] * 3, "params.lr": [1e-4, 1e-3, 1e-2] * 2,
+                           "val_f1": [0.0, 0.0, 0.0, 1.0, 5.0, 2.0]})
+    table = param_importances(search, {"flat": space, "varied": space}, "val_f1", "max")
+    assert list(table["arm"]) == ["varied"] and table["importance"].iloc[0] == pytest.approx(1.0)

@@ -31,7 +31,7 @@ BUILTIN_DATA = {
     "synthetic-facts": "QA: seeded documents of facts about invented people, towns and organisations, "
                        "2-4 questions each (for CaMeLS)",
 }
-FACTS_SPLIT_SIZES = {"qa_train": 400, "train": 400, "val": 100, "test": 100}  # documents
+FACTS_SPLIT_SIZES = {"qa_train": 400, "train": 400, "val": 200, "test": 300}  # documents
 QA_SPLITS = tuple(FACTS_SPLIT_SIZES)
 LM_SPLITS = ("train", "dev", "test")
 

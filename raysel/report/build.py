@@ -168,8 +168,8 @@ def _notes(report: Report, record: SweepRecord) -> list[str]:
     if kind == "search":
         notes.append("search sweeps are summarised by each arm's best trial; no tests between arms")
     if kind in ("search", "search+seeds") and report.importances.empty:
-        notes.append("no parameter importances: an arm needs at least two finished search trials "
-                     "and a searched parameter")
+        notes.append("no parameter importances: an arm needs at least two finished search trials, "
+                     "a searched parameter and an objective that varied")
     return notes
 
 

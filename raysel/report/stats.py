@@ -320,7 +320,8 @@ def param_importances(search: pd.DataFrame, spaces: dict[str, dict[str, Any]], m
     """Optuna's fANOVA importance of each searched parameter, per arm (columns arm, param, importance).
 
     The study is rebuilt from the logged trials and the spec's distributions; arms with fewer than
-    two finished trials or nothing that varied are left out."""
+    two finished trials, no searched parameter, or an objective that never varied (fANOVA has nothing to
+    split) are left out."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -328,7 +329,7 @@ def param_importances(search: pd.DataFrame, spaces: dict[str, dict[str, Any]], m
     for arm, group in search.groupby("arm", sort=False):
         distributions = {k: _optuna_distribution(v) for k, v in spaces.get(arm, {}).items()
                          if _optuna_distribution(v) is not None and f"params.{k}" in group}
-        if len(group) < 2 or not distributions:
+        if len(group) < 2 or not distributions or group[metric].nunique() < 2:
             continue
         study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
         for _, trial in group.iterrows():
