@@ -218,3 +218,27 @@ def test_streams_are_seeded_samples_without_replacement():
     a, b, c = sample_stream(docs, 5, 0), sample_stream(docs, 5, 0), sample_stream(docs, 5, 1)
     assert a == b and a != c and len({d["text"] for d in a}) == 5
     assert len(sample_stream(docs, None, 0)) == 20
+
+
+def test_meta_training_resumes_from_its_checkpoint(tmp_path):
+    """A restarted meta-training trial continues after its last validation (weight model, optimizer, the
+    carried base model, counters) instead of starting over."""
+    from raysel.methods.camels import Camels, CamelsParams
+    from raysel.spec import DataSpec, ModelSpec
+    from raysel.trial import LocalRun
+
+    params = CamelsParams(phase="meta_train", base_model="tiny-gpt2-random", outer_steps=3, val_every=2,
+                          grad_acc_steps=1, update_batch_size=2, val_batches=1, outer_lr=1e-2, locality_tokens=16)
+
+    def local_run() -> LocalRun:
+        return LocalRun(seed=0, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="synthetic-facts"),
+                        artifact_dir=tmp_path / "trial", shared_dir=tmp_path / "shared")
+
+    first = local_run()
+    Camels().train_loop(params, first)
+    assert first.saved_state["step"] == 3 and (tmp_path / "shared" / "camels" / "camels" / "weight-model.pt").is_file()
+    restarted = local_run()
+    restarted.saved_state = {**first.saved_state, "step": 2}  # as if it had died after step 2's checkpoint
+    Camels().train_loop(params, restarted)
+    assert [r["step"] for r in restarted.results] == [3]  # no step 0 validation, no repeated steps
+    assert restarted.results[0]["best_val_loss"] <= first.saved_state["best"]

@@ -52,8 +52,8 @@ def lm_splits(data) -> dict[str, list[str]]:
         return {"train": _cap([a.text for a in train], data), "dev": [a.text for a in load_pydocs("objective")],
                 "test": [a.text for a in load_pydocs("test")]}
     if data.name in BUILTIN_DATA:
-        raise DataError(f"data.name {data.name!r} is not an LM corpus ({BUILTIN_DATA[data.name]}); a causal-LM method needs "
-                        f"pydocs, pydocs-mixed, a text/jsonl file or an HF text dataset")
+        raise DataError(f"data.name {data.name!r} is not an LM corpus ({BUILTIN_DATA[data.name]}); a causal-LM "
+                        "method needs pydocs, pydocs-mixed, a text/jsonl file or an HF text dataset")
     path = Path(data.name)
     if path.is_file():
         texts = load_jsonl(path, data.text_field) if path.suffix == ".jsonl" else load_text_file(path)
@@ -117,8 +117,8 @@ def _classification_splits(data, seed: int) -> LabeledSplits:
             train, dev = k_shot_split(train, data.k, seed)
         return LabeledSplits(_cap(train, data), dev, load_topics("test"), TOPIC_LABELS)
     if data.name in BUILTIN_DATA:
-        raise DataError(f"data.name {data.name!r} is not a classification task ({BUILTIN_DATA[data.name]}); it needs "
-                        "pydocs-topics, an LM-BFF directory, a labelled jsonl file or an HF dataset with label_field")
+        raise DataError(f"data.name {data.name!r} is not a classification task ({BUILTIN_DATA[data.name]}); it "
+                        "needs pydocs-topics, an LM-BFF directory, a labelled jsonl file or an HF dataset with label_field")
     path = Path(data.name)
     if path.is_dir():
         task_dir = path / f"{data.k}-{seed}" if data.k else path

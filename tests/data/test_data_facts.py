@@ -46,3 +46,27 @@ def test_streamingqa_csv_layout_and_disjoint_splits(tmp_path):
     assert not entities["val"] & entities["test"]
     again = write_streamingqa(tmp_path / "again", n_train=40, n_val=10, n_test=10, seed=3)
     assert again["test"].read_bytes() == paths["test"].read_bytes()
+
+
+def test_qa_splits_from_the_builtin_and_from_a_streamingqa_directory(tmp_path):
+    import pytest
+
+    from raysel.data import DataError, qa_splits
+    from raysel.spec import DataSpec
+
+    builtin = qa_splits(DataSpec(name="synthetic-facts"))
+    assert {k: len(v) for k, v in builtin.items()} == {"qa_train": 400, "train": 400, "val": 200, "test": 300}
+    texts = [{d["text"] for d in split} for split in builtin.values()]
+    assert sum(map(len, texts)) == len(set().union(*texts))  # no document in two splits
+    assert len(qa_splits(DataSpec(name="synthetic-facts", max_examples=7))["train"]) == 7
+
+    write_streamingqa(tmp_path, n_train=5, n_val=3, n_test=4, seed=1)
+    splits = qa_splits(DataSpec(name=str(tmp_path)))
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [5, 3, 4]  # rows grouped back into documents
+    assert splits["qa_train"] == splits["train"]  # no qa_train.csv: QA pre-tuning on train.csv, as the reference
+    assert all(2 <= len(d["questions"]) <= 4 and d["questions"][0]["answers"] for d in splits["test"])
+    (tmp_path / "val.csv").unlink()
+    with pytest.raises(DataError, match=r"missing val.csv; a StreamingQA directory holds train.csv"):
+        qa_splits(DataSpec(name=str(tmp_path)))
+    with pytest.raises(DataError, match=r"a QA method needs 'synthetic-facts' or a directory"):
+        qa_splits(DataSpec(name="pydocs"))
