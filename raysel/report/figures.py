@@ -146,14 +146,16 @@ def cartography_map(scores: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(figure, path)
 
 
-def token_weights(documents: list[list[str]], weights: list[list[float]], title: str, path: Path,
-                  line_chars: int = 96) -> Path:
-    """Documents as text with every token shaded by its weight (white 0 → dark the largest weight shown),
-    with a colour bar; monospaced, wrapped at ``line_chars`` characters."""
+def token_weights(documents: list[list[str]], weights: list[list[float]], title: str, path: Path) -> Path:
+    """Documents as text with every token shaded by its weight, from the lightest (smallest weight shown)
+    to the darkest (largest), with a colour bar in weight units; monospaced and wrapped to the width."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    fontsize, text_width = 8.0, 0.86  # points; the text's share of the figure's width
+    width_in = FIGSIZE[0] + 1.5
+    line_chars = int(text_width * width_in * 72 / (0.602 * fontsize))  # a monospace glyph is 0.602 em wide
     lines: list[list[tuple[str, float]]] = []
     for tokens, values in zip(documents, weights):
         lines.append([])
@@ -166,12 +168,13 @@ def token_weights(documents: list[list[str]], weights: list[list[float]], title:
             lines[-1].append((token, value))
             width += len(token)
         lines.append([])  # a blank line between documents
-    top = max((v for vs in weights for v in vs), default=1.0) or 1.0
-    norm, cmap = Normalize(0.0, top), colormaps["Oranges"]
-    height = 1.2 + 0.22 * len(lines)
-    figure = Figure(figsize=(FIGSIZE[0] + 1.5, height), dpi=DPI, layout="constrained")
+    shown = [v for vs in weights for v in vs] or [0.0, 1.0]
+    low, high = min(shown), max(shown)
+    norm, cmap = Normalize(low, high if high > low else low + 1e-9), colormaps["Oranges"]
+    height = 0.9 + 0.2 * len(lines)
+    figure = Figure(figsize=(width_in, height), dpi=DPI)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    axes = figure.add_axes((0.01, 0.02, text_width, 1 - 0.5 / height - 0.02))
     axes.set_title(title)
     axes.set_axis_off()
     axes.set_xlim(0, line_chars)
@@ -179,8 +182,9 @@ def token_weights(documents: list[list[str]], weights: list[list[float]], title:
     for row, line in enumerate(lines):
         x = 0
         for token, value in line:
-            axes.text(x, row + 0.5, token, family="monospace", fontsize=8, va="center", ha="left",
-                      bbox={"facecolor": cmap(norm(value)), "edgecolor": "none", "pad": 0.6})
+            axes.text(x, row + 0.5, token, family="monospace", fontsize=fontsize, va="center", ha="left",
+                      bbox={"facecolor": cmap(norm(value)), "edgecolor": "none", "pad": 0.5})
             x += len(token)
-    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="token weight", fraction=0.03, pad=0.01)
+    bar = figure.add_axes((text_width + 0.04, 0.1, 0.02, 0.75))
+    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar, label="token weight")
     return _save(figure, path)
