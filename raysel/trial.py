@@ -255,10 +255,17 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         logger.set_tags({"raysel.stopped_by_scheduler": "true"})
         logger.finish("FINISHED")
         raise
-    except BaseException:
+    except BaseException as error:
+        logger.set_tags({"raysel.failure": failure_reason(error)})
         logger.finish("FAILED")
         raise
     logger.finish("FINISHED")
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line for the trial's ``raysel.failure`` tag and the report: the error's type and message."""
+    message = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {message}"[:500]
 
 
 def _enter(working_dir: str) -> None:

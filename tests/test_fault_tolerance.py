@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -122,3 +123,38 @@ def _finished_trials(sweep_dir: Path) -> int:
         if lines and json.loads(lines[-1]).get("step") == 20:  # its last step (max_steps)
             count += 1
     return count
+
+
+def test_a_trial_whose_loss_diverges_fails_with_the_reason_and_the_sweep_goes_on(lm_spec):
+    """SGD at lr 1e6 without clipping: the loss becomes inf/NaN within a few steps. That trial stops,
+    is FAILED in MLflow with the reason as a tag, the other arm finishes, the report lists the failure."""
+    params = {"task": "causal_lm", "max_steps": 6, "eval_every": 3, "context_len": 32, "batch_size": 8,
+              "eval_examples": 32}
+    spec = lm_spec(method=None, params=None, protocol={"seeds": [0]}, resources={"max_failures": 0},
+                   arms=[{"name": "fine", "method": "standard", "params": params},
+                         {"name": "diverges", "method": "standard",
+                          "params": {**params, "optimizer": "sgd", "lr": 1e6, "max_grad_norm": None}}])
+    result = raysel.run_sweep(spec, progress=False)
+    trials = result.trials.set_index("arm")
+    assert result.num_errors == 1 and "NonFiniteLossError" in trials.loc["diverges", "error"]
+    assert trials.loc["fine", "test_perplexity"] > 0
+    run = mlflow.MlflowClient(result.tracking_uri).get_run(trials.loc["diverges", "mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert re.match(r"NonFiniteLossError: training loss became (nan|inf) at step \d: the trial is stopped",
+                    run.data.tags["raysel.failure"])
+    notes = result.report.notes
+    assert any("1 failed trial(s) left out of every statistic" in n and "diverges, seed 0: NonFiniteLossError" in n
+               for n in notes), notes
+
+
+def test_the_reason_of_a_failed_trial_from_its_tune_error_file(tmp_path):
+    """Without MLflow the report reads the reason from Ray Tune's error.txt: its last exception line."""
+    from raysel.report.sources import _error_line
+
+    error = tmp_path / "error.txt"
+    error.write_text("Failure # 1 (occurred at 2026-11-23_18-10-00)\nray::raysel_trial.train() (pid=1)\n"
+                     "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                     "raysel.methods.base.NonFiniteLossError: training loss became nan at step 3: stopped\n")
+    assert _error_line(error) == "raysel.methods.base.NonFiniteLossError: training loss became nan at step 3: stopped"
+    error.write_text("no exception line here\n")
+    assert _error_line(error) is None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from raysel.methods.base import Method, MethodParams, RunContext
+from raysel.methods.base import Method, MethodParams, NonFiniteLossError, RunContext, check_finite
 
 # name -> "module:Class"; imported on first use so that `raysel list` stays fast.
 _REGISTRY: dict[str, str] = {
@@ -32,4 +32,4 @@ def get_method(name: str) -> Method:
     return getattr(importlib.import_module(module_name), class_name)()
 
 
-__all__ = ["Method", "MethodParams", "RunContext", "get_method", "method_names", "UnknownMethodError"]
+__all__ = ["Method", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite", "get_method", "method_names", "UnknownMethodError"]

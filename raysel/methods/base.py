@@ -6,6 +6,7 @@ scheduler comes through the ``RunContext`` (seed, device, ranks, reporting, chec
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -16,6 +17,18 @@ import torch
 def shared_dir_of(sweep_dir: Path) -> Path:
     """Where a sweep's trials share files (``RunContext.shared_dir``), beside their own artifact directories."""
     return sweep_dir / "artifacts" / "shared"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite: the trial stops and is marked failed with this message."""
+
+
+def check_finite(loss: float, step: int, what: str = "training loss") -> float:
+    """``loss`` if it is finite, else NonFiniteLossError naming the step (diverged training, bad data)."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"{what} became {loss} at step {step}: the trial is stopped "
+                                 "(a smaller learning rate, gradient clipping or checking the data usually helps)")
+    return loss
 
 
 class MethodParams(pydantic.BaseModel):

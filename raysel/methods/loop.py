@@ -17,7 +17,7 @@ import pydantic
 import torch
 from pydantic import Field
 
-from raysel.methods.base import MethodParams, RunContext
+from raysel.methods.base import MethodParams, RunContext, check_finite
 
 Batch = dict[str, torch.Tensor]
 
@@ -133,8 +133,9 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
                 continue
             with autocast(run.device):
                 loss = model(**{k: v.to(run.device) for k, v in batch.items()}).loss / params.grad_accum
+            value = check_finite(float(loss.detach()) * params.grad_accum, step)
             loss.backward()
-            losses.append(float(loss.detach()) * params.grad_accum)
+            losses.append(value)
         if params.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
         metrics: dict[str, float] = {"lr": schedule.get_last_lr()[0]}

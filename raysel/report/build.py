@@ -157,7 +157,10 @@ def _notes(report: Report, record: SweepRecord) -> list[str]:
     trials = stats.per_trial(report.frame)
     failed = trials[trials["status"] == "FAILED"] if "status" in trials else trials.iloc[0:0]
     if len(failed):
-        notes.append(f"{len(failed)} failed trial(s) left out of every statistic: {', '.join(map(str, failed['trial_id']))}")
+        reasons = failed["tags.raysel.failure"] if "tags.raysel.failure" in failed else pd.Series(index=failed.index)
+        listed = [f"{row.trial_id} ({row.arm}, seed {row.seed}" + (f": {reason})" if isinstance(reason, str) else ")")
+                  for row, reason in zip(failed.itertuples(), reasons)]
+        notes.append(f"{len(failed)} failed trial(s) left out of every statistic: {'; '.join(listed)}")
     kind = report.protocol.kind
     if kind == "per_seed_grid":
         notes.append("per data seed the config with the best dev "

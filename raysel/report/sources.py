@@ -183,6 +183,7 @@ def tune_frame(sweep_dir: Path) -> pd.DataFrame:
     for result_file in sorted(sweep_dir.glob("*/trial_*/result.json")):
         trial_dir = result_file.parent
         failed = any((trial_dir / f).exists() for f in ("error.txt", "error.pkl"))
+        reason = _error_line(trial_dir / "error.txt") if failed else None
         by_step: dict[int, dict[str, Any]] = {}
         identity: dict[str, Any] = {}
         for line in result_file.read_text().splitlines():
@@ -191,6 +192,8 @@ def tune_frame(sweep_dir: Path) -> pd.DataFrame:
             result = json.loads(line)
             if not identity:
                 identity = _tune_identity(result, failed)
+                if reason:
+                    identity["tags.raysel.failure"] = reason
             fresh = result.get(FRESH_KEY)
             names = fresh.split(",") if isinstance(fresh, str) else [k for k in result if k not in TUNE_KEYS]
             values = {k: result[k] for k in names if k and _is_number(result.get(k))}
@@ -199,6 +202,15 @@ def tune_frame(sweep_dir: Path) -> pd.DataFrame:
     if not rows:
         raise ReportError(f"no Ray Tune results under {sweep_dir} (no */trial_*/result.json yet)")
     return _ordered(pd.DataFrame(rows))
+
+
+def _error_line(path: Path) -> str | None:
+    """The last "SomeError: message" line of a Tune trial's error.txt (the exception that ended it)."""
+    if not path.is_file():
+        return None
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    found = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)(\([\w.]+\))?: ", line)]
+    return found[-1][:500] if found else None
 
 
 def _tune_identity(result: dict[str, Any], failed: bool) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from pydantic import Field
 from raysel.data.batches import TokenWindows
 from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits, qa_splits
-from raysel.methods.base import MethodParams, RunContext, shared_dir_of
+from raysel.methods.base import MethodParams, RunContext, check_finite, shared_dir_of
 from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, lm_labels, logits_of, meta_step,
                                              outer_loss, trainable_params, weighted_lm_loss)
 from raysel.methods.camels.baselines import (TfidfScorer, apply_min_threshold, char_scores_weights, load_spacy,
@@ -335,6 +335,7 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
                                         inner_lr=params.inner_lr, sequential=params.sequential_update,
                                         c_kl=params.c_kl, c_norm=params.c_norm, norm_p=params.norm_p,
                                         scale=1.0 / params.grad_acc_steps)
+            check_finite(losses["loss"], step, "outer loss")
             for k, v in losses.items():
                 parts.setdefault(k, []).append(v)
             docs_seen += len(documents["input_ids"])
@@ -448,12 +449,13 @@ def adapt(model: torch.nn.Module, tokenizer, stream: list[dict], weigh: Callable
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     model.train()
     losses = []
-    for doc in stream:
+    for step, doc in enumerate(stream, 1):
         batch = encode_documents(tokenizer, [doc["text"]], params.max_doc_tokens)
         with torch.no_grad():
             weights = weigh(doc["text"], batch).to(device)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         loss = weighted_lm_loss(model(input_ids=ids, attention_mask=mask).logits, lm_labels(ids, mask), weights)
+        check_finite(float(loss.detach()), step, "adaptation loss")
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A two-node Ray cluster on this one machine (a head and a worker node, each its own raylet), for
+# trying the cluster path locally: launch/submit.sh, trials placed on both nodes, a node killed.
+#   launch/local-cluster.sh start      # head at 127.0.0.1:$RAY_HEAD_PORT, dashboard/jobs at :$RAY_DASHBOARD_PORT
+#   RAY_ADDRESS=http://127.0.0.1:8265 launch/submit.sh tune_configs/quickstart.yaml
+#   launch/local-cluster.sh stop
+# Token authentication stays on (RAY_AUTH_MODE=token): the token is ~/.ray/auth_token (made once with
+# `ray get-auth-token --generate`), which `ray job submit` and `ray status` read. Everything binds to
+# 127.0.0.1. Each node gets a custom resource (node:head / node:worker counts) so that tests can see
+# where trials ran.
+set -euo pipefail
+head_port="${RAY_HEAD_PORT:-6390}"
+dashboard_port="${RAY_DASHBOARD_PORT:-8265}"
+head_cpus="${HEAD_CPUS:-1}"
+worker_cpus="${WORKER_CPUS:-1}"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+
+case "${1:-start}" in
+  start)
+    if [[ "$RAY_AUTH_MODE" == "token" && -z "${RAY_AUTH_TOKEN:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
+      ray get-auth-token --generate > /dev/null
+    fi
+    ray start --head --node-ip-address 127.0.0.1 --port "$head_port" --num-cpus "$head_cpus" \
+      --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
+      --resources '{"raysel_head_node": 1}' --disable-usage-stats
+    ray start --address "127.0.0.1:$head_port" --node-ip-address 127.0.0.1 --num-cpus "$worker_cpus" \
+      --resources '{"raysel_worker_node": 1}' --disable-usage-stats
+    echo "cluster up: RAY_ADDRESS=127.0.0.1:$head_port (drivers), http://127.0.0.1:$dashboard_port (jobs, dashboard)"
+    ;;
+  stop)
+    ray stop --force
+    ;;
+  *)
+    echo "usage: launch/local-cluster.sh start|stop" >&2
+    exit 2
+    ;;
+esac
