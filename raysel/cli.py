@@ -164,8 +164,11 @@ def _print_result(result, metrics: list[str]) -> None:
         console.print(f"report: {result.report.files[0]} ({shown}); re-slice it with `raysel report "
                       f"{result.storage_path} --step S --arms A,B`")
     if result.parent_run_id:
-        console.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}\n"
-                      f"  open the UI with: mlflow ui --backend-store-uri {result.tracking_uri}")
+        from raysel.tracking import redact_uri
+
+        uri = redact_uri(result.tracking_uri)
+        console.print(f"MLflow: parent run {result.parent_run_id} in {uri}\n"
+                      f"  open the UI with: mlflow ui --backend-store-uri {uri}")
 
 
 def _print_table(title: str, frame, columns: list[str]) -> None:

@@ -32,7 +32,10 @@ class SpecError(ValueError):
     def __init__(self, problems: list[str], source: str | None = None):
         self.problems = problems
         head = f"invalid sweep spec{f' {source}' if source else ''}"
-        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"{head}: {problems[0]}")
+        else:
+            super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def seed_list(seeds: "str | list[int]") -> list[int]:
@@ -282,7 +285,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise SpecError([f"not valid YAML: {err}"], str(path)) from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise SpecError([f"not valid YAML{where}: {what}"], str(path)) from None
     if not isinstance(raw, dict):
         raise SpecError(["the file must hold a mapping of spec fields (name, method, protocol, ...)"], str(path))
     # top-level `x-...` keys hold YAML anchors shared by several arms (as in docker-compose): not fields
@@ -352,6 +358,9 @@ def _format_pydantic_error(error: dict[str, Any]) -> str:
                 f"allowed: {', '.join(DISTRIBUTIONS)}")
     if kind == "missing":
         return f"{loc}: required field is missing"
+    msg = msg.removeprefix("Value error, ")
+    if isinstance(error.get("input"), dict):  # a check across several fields: the whole section adds nothing
+        return f"{loc}: {msg}"
     return f"{loc}: {msg} (got {error.get('input')!r})"
 
 
@@ -425,7 +434,9 @@ def arm_waves(arms: list[ArmSpec]) -> list[list[ArmSpec]]:
 
 def _check_raw_arms(raw: dict[str, Any]) -> list[str]:
     """Method-level checks of the arms that parse, so that one run reports every problem."""
-    protocol = raw.get("protocol") if isinstance(raw.get("protocol"), dict) else {}
+    protocol = raw.get("protocol") if isinstance(raw.get("protocol"), dict) else None
+    if protocol is None:  # reported as missing already; checks that depend on its kind would only add noise
+        protocol = {"kind": None}
     kind = protocol.get("kind", "search")
     grid = protocol.get("searcher") == "grid"
     if isinstance(raw.get("arms"), list) and raw["arms"]:

@@ -30,7 +30,8 @@ from raysel.methods import get_method
 from raysel.report.sources import FRESH_KEY, STATE_FILE
 from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform, arm_waves,
                          grid_values, is_distribution, load_spec, parse_overrides)
-from raysel.tracking import TrackingInfo, end_run, ensure_experiment, log_artifacts, resolve_uri, start_parent_run
+from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, resolve_uri,
+                             start_parent_run)
 from raysel.trial import TrialSettings, make_trainable
 
 if TYPE_CHECKING:
@@ -201,6 +202,30 @@ def preflight(spec: SweepSpec) -> None:
             check(method.Params.model_validate(arm.params), arm.model, arm.data, spec.arm_seeds(arm))
 
 
+def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
+    """Before Ray starts: the tracking store and the Ray cluster the spec names can be reached
+    (SpecError naming the field otherwise, instead of minutes of retries and a traceback)."""
+    problems = []
+    if spec.tracking.enabled:
+        why = check_reachable(resolve_uri(spec.tracking.uri), timeout_s)
+        if why:
+            problems.append(f"tracking.uri: {why}")
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    if address and address not in ("auto", "local") and not address.startswith(("http://", "https://")):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except (OSError, ValueError) as err:
+            source = "ray.address" if spec.ray.address else "RAY_ADDRESS"
+            problems.append(f"{source}: no Ray cluster answers at {address!r} ({type(err).__name__}: {err}); "
+                            "give HOST:PORT of a running head (ray start --head), ray://HOST:PORT, or leave it "
+                            "unset for a local Ray")
+    if problems:
+        raise SpecError(problems)
+
+
 def _init_ray(spec: SweepSpec) -> bool:
     """Join the spec's (or RAY_ADDRESS's) cluster, or start a local one. True if we started it."""
     import ray
@@ -275,6 +300,7 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
         raise SpecError([f"storage_path: {sweep_dir} already holds a sweep named {spec.name!r}; "
                          "continue it with --resume, or choose another name (--set name=...) or storage_path"])
     preflight(spec)
+    check_services(spec)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # not every step reports every metric
     started_ray = _init_ray(spec)
     try:

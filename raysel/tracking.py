@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,15 @@ def redact(flat: Mapping[str, Any]) -> dict[str, Any]:
         if SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, ""):
             out[key] = REDACTED
         elif isinstance(value, str):
-            out[key] = URI_PASSWORD.sub(rf"\1{REDACTED}@", value)
+            out[key] = redact_uri(value)
         else:
             out[key] = value
     return out
+
+
+def redact_uri(uri: str) -> str:
+    """A URI without the password of its ``user:password@`` part (for anything shown or logged)."""
+    return URI_PASSWORD.sub(rf"\1{REDACTED}@", uri)
 
 
 def loggable_params(tree: Mapping[str, Any]) -> dict[str, str]:
@@ -70,6 +76,26 @@ def _client(uri: str):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the tracking store at ``uri`` cannot be used, or None: an http(s) server must answer its
+    ``/health`` (the MLflow client would otherwise retry for minutes); a sqlite file's folder must exist."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as err:
+            return (f"no MLflow server answers at {redact_uri(uri)} ({type(err).__name__}); start one "
+                    "(launch/mlflow-server.sh) or use a local store such as sqlite:///mlflow.db")
+        if response.status_code >= 400:
+            return f"{redact_uri(uri)}/health answered HTTP {response.status_code}: is this an MLflow server?"
+    elif uri.startswith("sqlite:///"):
+        folder = Path(resolve_uri(uri)[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            return f"the folder of the SQLite store {uri!r} does not exist ({folder})"
+    return None
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -102,10 +128,27 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+TEXT_SUFFIXES = (".json", ".md", ".csv", ".txt", ".yaml", ".yml", ".log")
+
+
 def log_artifacts(uri: str, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
     client = _client(uri)
     for path in paths:
-        client.log_artifact(run_id, str(path), artifact_path)
+        _log_redacted(client, run_id, Path(path), artifact_path)
+
+
+def _log_redacted(client, run_id: str, path: Path, artifact_path: str | None) -> None:
+    """Log ``path``; a text file that holds a URI with a password (e.g. the spec's tracking.uri in
+    sweep.json or report.md) is logged as a copy without it, under the same name."""
+    if path.suffix in TEXT_SUFFIXES and path.is_file():
+        text = path.read_text(errors="replace")
+        if redact_uri(text) != text:
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp) / path.name
+                copy.write_text(redact_uri(text))
+                client.log_artifact(run_id, str(copy), artifact_path)
+            return
+    client.log_artifact(run_id, str(path), artifact_path)
 
 
 def log_summary_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
@@ -177,7 +220,7 @@ class TrialLogger:
             self.client.set_tag(self.run_id, key, str(value))
 
     def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        _log_redacted(self.client, self.run_id, Path(path), artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -219,8 +219,11 @@ def _run_name(variant: dict[str, Any], seed: int, trial_id: str) -> str:
 
 
 def _tags(variant: dict[str, Any], seed: int, settings: TrialSettings) -> dict[str, str]:
+    import ray
+
     return {"raysel.method": variant["method"], "raysel.arm": variant["arm"], "raysel.seed": str(seed),
-            "raysel.stage": variant.get("stage", ""), "raysel.protocol": settings.protocol}
+            "raysel.stage": variant.get("stage", ""), "raysel.protocol": settings.protocol,
+            "raysel.node_id": ray.get_runtime_context().get_node_id()}  # where the trial ran, on a cluster
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:

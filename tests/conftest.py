@@ -8,7 +8,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+
 import pytest  # noqa: E402
+from mlflow_helpers import Server, free_port, mlflow_command  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +53,38 @@ def tiny_lm_spec(tmp_path, **sections) -> dict:
         else:
             spec[key] = value
     return spec
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1:<free port>, started but not yet waited for (the test
+    calls ``wait_healthy()`` after the other fixtures, so the server's ~30 s start-up overlaps them)."""
+    port = free_port()
+    root = tmp_path / "mlflow-server"
+    root.mkdir()
+    log_path = root / "server.log"
+    command = mlflow_command() + [
+        "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+    ]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "true"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        yield server
+    finally:
+        # uvicorn's worker is a child of the CLI process: stop the whole process group we started
+        for signal_number, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, signal_number)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue

@@ -6,128 +6,13 @@ global steps.
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
-import requests
 
 import raysel
+from mlflow_helpers import Rest
 
-SERVER_START_TIMEOUT_S = float(os.environ.get("RAYSEL_TEST_MLFLOW_START_TIMEOUT", "90"))
 SEEDS = [0, 1]
 PARAMS = {"max_steps": 6, "eval_every": 3, "context_len": 32, "batch_size": 8, "eval_examples": 32}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _mlflow_command() -> list[str]:
-    binary = Path(sys.executable).with_name("mlflow")
-    return [str(binary)] if binary.exists() else [sys.executable, "-m", "mlflow"]
-
-
-def _log_tail(log_path: Path, chars: int = 6000) -> str:
-    text = log_path.read_text(errors="replace") if log_path.exists() else "(no log)"
-    return text[-chars:]
-
-
-class Server:
-    def __init__(self, url: str, process: subprocess.Popen, log_path: Path):
-        self.url, self.process, self.log_path = url, process, log_path
-
-    def wait_healthy(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> str:
-        """Block until ``/health`` answers 200; fail with the server's log otherwise."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {self.process.returncode} before answering /health:\n"
-                            f"{_log_tail(self.log_path)}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self.url
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer {self.url}/health within {timeout_s:.0f} s:\n"
-                            f"{_log_tail(self.log_path)}")
-            time.sleep(0.5)
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real ``mlflow server`` on 127.0.0.1:<free port>, started but not yet waited for (the test
-    calls ``wait_healthy()`` after the other fixtures, so the server's ~30 s start-up overlaps them)."""
-    port = _free_port()
-    root = tmp_path / "mlflow-server"
-    root.mkdir()
-    log_path = root / "server.log"
-    command = _mlflow_command() + [
-        "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-    ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        yield server
-    finally:
-        # uvicorn's worker is a child of the CLI process: stop the whole process group we started
-        for signal_number, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, signal_number)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-
-
-class Rest:
-    """The few MLflow REST calls the test needs (no mlflow client: only what the server answers)."""
-
-    def __init__(self, url: str):
-        self.api = f"{url}/api/2.0/mlflow"
-
-    def _check(self, response: requests.Response) -> dict:
-        assert response.status_code == 200, f"{response.request.method} {response.url}: {response.status_code} {response.text[:500]}"
-        return response.json()
-
-    def experiment_by_name(self, name: str) -> dict:
-        # GET in the REST API (a POST answers 405 Method Not Allowed)
-        return self._check(requests.get(f"{self.api}/experiments/get-by-name",
-                                        params={"experiment_name": name}, timeout=30))["experiment"]
-
-    def search_runs(self, experiment_id: str, filter_string: str = "") -> list[dict]:
-        runs, token = [], None
-        while True:
-            body = {"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 1000}
-            if token:
-                body["page_token"] = token
-            page = self._check(requests.post(f"{self.api}/runs/search", json=body, timeout=30))
-            runs += page.get("runs", [])
-            token = page.get("next_page_token")
-            if not token:
-                return runs
-
-    def metric_history(self, run_id: str, key: str) -> list[dict]:
-        return self._check(requests.get(f"{self.api}/metrics/get-history",
-                                        params={"run_id": run_id, "metric_key": key, "max_results": 25000},
-                                        timeout=30)).get("metrics", [])
 
 
 def _kv(entries: list[dict] | None) -> dict[str, str]:
@@ -213,3 +98,27 @@ def test_sweep_logs_parent_and_child_runs_to_mlflow_server(mlflow_server, ray_se
     assert again.loc["standard", "mean"] == pytest.approx(sum(final) / len(final))
     by_name = report.load("server-sweep", tracking_uri=url)  # the experiment's newest sweep
     assert set(by_name["run_id"]) == {c["info"]["run_id"] for c in children}
+
+
+def test_planted_secrets_never_reach_the_tracking_store(mlflow_server, ray_session, tmp_path, monkeypatch):
+    """A password in the tracking URI (user:password@host) and tokens in the environment: after a sweep
+    and its report, neither appears anywhere in the server's database or artifact files."""
+    url = mlflow_server.wait_healthy()
+    password, token = "planted-password-4f1c", "hf_planted_token_9a2e"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    secret_url = url.replace("http://", f"http://raysel:{password}@")
+    spec = {"name": "secret-sweep", "method": "standard", "model": {"name": "tiny-gpt2-random"},
+            "data": {"name": "pydocs"}, "params": dict(PARAMS),
+            "protocol": {"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"},
+            "tracking": {"uri": secret_url}, "storage_path": str(tmp_path / "results")}
+    result = raysel.run_sweep(spec, progress=False)
+    assert result.num_errors == 0
+    runs = Rest(url).search_runs(Rest(url).experiment_by_name("secret-sweep")["experiment_id"])
+    assert len(runs) == 2  # the parent and the trial: the store was written to
+    store = mlflow_server.log_path.parent
+    files = [p for p in store.rglob("*") if p.is_file() and p.name != "server.log"]
+    assert any(p.name == "sweep.json" for p in files) and any(p.name == "report.md" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert password.encode() not in data and token.encode() not in data, f"secret found in {path}"

@@ -45,8 +45,15 @@ def _cap(items: list, data) -> list:
     return items[:data.max_examples] if data.max_examples else items
 
 
+def _check_local_path(name: str) -> None:
+    """A name written as a path (/…, ./…, ~/…) must exist: it is not a hub dataset either."""
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise DataError(f"data.name {name!r} does not exist (a path; built-ins: {', '.join(BUILTIN_DATA)})")
+
+
 def lm_splits(data) -> dict[str, list[str]]:
     """Texts per split for causal-LM fine-tuning: {"train", "dev", "test"} → list of articles."""
+    _check_local_path(data.name)
     if data.name in ("pydocs", "pydocs-mixed"):
         train = load_mixed_pool() if data.name == "pydocs-mixed" else load_pydocs("finetune")
         return {"train": _cap([a.text for a in train], data), "dev": [a.text for a in load_pydocs("objective")],
@@ -111,6 +118,7 @@ def select_labels(splits: LabeledSplits, names: list[str]) -> LabeledSplits:
 
 
 def _classification_splits(data, seed: int) -> LabeledSplits:
+    _check_local_path(data.name)
     if data.name == "pydocs-topics":
         train, dev = load_topics("train"), load_topics("dev")
         if data.k:
@@ -153,6 +161,7 @@ def qa_splits(data) -> dict[str, list[dict]]:
     CSVs (one row per question: text, question, answers) train.csv, val.csv, test.csv and optionally
     qa_train.csv (without it QA pre-tuning uses train.csv, as the reference does). ``max_examples``
     caps the train documents."""
+    _check_local_path(data.name)
     if data.name == "synthetic-facts":
         docs = generate_facts(sum(FACTS_SPLIT_SIZES.values()), seed=0)
         splits, start = {}, 0

@@ -18,6 +18,7 @@ import pandas as pd
 from raysel.report import stats
 from raysel.report.sources import ReportError, SweepRecord, load_frame, metric_columns, resolve
 from raysel.spec import ProtocolSpec, SweepSpec
+from raysel.tracking import redact_uri
 
 DEFAULT_OUT = Path("raysel_reports")  # where reports of sweeps without a local storage directory go
 
@@ -152,7 +153,7 @@ def _check_options(frame: pd.DataFrame, metric: str, step: int | None, requested
 
 
 def _notes(report: Report, record: SweepRecord) -> list[str]:
-    notes = [f"source: {'MLflow ' + str(record.tracking_uri) if report.source == 'mlflow' else 'Ray Tune result files'}"
+    notes = [f"source: {'MLflow ' + redact_uri(str(record.tracking_uri)) if report.source == 'mlflow' else 'Ray Tune result files'}"
              f" ({report.frame['trial_id'].nunique()} trials)"]
     trials = stats.per_trial(report.frame)
     failed = trials[trials["status"] == "FAILED"] if "status" in trials else trials.iloc[0:0]

@@ -42,10 +42,12 @@ def test_k_shot_directories_follow_the_protocol_seed(tmp_path):
 def test_builtin_k_shot_and_wrong_kinds():
     data = classification_splits(DataSpec(name="pydocs-topics", k=8), seed=100)
     assert len(data.train) == len(data.dev) == 8 * 5 and len(data.labels) == 5
-    with pytest.raises(DataError, match="classification task"):
+    with pytest.raises(DataError, match=r"'pydocs-topics' is not an LM corpus \(classification: "):
         lm_splits(DataSpec(name="pydocs-topics"))
-    with pytest.raises(DataError, match="LM corpus"):
+    with pytest.raises(DataError, match=r"'pydocs' is not a classification task \(LM corpus: "):
         classification_splits(DataSpec(name="pydocs"), seed=0)
+    with pytest.raises(DataError, match=r"'synthetic-facts' is not an LM corpus \(QA: "):
+        lm_splits(DataSpec(name="synthetic-facts"))
 
 
 def test_wikitext_lines_are_regrouped_into_articles():

@@ -34,7 +34,7 @@ from raysel.data.batches import TokenWindows
 from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits, qa_splits
 from raysel.methods.base import MethodParams, RunContext, check_finite, shared_dir_of
-from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, lm_labels, logits_of, meta_step,
+from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, lm_labels, meta_step,
                                              outer_loss, trainable_params, weighted_lm_loss)
 from raysel.methods.camels.baselines import (TfidfScorer, apply_min_threshold, char_scores_weights, load_spacy,
                                              rule_based_spans, spacy_spans, span_weights)

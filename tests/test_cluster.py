@@ -1,0 +1,62 @@
+"""The cluster path on one machine: launch/local-cluster.sh starts a head and a second worker node
+(`ray start`, token authentication on), launch/submit.sh submits a sweep as a Ray job, and the trials
+run on both nodes and log to a real MLflow server (launch/mlflow-server.sh's set-up).
+
+Slow (about 2 minutes) and it ends with `ray stop --force`, which stops every Ray on the machine: it
+runs with the slow tests, in their own pytest process."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow_helpers import Rest, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """The two-node cluster of launch/local-cluster.sh, on free ports; stopped afterwards."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "RAY_HEAD_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(free_port())}
+    started = subprocess.run(["bash", str(ROOT / "launch" / "local-cluster.sh"), "start"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield env
+    finally:
+        subprocess.run(["bash", str(ROOT / "launch" / "local-cluster.sh"), "stop"], env=env, cwd=ROOT,
+                       capture_output=True, timeout=120)
+
+
+def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_to_mlflow(tmp_path, local_cluster,
+                                                                               mlflow_server):
+    url = mlflow_server.wait_healthy()
+    spec = tmp_path / "cluster-sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "cluster-sweep", "method": "standard", "model": {"name": "tiny-gpt2-random"},
+        "data": {"name": "pydocs"},
+        "params": {"max_steps": 6, "eval_every": 3, "context_len": 32, "batch_size": 8, "eval_examples": 32},
+        "protocol": {"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
+        "resources": {"max_concurrent_trials": 2},
+        "storage_path": str(tmp_path / "results")}))
+    env = {**local_cluster, "RAY_ADDRESS": f"http://127.0.0.1:{local_cluster['RAY_DASHBOARD_PORT']}",
+           "MLFLOW_TRACKING_URI": url, "HF_HUB_OFFLINE": "1"}
+    job = subprocess.run(["bash", str(ROOT / "launch" / "submit.sh"), str(spec)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
+    assert "succeeded" in job.stdout.lower(), job.stdout[-3000:]
+
+    rest = Rest(url)
+    runs = rest.search_runs(rest.experiment_by_name("cluster-sweep")["experiment_id"])
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    trials = [t for t in tags if t.get("raysel.role") == "trial"]
+    assert len(trials) == 4 and len([t for t in tags if t.get("raysel.role") == "sweep"]) == 1
+    assert sorted(int(t["raysel.seed"]) for t in trials) == [0, 1, 2, 3]
+    assert all(r["info"]["status"] == "FINISHED" for r in runs)
+    assert len({t["raysel.node_id"] for t in trials}) == 2  # both nodes ran trials
