@@ -180,6 +180,8 @@ class RaySpec(_Strict):
     address: str | None = None  # None: RAY_ADDRESS or a local Ray started for the sweep
     num_cpus: int | None = Field(None, gt=0)  # local Ray only
     object_store_memory: int | None = Field(None, gt=0)  # bytes, local Ray only
+    dashboard: bool = False  # local Ray: start the dashboard (127.0.0.1:8265) even for in-process trials
+    metrics_export_port: int | None = Field(None, gt=0, lt=65536)  # local Ray's Prometheus endpoint (None: any)
 
 
 class ReportSpec(_Strict):

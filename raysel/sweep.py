@@ -236,7 +236,8 @@ def _init_ray(spec: SweepSpec) -> bool:
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
     if not address:
         kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
-                      include_dashboard=spec.resources.workers > 0)
+                      include_dashboard=spec.resources.workers > 0 or spec.ray.dashboard,
+                      _metrics_export_port=spec.ray.metrics_export_port)
     ray.init(**kwargs)
     return True
 
@@ -315,6 +316,7 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
 def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | None, resume: bool,
                 progress: bool) -> SweepResult:
     from raysel.progress import SweepProgress
+    from raysel.telemetry import SweepMetrics
 
     tracking, parent = _open_tracking(spec, state)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -328,12 +330,13 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                              gpus_per_worker=spec.resources.gpus_per_worker,
                              max_failures=spec.resources.max_failures, storage_path=str(sweep_dir))
     frames, best = [], {}
+    metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
 
     def run_phase(phase: Phase) -> None:
         reporter = SweepProgress(spec.name, phase.label, phase.num_trials, spec.protocol.metric, spec.protocol.mode,
                                  tracking_uri=tracking.uri if tracking else None, enabled=progress)
         with reporter:
-            grid = _tuner(spec, phase, settings, storage, [reporter], resume).fit()
+            grid = _tuner(spec, phase, settings, storage, [reporter, metrics], resume).fit()
         ended = grid.num_terminated + grid.num_errors
         if ended < phase.num_trials:  # Tune returns normally when interrupted: later phases must not start
             raise SweepInterrupted(f"sweep {spec.name!r} was interrupted in phase {phase.label} ({ended} of "

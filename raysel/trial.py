@@ -69,12 +69,15 @@ class _Run:
         self._last: tuple[int, dict[str, float]] = (0, {})
         self._latest: dict[str, float] = {}
         self._logged_up_to = _last_logged_step(logger)
+        self.telemetry: Any = None  # raysel.telemetry.TrialMetrics in a scheduled trial (rank 0)
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         self._pending_state = state
 
     def report(self, step: int, **metrics: float) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
+        if self.telemetry is not None:
+            self.telemetry.record(step, metrics)
         if step > self._logged_up_to:  # a restarted trial does not log its replayed steps twice
             self._logger.log_metrics(step, metrics)
         self._last = (step, metrics)
@@ -248,6 +251,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                           model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
                           artifact_dir=artifact_dir, logger=logger)
             run.set_tags(**{"raysel.world_size": "1", "raysel.device": str(run.device)})
+            run.telemetry = _trial_metrics(settings, variant, trial_id)
             run.finish(method.train_loop(params, run))
         else:
             _fit_with_ray_train(variant, seed, settings, trial_id, logger.run_id, artifact_dir)
@@ -263,6 +267,12 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         logger.finish("FAILED")
         raise
     logger.finish("FINISHED")
+
+
+def _trial_metrics(settings: TrialSettings, variant: dict[str, Any], trial_id: str):
+    from raysel.telemetry import TrialMetrics
+
+    return TrialMetrics(sweep=Path(settings.storage_path).name, arm=variant["arm"], trial_id=trial_id)
 
 
 def failure_reason(error: BaseException) -> str:
@@ -323,6 +333,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
                    model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
                    artifact_dir=Path(config["artifact_dir"]), logger=logger)
     run.set_tags(**{"raysel.world_size": str(world_size), "raysel.device": str(run.device)})
+    if rank == 0:
+        run.telemetry = _trial_metrics(settings, variant, Path(config["artifact_dir"]).name)
     run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
 
 

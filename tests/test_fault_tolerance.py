@@ -78,7 +78,11 @@ except SweepInterrupted:
 """
 
 
-def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec, ray_session):
+@pytest.mark.parametrize("stop, exit_code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
+                         ids=["ctrl-c", "driver-killed"])
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec, ray_session, stop, exit_code):
+    """Ctrl-C, or the driver SIGKILLed mid-trial (no chance to save anything): `--resume` finishes the
+    sweep, finished trials are not run again, and MLflow has exactly one run per trial, all FINISHED."""
     address = ray_session.get_runtime_context().gcs_address
     spec = lm_spec(name="resume", params={"max_steps": 20, "eval_every": 10},
                    protocol={"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
@@ -91,9 +95,10 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec,
             assert driver.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.5)
         assert _finished_trials(sweep_dir) >= 2
-        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C does
-        # Tune returns normally when interrupted; raysel must notice (or it would start the next phase)
-        assert driver.wait(timeout=120) == 130
+        # SIGINT is what Ctrl-C does: Tune returns normally, and raysel must notice (or it would start
+        # the next phase); SIGKILL ends the driver at once, in the middle of the next trial
+        os.killpg(driver.pid, stop)
+        assert driver.wait(timeout=120) == exit_code
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)

@@ -1,0 +1,60 @@
+"""raysel's metrics on Ray's Prometheus endpoint: a sweep with an IGF arm and a kernel arm runs in its
+own local Ray (a subprocess, metrics reported every second) while the test scrapes the endpoint;
+every metric that dashboards/raysel-grafana.json queries must show up, with the sweep's tag."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from mlflow_helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+IGF = {"context_len": 16, "size_objective_set": 8, "min_len": 64, "ig_contexts": 48, "ig_chunk_size": 16,
+       "secondary_learner_max_epochs": 3, "learner_lr": 1e-3, "eval_examples": 16, "max_batches": 6,
+       "batch_size": 4, "eval_every": 2, "switch_step": 2, "threshold_units": "learner", "lr": 1e-3,
+       "threshold_mode": "constant"}
+KERNEL = {"label_words": ["string", "data", "time", "file", "number"], "max_length": 48}
+DRIVER = "import raysel, sys; sys.exit(1 if raysel.run_sweep({spec!r}, progress=False).num_errors else 0)"
+
+
+def dashboard_metrics() -> set[str]:
+    dashboard = json.loads((ROOT / "dashboards" / "raysel-grafana.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return {name for e in exprs for name in re.findall(r"\bray_raysel_\w+", e)}
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoint(tmp_path):
+    port = free_port()
+    spec = {"name": "telemetry", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+            "arms": [{"name": "igf", "method": "igf", "params": IGF},
+                     {"name": "kernel", "method": "kernel", "params": KERNEL, "model": {"name": "tiny-bert"},
+                      "data": {"name": "pydocs-topics", "k": 4}}],
+            "protocol": {"kind": "seeds", "seeds": [13], "metric": "test_perplexity", "mode": "min"},
+            "resources": {"max_concurrent_trials": 2}, "ray": {"num_cpus": 2, "metrics_export_port": port},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}  # reports every second, not every 10
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec)], env=env, cwd=tmp_path)
+    seen: dict[str, set[str]] = {}  # metric → the sweep tags it carried
+    try:
+        while driver.poll() is None:
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except requests.RequestException:
+                text = ""  # the endpoint is not up yet
+            for name, labels in re.findall(r"^(ray_raysel_\w+)\{([^}]*)\}", text, flags=re.M):
+                seen.setdefault(name, set()).update(re.findall(r'sweep="([^"]*)"', labels))
+            time.sleep(0.5)
+        assert driver.wait(timeout=600) == 0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    wanted = dashboard_metrics()
+    assert len(wanted) == 7
+    assert wanted <= set(seen), f"missing on the endpoint: {sorted(wanted - set(seen))}"
+    assert all(seen[name] == {"telemetry"} for name in wanted)
