@@ -13,6 +13,7 @@ if [[ $# -lt 1 ]]; then
   exit 2
 fi
 address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"  # the client sends the token only in token mode
 spec="$1"
 shift
 tracking=()

@@ -302,10 +302,18 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
                          "continue it with --resume, or choose another name (--set name=...) or storage_path"])
     preflight(spec)
     check_services(spec)
+    # what depends on the working directory is fixed now (paths made absolute, the directory noted)
+    working_dir = os.getcwd()
+    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": resolve_uri(spec.tracking.uri)})})
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # not every step reports every metric
+    if "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
+        # a `ray job submit --working-dir` driver: ray.init() may delete and re-extract the job's directory
+        # under our feet (its first use on a node), so the driver waits outside it; trials still start there
+        storage.mkdir(parents=True, exist_ok=True)
+        os.chdir(storage)
     started_ray = _init_ray(spec)
     try:
-        return _run_phases(spec, storage, sweep_dir, state, resume, progress)
+        return _run_phases(spec, storage, sweep_dir, state, resume, progress, working_dir)
     finally:
         if started_ray:
             import ray
@@ -314,7 +322,7 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
 
 
 def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | None, resume: bool,
-                progress: bool) -> SweepResult:
+                progress: bool, working_dir: str) -> SweepResult:
     from raysel.progress import SweepProgress
     from raysel.telemetry import SweepMetrics
 
@@ -328,7 +336,8 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
-                             max_failures=spec.resources.max_failures, storage_path=str(sweep_dir))
+                             max_failures=spec.resources.max_failures, storage_path=str(sweep_dir),
+                             working_dir=working_dir)
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
 
