@@ -60,3 +60,62 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_to_mlflow(tm
     assert sorted(int(t["raysel.seed"]) for t in trials) == [0, 1, 2, 3]
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     assert len({t["raysel.node_id"] for t in trials}) == 2  # both nodes ran trials
+
+
+def _worker_node_raylet() -> int | None:
+    """The PID of the worker node's raylet (started with the raysel_worker_node resource)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "/raylet" in cmdline.split(" ")[0] and "raysel_worker_node" in cmdline:
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_worker_node_restarts_its_trial_from_its_checkpoint(tmp_path, local_cluster, mlflow_server):
+    """The worker node dies (its raylet SIGKILLed, its trial process with it) while both nodes run a trial:
+    the trial restarts from its last checkpoint on the head, the job succeeds, and MLflow has one run per
+    trial whose metrics continue (every step logged once)."""
+    import signal
+    import time
+
+    url = mlflow_server.wait_healthy()
+    spec = tmp_path / "node-kill.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "node-kill", "method": "standard", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+        "params": {"max_steps": 60, "eval_every": 10, "context_len": 32, "batch_size": 8, "eval_examples": 32},
+        "protocol": {"kind": "seeds", "seeds": [0, 1], "metric": "test_perplexity", "mode": "min"},
+        "resources": {"max_concurrent_trials": 2, "max_failures": 2},
+        "storage_path": str(tmp_path / "results")}))
+    env = {**local_cluster, "RAY_ADDRESS": f"http://127.0.0.1:{local_cluster['RAY_DASHBOARD_PORT']}",
+           "MLFLOW_TRACKING_URI": url, "HF_HUB_OFFLINE": "1"}
+    job = subprocess.Popen(["bash", str(ROOT / "launch" / "submit.sh"), str(spec)], env=env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    deadline = time.time() + 300
+    while time.time() < deadline and job.poll() is None:
+        trials = list((tmp_path / "results" / "node-kill").glob("*/trial_*"))
+        if len(trials) == 2 and all(list(t.glob("checkpoint_*")) for t in trials):
+            killed = _worker_node_raylet()
+            assert killed is not None
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.5)
+    output, _ = job.communicate(timeout=600)
+    assert killed, "the trials finished before a node could be killed:\n" + output[-3000:]
+    assert job.returncode == 0, output[-6000:]
+
+    rest = Rest(url)
+    runs = rest.search_runs(rest.experiment_by_name("node-kill")["experiment_id"])
+    trials = [r for r in runs if {t["key"]: t["value"] for t in r["data"]["tags"]}.get("raysel.role") == "trial"]
+    assert len(trials) == 2 and all(r["info"]["status"] == "FINISHED" for r in trials)
+    restored = [r for r in trials if any(t["key"] == "raysel.restored_from_step" for t in r["data"]["tags"])]
+    assert len(restored) == 1  # the trial of the dead node, resumed from a checkpoint (not from step 0)
+    assert int({t["key"]: t["value"] for t in restored[0]["data"]["tags"]}["raysel.restored_from_step"]) >= 10
+    for run in trials:
+        steps = [m["step"] for m in rest.metric_history(run["info"]["run_id"], "train_loss")]
+        assert sorted(steps) == list(range(1, 61))  # continued, not logged twice
