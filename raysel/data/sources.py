@@ -126,7 +126,8 @@ def _classification_splits(data, seed: int) -> LabeledSplits:
         return LabeledSplits(_cap(train, data), dev, load_topics("test"), TOPIC_LABELS)
     if data.name in BUILTIN_DATA:
         raise DataError(f"data.name {data.name!r} is not a classification task ({BUILTIN_DATA[data.name]}); it "
-                        "needs pydocs-topics, an LM-BFF directory, a labelled jsonl file or an HF dataset with label_field")
+                        "needs pydocs-topics, an LM-BFF directory, a labelled jsonl file or an HF dataset with "
+                        "label_field")
     path = Path(data.name)
     if path.is_dir():
         task_dir = path / f"{data.k}-{seed}" if data.k else path

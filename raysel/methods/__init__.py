@@ -32,4 +32,5 @@ def get_method(name: str) -> Method:
     return getattr(importlib.import_module(module_name), class_name)()
 
 
-__all__ = ["Method", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite", "get_method", "method_names", "UnknownMethodError"]
+__all__ = ["Method", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite", "get_method", "method_names",
+           "UnknownMethodError"]

@@ -46,7 +46,6 @@ from raysel.models import check_model, load_model
 from raysel.spec import DataSpec, ModelSpec
 
 QA_MODEL, WEIGHT_MODEL = "qa-model", "weight-model.pt"
-WEIGHTINGS = ("uniform", "ssm", "tfidf", "camels")
 
 
 class CamelsParams(MethodParams):
@@ -64,7 +63,7 @@ class CamelsParams(MethodParams):
     qa_select: Literal["nll", "f1"] = "nll"  # the reference keeps the lowest NLL for small models
     qa_eval_questions: int = Field(256, gt=0)
     # meta_train
-    weight_encoder: str | None = None  # the weight model's encoder (default: the spec's model); same tokenizer as the base
+    weight_encoder: str | None = None  # weight model's encoder (default: the spec's model), the base's tokenizer
     update_batch_size: int = Field(6, gt=0)
     sequential_update: bool = True  # one SGD step per document (a tape of update_batch_size steps)
     inner_lr: float = Field(5e-4, gt=0)
@@ -330,7 +329,8 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
         parts: dict[str, list[float]] = {}
         for micro in range(params.grad_acc_steps):
             generator = torch.Generator().manual_seed((run.seed * 1_000_003 + step) * 101 + micro)
-            documents, questions, unrelated = _meta_batch(splits["train"], tokenizer, locality, params, generator, device)
+            documents, questions, unrelated = _meta_batch(splits["train"], tokenizer, locality, params, generator,
+                                                          device)
             current, losses = meta_step(base, weight_model, current, documents, questions, unrelated,
                                         inner_lr=params.inner_lr, sequential=params.sequential_update,
                                         c_kl=params.c_kl, c_norm=params.c_norm, norm_p=params.norm_p,
@@ -505,7 +505,8 @@ def light_tune(model: torch.nn.Module, tokenizer, documents: list[dict], params:
     optimizer = torch.optim.Adam(model.parameters(), lr=params.qa_lt_lr)
 
     def f1() -> float:
-        predictions = generate_answers(model, tokenizer, [q for q, _ in held_out], max_new_tokens=params.max_answer_tokens)
+        predictions = generate_answers(model, tokenizer, [q for q, _ in held_out],
+                                       max_new_tokens=params.max_answer_tokens)
         return score_answers(predictions, [a for _, a in held_out])["f1"]
 
     best, best_state, waited, step = f1(), {k: v.clone() for k, v in model.state_dict().items()}, 0, 0
