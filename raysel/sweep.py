@@ -207,7 +207,7 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
     (SpecError naming the field otherwise, instead of minutes of retries and a traceback)."""
     problems = []
     if spec.tracking.enabled:
-        why = check_reachable(resolve_uri(spec.tracking.uri), timeout_s)
+        why = check_reachable(spec.tracking.uri, timeout_s)
         if why:
             problems.append(f"tracking.uri: {why}")
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
@@ -300,11 +300,11 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
     if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise SpecError([f"storage_path: {sweep_dir} already holds a sweep named {spec.name!r}; "
                          "continue it with --resume, or choose another name (--set name=...) or storage_path"])
-    preflight(spec)
-    check_services(spec)
     # what depends on the working directory is fixed now (paths made absolute, the directory noted)
     working_dir = os.getcwd()
     spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": resolve_uri(spec.tracking.uri)})})
+    preflight(spec)
+    check_services(spec)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # not every step reports every metric
     if "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
         # a `ray job submit --working-dir` driver: ray.init() may delete and re-extract the job's directory
@@ -384,7 +384,7 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
 def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | None, str | None]:
     if not spec.tracking.enabled:
         return None, None
-    uri = resolve_uri(spec.tracking.uri)
+    uri = spec.tracking.uri  # made absolute by run_sweep
     experiment = spec.tracking.experiment or spec.name
     experiment_id = ensure_experiment(uri, experiment)
     parent = (state or {}).get("parent_run_id")

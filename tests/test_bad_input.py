@@ -6,8 +6,6 @@ The README's "Bad input" table is this file's output:  python tests/test_bad_inp
 from __future__ import annotations
 
 import io
-import json
-import socket
 import sys
 from contextlib import redirect_stderr
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 import yaml
+from mlflow_helpers import free_port
 
 GOOD_PARAMS = {"task": "causal_lm", "max_steps": 2, "eval_every": 1, "context_len": 16, "batch_size": 2,
                "eval_examples": 4}
@@ -33,12 +32,6 @@ def spec(tmp: Path, **changes: Any) -> dict:
         else:
             base[key] = value
     return base
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens once the socket is closed
 
 
 @dataclass
@@ -155,11 +148,11 @@ CASES = [
          lambda t: spec(t, model={"name": "tiny-bert"})),
     # ---- services and storage
     Case("MLflow server that does not answer", "tracking.uri: no MLflow server answers",
-         lambda t: spec(t, tracking={"uri": f"http://127.0.0.1:{closed_port()}"})),
+         lambda t: spec(t, tracking={"uri": f"http://127.0.0.1:{free_port()}"})),
     Case("SQLite store in a missing folder", "the folder of the SQLite store",
          lambda t: spec(t, tracking={"uri": f"sqlite:///{t / 'missing' / 'mlflow.db'}"})),
     Case("Ray address where no cluster runs", "ray.address: no Ray cluster answers",
-         lambda t: {**spec(t), "ray": {"address": f"127.0.0.1:{closed_port()}"}}),
+         lambda t: {**spec(t), "ray": {"address": f"127.0.0.1:{free_port()}"}}),
     Case("a sweep name already used, without --resume", "already holds a sweep",
          lambda t: (write(t, "results/bad/sweep.json", "{}"), spec(t))[1]),
 ]

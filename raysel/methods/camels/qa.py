@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from raysel.methods.camels.algorithm import qa_nll
 from raysel.metrics import squad_em, squad_em_prefix, squad_f1
 
 Batch = dict[str, torch.Tensor]
@@ -60,11 +61,9 @@ def answer_nll(model: torch.nn.Module, tokenizer, pairs: Sequence[tuple[str, str
     for start in range(0, len(pairs), batch_size):
         batch = {k: v.to(device) for k, v in encode_qa(tokenizer, pairs[start:start + batch_size]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                                                ignore_index=-100, reduction="sum")
-        total += float(nll)
-        count += int((targets != -100).sum())
+        targets = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(qa_nll(logits, batch["labels"])) * targets
+        count += targets
     model.train(was_training)
     return total / max(count, 1)
 

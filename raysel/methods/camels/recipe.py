@@ -34,8 +34,8 @@ from raysel.data.batches import TokenWindows
 from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits, qa_splits
 from raysel.methods.base import MethodParams, RunContext, check_finite, shared_dir_of
-from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, lm_labels, meta_step,
-                                             outer_loss, trainable_params, weighted_lm_loss)
+from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, lm_labels, logits_of, meta_step,
+                                             outer_loss, qa_nll, trainable_params, weighted_lm_loss)
 from raysel.methods.camels.baselines import (TfidfScorer, apply_min_threshold, char_scores_weights, load_spacy,
                                              rule_based_spans, spacy_spans, span_weights)
 from raysel.methods.camels.qa import (answer_nll, encode_documents, encode_qa, generate_answers, question_pairs,
@@ -316,10 +316,13 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
         step, docs_seen, best, evaluation = state["step"], state["docs_seen"], state["best"], state["evaluation"]
     val_batches = [_meta_batch(splits["val"], tokenizer, locality, params, torch.Generator().manual_seed(10_000 + i),
                                device) for i in range(params.val_batches)]
+    with torch.no_grad():  # the same every validation: the start and the batches are fixed
+        unadapted = {"val_qa_nll_unadapted": sum(float(qa_nll(logits_of(base, start, questions), questions["labels"]))
+                                                 for _, questions, _ in val_batches) / len(val_batches)}
     target = artifacts_dir(params, run) / WEIGHT_MODEL
     target.parent.mkdir(parents=True, exist_ok=True)
     if state is None:
-        evaluation = _validate(base, weight_model, start, val_batches, params)
+        evaluation = {**_validate(base, weight_model, start, val_batches, params), **unadapted}
         best = evaluation["val_loss"]
         save_weight_model(weight_model, encoder_name, target)
         run.report(0, **evaluation, best_val_loss=best)
@@ -347,7 +350,7 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
         optimizer.zero_grad(set_to_none=True)
         metrics = {f"train_{k}": sum(v) / len(v) for k, v in parts.items()}
         if step % params.val_every == 0 or step == params.outer_steps:
-            evaluation = _validate(base, weight_model, start, val_batches, params)
+            evaluation = {**_validate(base, weight_model, start, val_batches, params), **unadapted}
             if evaluation["val_loss"] < best:
                 best = evaluation["val_loss"]
                 save_weight_model(weight_model, encoder_name, target)
@@ -379,8 +382,7 @@ def _meta_batch(documents: list[dict], tokenizer, locality: TokenWindows, params
 
 def _validate(base: torch.nn.Module, weight_model: TokenWeightModel, start: dict[str, torch.Tensor],
               batches: list, params: CamelsParams) -> dict[str, float]:
-    """The outer loss on fixed validation batches, each adapted from the QA-tuned start, and the QA NLL
-    of the unadapted start for comparison."""
+    """The outer loss on fixed validation batches, each adapted from the QA-tuned start."""
     was_training = weight_model.training
     weight_model.eval()
     totals: dict[str, float] = {}
@@ -392,8 +394,6 @@ def _validate(base: torch.nn.Module, weight_model: TokenWeightModel, start: dict
         with torch.no_grad():
             parts = outer_loss(base, start, adapted, questions, unrelated, weights, documents["attention_mask"],
                                c_kl=params.c_kl, c_norm=params.c_norm, norm_p=params.norm_p)
-            parts["qa_nll_unadapted"] = outer_loss(base, start, start, questions, None, weights,
-                                                   documents["attention_mask"], c_kl=0, c_norm=0)["qa_nll"]
             real = documents["attention_mask"].bool()
             parts["weight_mean"] = weights[real].mean()
         for k, v in parts.items():
