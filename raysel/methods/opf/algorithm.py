@@ -9,7 +9,8 @@ Pure functions and one module, no orchestration (the recipe composes them):
 - ``MPOLinear``: a linear layer whose weight is the product of trainable cores; ``merge()`` gives the
   plain layer back, so inference costs what the original model costs.
 - ``matrix_candidates`` / ``fisher_scores`` / ``select_top``: which matrices to decompose (the
-  empirical Fisher, ChildTuning-D), ``decomposition_rounds``: when (static or dynamic topN).
+  empirical Fisher, ChildTuning-D, each matrix ranked on its own), ``decomposition_rounds``: when
+  (static or dynamic topN).
 
 A matrix here is ``x @ W`` oriented: W is [in_features, out_features] (nn.Linear's weight
 transposed, GPT-2's Conv1D weight as it is), ``in_shape`` factors the rows and ``out_shape`` the columns.
@@ -62,24 +63,36 @@ def auto_shapes(in_features: int, out_features: int, middle: int = 13) -> tuple[
 # ---------------------------------------------------------------- decompose and contract
 
 
+GAUGES = ("balanced", "left", "centre")
+
+
 def mpo_decompose(weight: Tensor, in_shape: Sequence[int], out_shape: Sequence[int], rank: int | None = None,
-                  *, gauge: bool = False) -> list[Tensor]:
+                  *, gauge: str = "balanced") -> list[Tensor]:
     """Cores (r_k, i_k, j_k, r_k+1) of ``weight`` [∏ in_shape, ∏ out_shape] by tensorly's TT-matrix SVD sweep.
 
     ``rank=None`` is exact (OPF: truncate_num 10000); an int caps every bond. The SVDs run in float64
-    and the cores come back in the weight's dtype and device. ``gauge=True`` moves the orthogonality
-    centre to the central core (left cores left-orthogonal, right cores right-orthogonal; OPF's
-    symmetric form), leaving the product unchanged."""
+    and the cores come back in the weight's dtype and device. The product is the same in every
+    ``gauge``; where the norm sits (and so how AdamW moves the cores) is not:
+
+    - ``"balanced"`` (the reference's trained form): at every bond the singular values λ are split
+      as √λ to each side, so that the cores left and right of a bond both have Gram matrix diag(λ);
+    - ``"left"``: tensorly's left-canonical output, every core but the last an isometry, the whole
+      norm in the last core (the reference's form before its gauge step);
+    - ``"centre"``: the orthogonality centre at core (n − 1) // 2, which holds the norm."""
     from tensorly.decomposition import tensor_train_matrix
 
+    if gauge not in GAUGES:
+        raise ValueError(f"gauge {gauge!r}: choose from {', '.join(GAUGES)}")
     rows, cols = math.prod(in_shape), math.prod(out_shape)
     if tuple(weight.shape) != (rows, cols):
         raise ValueError(f"weight {tuple(weight.shape)} is not ∏ in_shape × ∏ out_shape = ({rows}, {cols})")
     ranks = mpo_ranks(in_shape, out_shape, rank)
     tensor = weight.detach().to("cpu", torch.float64).numpy().reshape(*in_shape, *out_shape)
     cores = [torch.from_numpy(np.ascontiguousarray(f)) for f in tensor_train_matrix(tensor, ranks).factors]
-    if gauge:
+    if gauge == "centre":
         cores = _centre_gauge(cores)
+    elif gauge == "balanced":
+        cores = _balanced_gauge(cores)
     return [c.to(device=weight.device, dtype=weight.dtype) for c in cores]
 
 
@@ -93,6 +106,36 @@ def _centre_gauge(cores: list[Tensor]) -> list[Tensor]:
         cores[k] = q.T.reshape(-1, i, j, s)
         cores[k - 1] = torch.einsum("aijr,sr->aijs", cores[k - 1], rr)
     return cores
+
+
+def _balanced_gauge(cores: list[Tensor]) -> list[Tensor]:
+    """The Vidal form with √λ on each side of every bond (float64 cores in, same product out).
+
+    A right-to-left sweep of QRs makes every core but the first right-orthogonal; a left-to-right
+    sweep of SVDs then leaves core k left-orthogonal with the bond's singular vectors as its right
+    basis (A_k = Λ_k-1 Γ_k) and yields the singular values λ_k of every bond; the balanced core is
+    Λ_k-1^-1/2 A_k Λ_k^1/2. A zero singular value weighs a direction that carries nothing: its
+    inverse is taken as 0."""
+    cores = list(cores)
+    for k in range(len(cores) - 1, 0, -1):
+        r, i, j, s = cores[k].shape
+        q, rr = torch.linalg.qr(cores[k].reshape(r, i * j * s).T)
+        cores[k] = q.T.reshape(-1, i, j, s)
+        cores[k - 1] = torch.einsum("aijr,sr->aijs", cores[k - 1], rr)
+    lambdas = [torch.ones(1, dtype=cores[0].dtype)]
+    for k in range(len(cores) - 1):
+        r, i, j, s = cores[k].shape
+        u, sv, vh = torch.linalg.svd(cores[k].reshape(r * i * j, s), full_matrices=False)
+        cores[k] = u.reshape(r, i, j, -1)
+        cores[k + 1] = torch.einsum("ab,bijs->aijs", sv[:, None] * vh, cores[k + 1])
+        lambdas.append(sv)
+    lambdas.append(torch.ones(1, dtype=cores[0].dtype))
+    balanced = []
+    for k, core in enumerate(cores):
+        left, right = lambdas[k], lambdas[k + 1]
+        inverse = torch.where(left > left.max() * 1e-14, left.clamp_min(1e-300).rsqrt(), torch.zeros_like(left))
+        balanced.append(inverse[:, None, None, None] * core * right.sqrt()[None, None, None, :])
+    return balanced
 
 
 @functools.lru_cache(maxsize=256)
@@ -188,7 +231,7 @@ class MPOLinear(nn.Module):
 
     @classmethod
     def from_layer(cls, layer: nn.Module, in_shape: Sequence[int] | None = None,
-                   out_shape: Sequence[int] | None = None, *, rank: int | None = None, gauge: bool = False,
+                   out_shape: Sequence[int] | None = None, *, rank: int | None = None, gauge: str = "balanced",
                    mode: str = "contract") -> "MPOLinear":
         """Decompose an ``nn.Linear`` or a GPT-2 ``Conv1D`` exactly (shapes: ``auto_shapes`` when not given)."""
         conv1d = is_conv1d(layer)
@@ -354,25 +397,42 @@ def matrix_candidates(model: nn.Module, weight_types: Iterable[str]) -> dict[str
     return found
 
 
+FISHER_CLIPS = ("per_parameter", "global")
+SELECTIONS = ("per_matrix", "per_layer")
+
+
 def fisher_scores(model: nn.Module, batches: Iterable[dict[str, Tensor]], names: Iterable[str], *,
-                  max_grad_norm: float | None = 1.0) -> dict[str, float]:
+                  max_grad_norm: float | None = 1.0, clip: str = "per_parameter", dropout: bool = True,
+                  seed: int | None = None) -> dict[str, float]:
     """Empirical Fisher of each named matrix: over one pass of ``batches``, the sum of mean(grad²) of
-    its weight, gradients clipped (global norm ``max_grad_norm``) as in training. Dropout off, so the
-    ranking is deterministic; the model's gradients are cleared afterwards."""
+    its weight. The reference's defaults: each weight's gradient clipped to ``max_grad_norm`` on its
+    own (``clip="per_parameter"``) with dropout on, so the scores are random: ``seed`` seeds them
+    (the caller's RNG state is left as it was). ``clip="global"`` clips the norm of all gradients
+    together, as in training; ``dropout=False`` makes the ranking deterministic. The model's
+    gradients are cleared afterwards."""
+    if clip not in FISHER_CLIPS:
+        raise ValueError(f"clip {clip!r}: choose from {', '.join(FISHER_CLIPS)}")
     modules = dict(model.named_modules())
     weights = {name: modules[name].weight for name in names}
     scores = dict.fromkeys(weights, 0.0)
     parameters = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
-    model.eval()
+    device = next(model.parameters()).device
+    model.train(dropout)
     try:
-        for batch in batches:
-            model.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-            for name, w in weights.items():
-                if w.grad is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for batch in batches:
+                model.zero_grad(set_to_none=True)
+                model(**batch).loss.backward()
+                if max_grad_norm is not None and clip == "global":
+                    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+                for name, w in weights.items():
+                    if w.grad is None:
+                        continue
+                    if max_grad_norm is not None and clip == "per_parameter":
+                        torch.nn.utils.clip_grad_norm_([w], max_grad_norm)
                     scores[name] += float(w.grad.double().pow(2).mean())
     finally:
         model.zero_grad(set_to_none=True)
@@ -380,17 +440,38 @@ def fisher_scores(model: nn.Module, batches: Iterable[dict[str, Tensor]], names:
     return scores
 
 
+def matrix_slot(name: str, layer: int) -> str:
+    """The name with its layer index starred: the same matrix of every layer (``…layer.*.attention.self.query``)."""
+    return re.sub(rf"(^|\.){layer}\.", r"\g<1>*.", name, count=1)
+
+
 def select_top(candidates: dict[str, dict[int, list[str]]], scores: dict[str, float], top_n: int,
-               exclude: Iterable[str] = ()) -> list[str]:
-    """Per weight type the ``top_n`` layers of highest mean score (a layer's attention matrices go together),
-    among layers none of whose matrices is in ``exclude``; their module names, best first."""
+               exclude: Iterable[str] = (), *, selection: str = "per_matrix") -> list[str]:
+    """The matrices to decompose, by score, among those not in ``exclude``; module names, best first.
+
+    ``per_matrix`` (the reference): every matrix of a weight type is ranked on its own (attention's
+    query, key, value and output each take their ``top_n`` layers, which may differ). ``per_layer``:
+    per weight type the ``top_n`` layers of highest mean score, a layer's matrices going together.
+    Ties go to the lower layer."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection {selection!r}: choose from {', '.join(SELECTIONS)}")
     excluded = set(exclude)
     chosen: list[str] = []
     for layers in candidates.values():
-        open_layers = {i: names for i, names in layers.items() if not excluded & set(names)}
-        ranked = sorted(open_layers, key=lambda i: (-sum(scores[n] for n in open_layers[i]) / len(open_layers[i]), i))
-        for i in ranked[:top_n]:
-            chosen += open_layers[i]
+        if selection == "per_layer":
+            open_layers = {i: names for i, names in layers.items() if not excluded & set(names)}
+            ranked = sorted(open_layers,
+                            key=lambda i: (-sum(scores[n] for n in open_layers[i]) / len(open_layers[i]), i))
+            for i in ranked[:top_n]:
+                chosen += open_layers[i]
+            continue
+        slots: dict[str, list[tuple[int, str]]] = {}
+        for i, names in sorted(layers.items()):
+            for name in names:
+                if name not in excluded:
+                    slots.setdefault(matrix_slot(name, i), []).append((i, name))
+        for members in slots.values():
+            chosen += [name for _, name in sorted(members, key=lambda m: (-scores[m[1]], m[0]))[:top_n]]
     return chosen
 
 
@@ -418,7 +499,7 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 def decompose(model: nn.Module, names: Iterable[str], shapes: dict[str, tuple[list[int], list[int]]] | None = None,
-              *, gauge: bool = False, mode: str = "contract") -> dict[str, dict[str, float]]:
+              *, gauge: str = "balanced", mode: str = "contract") -> dict[str, dict[str, float]]:
     """Replace each named matrix by an exact MPOLinear; per matrix its parameter counts."""
     report = {}
     for name in names:

@@ -1,8 +1,10 @@
 """The OPF recipe: standard fine-tuning in which the most important matrices train in MPO form.
 
 At the start of the scheduled epochs (all at epoch 0 when ``split_num`` is 1) the empirical Fisher of
-the matrices not yet decomposed is measured over one pass of the training data, the ``top_n //
-split_num`` best layers of each weight type are decomposed exactly (MPOLinear), and the optimizer is
+the matrices not yet decomposed is measured over one pass of the training data (dropout on, each
+gradient clipped on its own, as the reference does), the ``top_n // split_num`` best layers of each
+matrix of each weight type are decomposed exactly (MPOLinear, cores in the reference's balanced
+gauge), and the optimizer is
 rebuilt so that the new cores train, at ``mpo_lr`` (the reference built it once, before decomposing:
 its cores never trained). After training every MPO layer is multiplied back into a plain layer and
 the model is saved as an ordinary transformers checkpoint, whose inference costs what the original
@@ -43,9 +45,12 @@ class OPFParams(StandardParams):
     mpo_lr: float = Field(2.8e-6, gt=0)  # the cores' learning rate (the rest trains at lr)
     middle_cores: int = Field(13, ge=0)  # automatic shapes [a, 1 × middle, b] (BERT-base: 8.88x)
     shapes: dict[str, MPOShape] = Field(default_factory=dict)  # per weight type, instead of automatic
-    gauge: bool = False  # cores in the symmetric (centre-orthogonal) form
+    gauge: Literal["balanced", "left", "centre"] = "balanced"  # where the cores' norm sits (mpo_decompose)
     mpo_mode: Literal["contract", "cores"] = "contract"  # MPOLinear's forward (see bench/opf.py)
+    selection: Literal["per_matrix", "per_layer"] = "per_matrix"  # per_layer: a layer's matrices go together
     fisher_max_grad_norm: float | None = Field(1.0, gt=0)
+    fisher_clip: Literal["per_parameter", "global"] = "per_parameter"  # each matrix's gradient clipped alone
+    fisher_dropout: bool = True  # the reference scores in train mode (seeded from the trial's seed)
     save_merged: bool = True  # save (and log) the merged plain checkpoint
 
     @pydantic.model_validator(mode="after")
@@ -100,8 +105,9 @@ class OPF:
             with torch.enable_grad():
                 scores = fisher_scores(model, ({k: v.to(run.device) for k, v in b.items()}
                                                for b in task.one_pass(params.batch_size)),
-                                       names, max_grad_norm=params.fisher_max_grad_norm)
-            chosen = select_top(candidates, scores, rounds[epoch], exclude=done.names)
+                                       names, max_grad_norm=params.fisher_max_grad_norm, clip=params.fisher_clip,
+                                       dropout=params.fisher_dropout, seed=run.seed * 1000 + epoch)
+            chosen = select_top(candidates, scores, rounds[epoch], exclude=done.names, selection=params.selection)
             done.add(chosen)
             print(f"opf: epoch {epoch}: decomposed {len(chosen)} matrices "
                   f"({time.perf_counter() - started:.1f} s with the Fisher pass)", flush=True)
