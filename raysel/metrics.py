@@ -1,11 +1,14 @@
-"""Evaluation metrics: perplexity, accuracy, SQuAD-normalised F1 and exact match."""
+"""Evaluation metrics: perplexity, accuracy, SQuAD-normalised F1 and exact match.
+
+The SQuAD scores take a question's gold answers and a ``rule``: "best" (SQuAD's) scores the prediction
+against every answer and keeps the best; "shortest" (the CaMeLS reference's) against the shortest only."""
 from __future__ import annotations
 
 import collections
 import math
 import re
 import string
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import torch
 
@@ -77,21 +80,34 @@ def _token_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_f1(prediction: str, answers: str | Iterable[str]) -> float:
-    """Token F1 against the best-matching gold answer."""
+AnswerRule = Literal["best", "shortest"]
+
+
+def target_answer(answers: Sequence[str], rule: AnswerRule) -> str:
+    """The one gold answer a model is trained on: the first ("best") or the shortest, the first of the
+    shortest on ties ("shortest", the CaMeLS reference's ``min(answers, key=len)``)."""
+    return min(answers, key=len) if rule == "shortest" else answers[0]
+
+
+def scored_answers(answers: str | Iterable[str], rule: AnswerRule = "best") -> list[str]:
+    """The gold answers a prediction is scored against: all of them ("best") or the target ("shortest")."""
     answers = [answers] if isinstance(answers, str) else list(answers)
-    return max((_token_f1(prediction, a) for a in answers), default=0.0)
+    return [target_answer(answers, rule)] if rule == "shortest" and answers else answers
 
 
-def squad_em(prediction: str, answers: str | Iterable[str]) -> float:
+def squad_f1(prediction: str, answers: str | Iterable[str], *, rule: AnswerRule = "best") -> float:
+    """Token F1 against the best-matching scored gold answer."""
+    return max((_token_f1(prediction, a) for a in scored_answers(answers, rule)), default=0.0)
+
+
+def squad_em(prediction: str, answers: str | Iterable[str], *, rule: AnswerRule = "best") -> float:
     """Exact match after SQuAD normalisation (not the CaMeLS reference's prefix match)."""
-    answers = [answers] if isinstance(answers, str) else list(answers)
-    return float(any(normalize_answer(prediction) == normalize_answer(a) for a in answers))
+    return float(any(normalize_answer(prediction) == normalize_answer(a) for a in scored_answers(answers, rule)))
 
 
-def squad_em_prefix(prediction: str, answers: str | Iterable[str]) -> float:
-    """The CaMeLS reference's "exact match": the normalised prediction starts with a normalised answer
-    (so a correct answer followed by more text counts)."""
-    answers = [answers] if isinstance(answers, str) else list(answers)
+def squad_em_prefix(prediction: str, answers: str | Iterable[str], *, rule: AnswerRule = "best") -> float:
+    """The CaMeLS reference's "exact match": the normalised prediction starts with a normalised scored
+    answer (so a correct answer followed by more text counts)."""
     predicted = normalize_answer(prediction)
-    return float(any(gold and predicted.startswith(gold) for gold in map(normalize_answer, answers)))
+    return float(any(gold and predicted.startswith(gold)
+                     for gold in map(normalize_answer, scored_answers(answers, rule))))

@@ -199,7 +199,7 @@ def test_squad_f1_and_both_exact_matches():
     assert squad_em("The Cat", ["cat"]) == 1.0 and squad_em("cat sat", ["cat"]) == 0.0
     assert squad_em_prefix("cat sat", ["cat"]) == 1.0  # the reference's EM: the prediction starts with the answer
     assert squad_em_prefix("a", ["the"]) == 0.0  # an answer that normalises to nothing matches nothing
-    scores = score_answers(["cat", "dog sat"], [["cat"], ["dog"]])
+    scores = score_answers(["cat", "dog sat"], [["cat"], ["dog"]], "best")
     assert scores == {"f1": pytest.approx(100 * (1 + 2 / 3) / 2), "em": 50.0, "em_prefix": 100.0}
 
 

@@ -106,6 +106,10 @@ def test_evaluation_from_a_missing_sweep_fails_before_ray_starts(tmp_path):
     (lambda s: s["arms"][0]["params"].update(weighting="bm25"), r"arms.0.params.weighting: 'bm25' is not allowed"),
     (lambda s: s["arms"][0]["params"].update(weight_model="w.pt"), r"weight_model is read by weighting 'camels' only"),
     (lambda s: s["arms"][0]["params"].update(min_threshold=1.5), r"arms.0.params.min_threshold"),
+    (lambda s: s["arms"][0]["params"].update(answer_scoring="longest"),
+     r"arms.0.params.answer_scoring: 'longest' is not allowed"),
+    (lambda s: s["arms"][0]["params"].update(loss_normalization="sum"),
+     r"arms.0.params.loss_normalization: 'sum' is not allowed"),
 ])
 def test_camels_specs_are_checked_before_anything_runs(tmp_path, change, message):
     spec = copy.deepcopy(eval_spec(tmp_path, tmp_path))

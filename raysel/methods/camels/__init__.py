@@ -2,12 +2,13 @@
 model and the differentiable inner loop as pure functions in ``algorithm``; the baseline weightings in
 ``baselines``; QA encoding, generation and scores in ``qa``; the three-phase recipe (``Camels``) in ``recipe``."""
 from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, kl_locality, logits_of, meta_step,
-                                             outer_loss, qa_nll, sgd_step, trainable_params, weight_norm,
-                                             weighted_lm_loss)
+                                             outer_loss, padded_denominator, qa_nll, sgd_step, trainable_params,
+                                             weight_norm, weighted_lm_loss)
 from raysel.methods.camels.baselines import (TfidfScorer, apply_min_threshold, char_scores_weights,
-                                             rule_based_spans, span_weights)
+                                             rule_based_spans, span_weights, tfidf_corpus)
 from raysel.methods.camels.recipe import Camels, CamelsParams
 
 __all__ = ["Camels", "CamelsParams", "TfidfScorer", "TokenWeightModel", "apply_min_threshold", "char_scores_weights",
-           "inner_loop", "kl_locality", "logits_of", "meta_step", "outer_loss", "qa_nll", "rule_based_spans",
-           "sgd_step", "span_weights", "trainable_params", "weight_norm", "weighted_lm_loss"]
+           "inner_loop", "kl_locality", "logits_of", "meta_step", "outer_loss", "padded_denominator", "qa_nll",
+           "rule_based_spans", "sgd_step", "span_weights", "tfidf_corpus", "trainable_params", "weight_norm",
+           "weighted_lm_loss"]

@@ -23,19 +23,30 @@ def _fp32_or_wider(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token cross-entropy × the target token's weight, averaged over the real targets.
+def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *,
+                     denominator: int | None = None) -> torch.Tensor:
+    """Per-token next-token cross-entropy × the target token's weight, summed and divided by
+    ``denominator`` (None: the number of real targets, a mean).
 
     ``logits`` [B, T, V], ``labels`` [B, T] (the input ids; -100 marks padding and is not a target),
-    ``weights`` [B, T] (token t's weight scales the loss of predicting token t). With every weight 1 this
-    is the plain causal-LM loss (HF's ``labels=`` loss). The reference divides by B·(T−1) of documents
-    padded to 1024 tokens; dividing by the number of real targets makes the loss independent of padding.
+    ``weights`` [B, T] (token t's weight scales the loss of predicting token t). With every weight 1 and
+    no ``denominator`` this is the plain causal-LM loss (HF's ``labels=`` loss), whatever the padding.
+    The reference pads documents to 1024 tokens and divides by B·1023 (:func:`padded_denominator`, the
+    recipe's ``loss_normalization: padded``): at the same learning rate its SGD step on an L-token
+    document is (L−1)/1023 times the mean's.
     """
     targets, target_weights = labels[:, 1:], weights[:, 1:]
     nll = F.cross_entropy(_fp32_or_wider(logits[:, :-1].flatten(0, 1)), targets.flatten(), ignore_index=-100,
                           reduction="none").view_as(targets)
     real = targets != -100
-    return (nll * target_weights * real).sum() / real.sum().clamp(min=1)
+    count = real.sum().clamp(min=1) if denominator is None else denominator
+    return (nll * target_weights * real).sum() / count
+
+
+def padded_denominator(batch_size: int, padded_length: int | None) -> int | None:
+    """B·(padded_length − 1), the reference's loss denominator for documents padded to ``padded_length``
+    tokens; None (the real targets' count) without a padded length."""
+    return None if padded_length is None else batch_size * (padded_length - 1)
 
 
 class TokenWeightModel(torch.nn.Module):
@@ -74,26 +85,30 @@ def logits_of(model: torch.nn.Module, params: Params, batch: Batch) -> torch.Ten
 
 
 def sgd_step(model: torch.nn.Module, params: Params, batch: Batch, weights: torch.Tensor, lr: float, *,
-             create_graph: bool) -> Params:
-    """One SGD step on the weighted LM loss of ``batch``. With ``create_graph`` the new parameters are
-    differentiable functions of ``weights`` (and of ``params``): the tape the meta-gradient flows through."""
+             create_graph: bool, padded_length: int | None = None) -> Params:
+    """One SGD step on the weighted LM loss of ``batch`` (a mean over its real targets, or with
+    ``padded_length`` the reference's sum / (B·(padded_length − 1))). With ``create_graph`` the new
+    parameters are differentiable functions of ``weights`` (and of ``params``): the tape the
+    meta-gradient flows through."""
     loss = weighted_lm_loss(logits_of(model, params, batch), lm_labels(batch["input_ids"], batch["attention_mask"]),
-                            weights)
+                            weights, denominator=padded_denominator(len(batch["input_ids"]), padded_length))
     names = list(params)
     grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
     return {n: params[n] if g is None else params[n] - lr * g for n, g in zip(names, grads)}
 
 
 def inner_loop(model: torch.nn.Module, params: Params, documents: Batch, weights: torch.Tensor, lr: float, *,
-               sequential: bool = True, create_graph: bool = True) -> Params:
+               sequential: bool = True, create_graph: bool = True, padded_length: int | None = None) -> Params:
     """Adapt ``params`` on a batch of documents with their token weights [B, T]: one SGD step per
-    document in order (``sequential``, a tape of B updates) or one step on the whole batch."""
+    document in order (``sequential``, a tape of B updates) or one step on the whole batch; the loss's
+    normalisation as in :func:`sgd_step`."""
     if not sequential:
-        return sgd_step(model, params, documents, weights, lr, create_graph=create_graph)
+        return sgd_step(model, params, documents, weights, lr, create_graph=create_graph, padded_length=padded_length)
     for i in range(len(documents["input_ids"])):
         length = int(documents["attention_mask"][i].sum())  # drop the padding: a batch of one needs none
         one = {k: v[i:i + 1, :length] for k, v in documents.items()}
-        params = sgd_step(model, params, one, weights[i:i + 1, :length], lr, create_graph=create_graph)
+        params = sgd_step(model, params, one, weights[i:i + 1, :length], lr, create_graph=create_graph,
+                          padded_length=padded_length)
     return params
 
 
@@ -137,7 +152,7 @@ def outer_loss(model: torch.nn.Module, start: Params, adapted: Params, questions
 
 def meta_step(model: torch.nn.Module, weight_model: torch.nn.Module, start: Params, documents: Batch,
               questions: Batch, locality: Batch | None, *, inner_lr: float, sequential: bool, c_kl: float,
-              c_norm: float, norm_p: float = 2.0, scale: float = 1.0,
+              c_norm: float, norm_p: float = 2.0, scale: float = 1.0, padded_length: int | None = None,
               weigh: Callable[[Batch], torch.Tensor] | None = None) -> tuple[Params, dict[str, float]]:
     """One meta-training batch: weigh the documents, adapt ``start`` through the differentiable inner
     loop, backpropagate ``scale`` × the outer loss into the weight model's ``.grad`` (accumulating).
@@ -146,7 +161,8 @@ def meta_step(model: torch.nn.Module, weight_model: torch.nn.Module, start: Para
     Attention runs in PyTorch's math kernel here: the fused CPU and flash kernels have no double backward."""
     with sdpa_kernel([SDPBackend.MATH]):
         weights = (weigh or (lambda d: weight_model(d["input_ids"], d["attention_mask"])))(documents)
-        adapted = inner_loop(model, start, documents, weights, inner_lr, sequential=sequential, create_graph=True)
+        adapted = inner_loop(model, start, documents, weights, inner_lr, sequential=sequential, create_graph=True,
+                             padded_length=padded_length)
         parts = outer_loss(model, start, adapted, questions, locality, weights, documents["attention_mask"],
                            c_kl=c_kl, c_norm=c_norm, norm_p=norm_p)
         (scale * parts["loss"]).backward(inputs=list(weight_model.parameters()))

@@ -4,8 +4,10 @@
 - ssm (salient span masking): weight 1 on tokens inside a named entity or date, else 0. With a trained
   spaCy pipeline installed (``en_core_web_sm``) its NER is used, without TIME, PERCENT, MONEY, QUANTITY,
   ORDINAL and CARDINAL entities, as in the reference; otherwise :func:`rule_based_spans`.
-- tfidf: a token's weight is the largest TF-IDF of the words its characters belong to; ``min_threshold``
-  q zeroes the weights below the q-quantile of the non-zero weights (the reference never applied it).
+- tfidf: a token's weight is the largest TF-IDF of the words its characters belong to, in the document
+  as truncated (the text up to the last kept token) and with the vectorizer fitted on the unique documents
+  of every split, as in the reference; ``min_threshold`` q zeroes the weights below the q-quantile of the
+  non-zero weights (the reference's config has it but never passes it on).
 """
 from __future__ import annotations
 
@@ -95,6 +97,11 @@ def char_scores_weights(offsets: torch.Tensor, char_scores: torch.Tensor) -> tor
     return weights
 
 
+def tfidf_corpus(splits: dict[str, list[dict]]) -> list[str]:
+    """The unique document texts of every split, by split name then order of appearance."""
+    return list(dict.fromkeys(d["text"] for split in sorted(splits) for d in splits[split]))
+
+
 class TfidfScorer:
     """Word TF-IDF fitted on a set of documents (scikit-learn's ``TfidfVectorizer`` defaults), read per character."""
 
@@ -115,6 +122,12 @@ class TfidfScorer:
             if column is not None:
                 scores[match.start():match.end()] = float(row[0, column])
         return scores
+
+    def token_weights(self, text: str, offsets: torch.Tensor) -> torch.Tensor:
+        """Per token of a (possibly truncated) encoding with character ``offsets`` [T, 2], the largest
+        TF-IDF of its words in the kept text: ``text`` up to the end of the last kept token."""
+        kept = text[:int(offsets[:, 1].max())] if len(offsets) else ""
+        return char_scores_weights(offsets, self.char_scores(kept))
 
 
 def apply_min_threshold(weights: torch.Tensor, quantile: float) -> torch.Tensor:

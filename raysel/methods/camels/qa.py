@@ -1,6 +1,7 @@
 """Questions and documents as token batches, answers by generation, SQuAD scores: CaMeLS's QA plumbing.
 
-A QA example is ``question`` → ``" " + answer + eos``; only the answer tokens (and eos) are targets.
+A QA example is ``question`` → ``" " + answer + eos``; only the answer tokens (and eos) are targets. Of
+several gold answers, ``raysel.metrics.target_answer`` picks the one trained on and a rule which are scored.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Sequence
 import torch
 
 from raysel.methods.camels.algorithm import qa_nll
-from raysel.metrics import squad_em, squad_em_prefix, squad_f1
+from raysel.metrics import AnswerRule, squad_em, squad_em_prefix, squad_f1
 
 Batch = dict[str, torch.Tensor]
 
@@ -91,9 +92,11 @@ def generate_answers(model: torch.nn.Module, tokenizer, questions: Sequence[str]
     return answers
 
 
-def score_answers(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Mean SQuAD F1, exact match and the reference's prefix EM (prediction starts with an answer), in %."""
+def score_answers(predictions: Sequence[str], answers: Sequence[Sequence[str]], rule: AnswerRule) -> dict[str, float]:
+    """Mean SQuAD F1, exact match and the reference's prefix EM (prediction starts with an answer), in %,
+    against the best of each question's answers ("best") or its shortest only ("shortest")."""
     n = max(len(predictions), 1)
-    return {"f1": 100 * sum(squad_f1(p, a) for p, a in zip(predictions, answers)) / n,
-            "em": 100 * sum(squad_em(p, a) for p, a in zip(predictions, answers)) / n,
-            "em_prefix": 100 * sum(squad_em_prefix(p, a) for p, a in zip(predictions, answers)) / n}
+    pairs = list(zip(predictions, answers))
+    return {"f1": 100 * sum(squad_f1(p, a, rule=rule) for p, a in pairs) / n,
+            "em": 100 * sum(squad_em(p, a, rule=rule) for p, a in pairs) / n,
+            "em_prefix": 100 * sum(squad_em_prefix(p, a, rule=rule) for p, a in pairs) / n}

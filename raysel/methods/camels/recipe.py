@@ -16,6 +16,12 @@ reset every ``reset_base_freq`` documents. The best validation weight model → 
 weighting (uniform, ssm, tfidf, camels), optionally light-tuned on QA (``qa_lt_final``), then answers the
 stream's questions: ``{split}_f1``, ``{split}_em`` (exact), ``{split}_em_prefix`` (the reference's EM).
 
+With several gold answers per question, ``answer_scoring`` picks the one trained on (QA pre-tuning, the
+outer loss, light tuning, answer NLL) and the ones scored, in every phase: "shortest" (the reference's)
+the shortest answer for both; "best" (SQuAD's) the first answer for training, the best of all for scores.
+``loss_normalization`` "padded" divides the weighted document loss by B·(max_doc_tokens − 1) as the
+reference does (its documents are padded to 1024 tokens) instead of averaging over the real tokens.
+
 Artifacts are read from this sweep's shared directory, or from another sweep's with ``from_sweep``
 (e.g. the evaluation sweep reads what ``tune_configs/camels_train.yaml`` trained).
 """
@@ -35,13 +41,15 @@ from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits, qa_splits
 from raysel.methods.base import MethodParams, RunContext, check_finite, shared_dir_of
 from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, lm_labels, logits_of, meta_step,
-                                             outer_loss, qa_nll, trainable_params, weighted_lm_loss)
-from raysel.methods.camels.baselines import (TfidfScorer, apply_min_threshold, char_scores_weights, load_spacy,
-                                             rule_based_spans, spacy_spans, span_weights)
+                                             outer_loss, padded_denominator, qa_nll, trainable_params,
+                                             weighted_lm_loss)
+from raysel.methods.camels.baselines import (TfidfScorer, apply_min_threshold, load_spacy, rule_based_spans,
+                                             spacy_spans, span_weights, tfidf_corpus)
 from raysel.methods.camels.qa import (answer_nll, encode_documents, encode_qa, generate_answers, question_pairs,
                                       sample_stream, score_answers)
 from raysel.methods.collective import atomic_save
 from raysel.methods.loop import LoopParams, fine_tune
+from raysel.metrics import target_answer
 from raysel.models import check_model, load_model
 from raysel.spec import DataSpec, ModelSpec
 
@@ -55,6 +63,8 @@ class CamelsParams(MethodParams):
     base_model: str | None = None  # meta_train / evaluate: instead of the artifacts' QA-tuned model
     weight_model: str | None = None  # evaluate (camels): a weight-model.pt instead of the artifacts'
     max_doc_tokens: int = Field(256, gt=8)  # documents are truncated to this many tokens
+    answer_scoring: Literal["shortest", "best"] = "shortest"  # the shortest answer trained on and scored; best: SQuAD's
+    loss_normalization: Literal["tokens", "padded"] = "tokens"  # mean over real targets; padded: the reference's
     # qa_tune: the shared loop on question → answer pairs
     qa_lr: float = Field(1e-4, gt=0)
     qa_steps: int = Field(300, gt=0)
@@ -103,6 +113,11 @@ class CamelsParams(MethodParams):
             raise ValueError(f"weight_model is read by weighting 'camels' only (this arm's is {self.weighting!r})")
         return self
 
+    @property
+    def padded_length(self) -> int | None:
+        """The document length the loss's denominator assumes ("padded"), or None (the real targets)."""
+        return self.max_doc_tokens if self.loss_normalization == "padded" else None
+
 
 class Camels:
     """CaMeLS: meta-learned per-token loss weights for online adaptation, and its baselines."""
@@ -143,7 +158,7 @@ class Camels:
         if run.world_size > 1:
             raise ValueError("camels runs each trial in one process: use workers: 0")
         splits = qa_splits(run.data)
-        run.set_tags(**{"camels.phase": params.phase})
+        run.set_tags(**run_tags(params))
         if params.phase == "qa_tune":
             return qa_tune(params, run, splits)
         if params.phase == "meta_train":
@@ -171,6 +186,12 @@ class Camels:
                 tokens, weights, f"{arm.name}: learned token weights on validation documents",
                 out / f"{arm.name}-token-weights.png")
         return drawn
+
+
+def run_tags(params: CamelsParams) -> dict[str, str]:
+    """The tags every phase's trial carries: the phase and the rules that change its numbers."""
+    return {"camels.phase": params.phase, "camels.answer_scoring": params.answer_scoring,
+            "camels.loss_normalization": params.loss_normalization}
 
 
 # ---------------------------------------------------------------- where the trained models are
@@ -233,7 +254,8 @@ def token_weights(weight_model: TokenWeightModel, tokenizer, texts: list[str], m
 # ---------------------------------------------------------------- phase 1: QA pre-tuning
 def qa_tune(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]]) -> dict[str, float]:
     model, tokenizer = load_model(run.model.name, "causal_lm")
-    train = [(q, answers[0]) for q, answers in question_pairs(splits["qa_train"])]
+    rule = params.answer_scoring
+    train = [(q, target_answer(answers, rule)) for q, answers in question_pairs(splits["qa_train"])]
     val = question_pairs(splits["val"])[:params.qa_eval_questions]
     seen = question_pairs(splits["qa_train"])[:params.qa_eval_questions]
     target = artifacts_dir(params, run) / QA_MODEL
@@ -246,10 +268,11 @@ def qa_tune(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]]
         return encode_qa(tokenizer, [train[i] for i in rows])
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        metrics = {"val_answer_nll": answer_nll(m, tokenizer, [(q, a[0]) for q, a in val])}
+        metrics = {"val_answer_nll": answer_nll(m, tokenizer, [(q, target_answer(a, rule)) for q, a in val])}
         for name, pairs in (("val", val), ("qa_train", seen)):
             predictions = generate_answers(m, tokenizer, [q for q, _ in pairs], max_new_tokens=params.max_answer_tokens)
-            metrics.update({f"{name}_{k}": v for k, v in score_answers(predictions, [a for _, a in pairs]).items()})
+            scores = score_answers(predictions, [a for _, a in pairs], rule)
+            metrics.update({f"{name}_{k}": v for k, v in scores.items()})
         if best.improves(metrics["val_answer_nll"] if best.lower else metrics["val_f1"]):
             save_pretrained_atomic(m, tokenizer, target)
         return {**metrics, "best_val_answer_nll" if best.lower else "best_val_f1": best.value}
@@ -337,7 +360,7 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
             current, losses = meta_step(base, weight_model, current, documents, questions, unrelated,
                                         inner_lr=params.inner_lr, sequential=params.sequential_update,
                                         c_kl=params.c_kl, c_norm=params.c_norm, norm_p=params.norm_p,
-                                        scale=1.0 / params.grad_acc_steps)
+                                        scale=1.0 / params.grad_acc_steps, padded_length=params.padded_length)
             check_finite(losses["loss"], step, "outer loss")
             for k, v in losses.items():
                 parts.setdefault(k, []).append(v)
@@ -366,13 +389,13 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
 
 def _meta_batch(documents: list[dict], tokenizer, locality: TokenWindows, params: CamelsParams,
                 generator: torch.Generator, device: torch.device):
-    """``update_batch_size`` documents, one of each one's questions, and unrelated text."""
+    """``update_batch_size`` documents, one of each one's questions (with its target answer), and unrelated text."""
     rows = torch.randperm(len(documents), generator=generator)[:params.update_batch_size].tolist()
     picked = [documents[i] for i in rows]
     pairs = []
     for doc in picked:
         qa = doc["questions"][int(torch.randint(len(doc["questions"]), (1,), generator=generator))]
-        pairs.append((qa["question"], qa["answers"][0]))
+        pairs.append((qa["question"], target_answer(qa["answers"], params.answer_scoring)))
     docs = encode_documents(tokenizer, [d["text"] for d in picked], params.max_doc_tokens)
     docs = {k: v.to(device) for k, v in docs.items() if k != "offset_mapping"}
     questions = {k: v.to(device) for k, v in encode_qa(tokenizer, pairs).items()}
@@ -390,7 +413,7 @@ def _validate(base: torch.nn.Module, weight_model: TokenWeightModel, start: dict
         with torch.no_grad():
             weights = weight_model(documents["input_ids"], documents["attention_mask"])
         adapted = inner_loop(base, start, documents, weights, params.inner_lr, sequential=params.sequential_update,
-                             create_graph=False)
+                             create_graph=False, padded_length=params.padded_length)
         with torch.no_grad():
             parts = outer_loss(base, start, adapted, questions, unrelated, weights, documents["attention_mask"],
                                c_kl=params.c_kl, c_norm=params.c_norm, norm_p=params.norm_p)
@@ -437,15 +460,16 @@ def evaluate(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]
 def _answer(model: torch.nn.Module, tokenizer, pairs: list[tuple[str, list[str]]], params: CamelsParams) -> dict:
     predictions = generate_answers(model, tokenizer, [q for q, _ in pairs], max_new_tokens=params.max_answer_tokens,
                                    num_beams=params.num_beams)
-    scores = score_answers(predictions, [a for _, a in pairs])
-    scores["answer_nll"] = answer_nll(model, tokenizer, [(q, a[0]) for q, a in pairs])
+    scores = score_answers(predictions, [a for _, a in pairs], params.answer_scoring)
+    targets = [(q, target_answer(a, params.answer_scoring)) for q, a in pairs]
+    scores["answer_nll"] = answer_nll(model, tokenizer, targets)
     return {"predictions": predictions, "scores": scores}
 
 
 def adapt(model: torch.nn.Module, tokenizer, stream: list[dict], weigh: Callable[[str, dict], torch.Tensor],
           params: CamelsParams, device: torch.device) -> list[float]:
     """One pass of Adam at ``lr`` over the stream, one document per step, weighted LM loss (weights
-    computed without gradient). Dropout on, as in fine-tuning."""
+    computed without gradient; normalised per ``loss_normalization``). Dropout on, as in fine-tuning."""
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     model.train()
     losses = []
@@ -454,7 +478,8 @@ def adapt(model: torch.nn.Module, tokenizer, stream: list[dict], weigh: Callable
         with torch.no_grad():
             weights = weigh(doc["text"], batch).to(device)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        loss = weighted_lm_loss(model(input_ids=ids, attention_mask=mask).logits, lm_labels(ids, mask), weights)
+        loss = weighted_lm_loss(model(input_ids=ids, attention_mask=mask).logits, lm_labels(ids, mask), weights,
+                                denominator=padded_denominator(1, params.padded_length))
         check_finite(float(loss.detach()), step, "adaptation loss")
         loss.backward()
         optimizer.step()
@@ -467,7 +492,8 @@ def adapt(model: torch.nn.Module, tokenizer, stream: list[dict], weigh: Callable
 def make_weigher(params: CamelsParams, run: RunContext, tokenizer,
                  splits: dict[str, list[dict]]) -> tuple[Callable[[str, dict], torch.Tensor], str | None]:
     """The weighting's function from a document (its text and its encoding as a batch of one, with
-    character offsets) to token weights [1, T], and for ssm which detector it uses."""
+    character offsets) to token weights [1, T], and for ssm which detector it uses. tfidf fits on the
+    unique documents of every split and scores the document as truncated, as the reference does."""
     if params.weighting == "uniform":
         return (lambda text, batch: batch["attention_mask"].float()), None
     if params.weighting == "camels":
@@ -480,10 +506,10 @@ def make_weigher(params: CamelsParams, run: RunContext, tokenizer,
         return (lambda text, batch: weight_model(batch["input_ids"].to(run.device),
                                            batch["attention_mask"].to(run.device)).cpu()), None
     if params.weighting == "tfidf":
-        scorer = TfidfScorer([d["text"] for split in ("train", *params.splits) for d in splits[split]])
+        scorer = TfidfScorer(tfidf_corpus(splits))
 
         def tfidf(text: str, batch: dict) -> torch.Tensor:
-            weights = char_scores_weights(batch["offset_mapping"][0], scorer.char_scores(text))
+            weights = scorer.token_weights(text, batch["offset_mapping"][0])
             return apply_min_threshold(weights, params.min_threshold).unsqueeze(0)
         return tfidf, None
     nlp = load_spacy() if params.ssm_detector in ("auto", "spacy") else None
@@ -499,15 +525,16 @@ def light_tune(model: torch.nn.Module, tokenizer, documents: list[dict], params:
     """The uniform + qa_lt baseline's light QA re-tuning: Adam at ``qa_lt_lr`` on batches of QA-train pairs,
     early stopping on the F1 of held-out QA-train questions (patience ``qa_lt_patience`` evaluations);
     the best weights are kept. Returns the steps taken."""
+    rule = params.answer_scoring
     pairs = question_pairs(documents)
-    held_out, train = pairs[:64], [(q, a[0]) for q, a in pairs[64:]]
+    held_out, train = pairs[:64], [(q, target_answer(a, rule)) for q, a in pairs[64:]]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.qa_lt_lr)
 
     def f1() -> float:
         predictions = generate_answers(model, tokenizer, [q for q, _ in held_out],
                                        max_new_tokens=params.max_answer_tokens)
-        return score_answers(predictions, [a for _, a in held_out])["f1"]
+        return score_answers(predictions, [a for _, a in held_out], rule)["f1"]
 
     best, best_state, waited, step = f1(), {k: v.clone() for k, v in model.state_dict().items()}, 0, 0
     device = next(model.parameters()).device
