@@ -3,28 +3,44 @@
     python bench/kernel.py                                   # tiny-bert, 16 x 16 examples of 16 tokens
     python bench/kernel.py --model minilm --n-train 8 --n-eval 8 --seq-len 32 --chunk-size 4
     python bench/kernel.py --device cuda --model minilm --n-train 64 --n-eval 64 --chunk-size 16
+    python bench/kernel.py --logits prompt                   # the masked LM's label-word scores instead
+    python bench/kernel.py --fidelity                        # the README fidelity table's kernel rows
+    python bench/kernel.py --fidelity --model minilm         #   on minilm (~3 min of CPU)
 
-The same model (a built-in with a sequence-classification head, C = 2 logits) and the same
-inputs (random equal-length token sequences, no attention mask) go through two engines, each in
-its own spawned process (so that its peak memory is its own):
+The same model (a built-in with a sequence-classification head, C = 2 logits; ``--logits prompt``:
+the masked LM's scores of 2 label words at a mask position) and the same inputs (random
+equal-length token sequences, no attention mask) go through two engines, each in its own spawned
+process (so that its peak memory is its own):
 
 - reference: per train example (batch 1) the full Jacobian by ``torch.func.jacrev``
   ({name: [C, *shape]}), then per eval example a ``vmap`` over the C train gradient directions of
   a ``torch.func.jvp`` of the eval logits along that direction: ⟨g_c(x_train), g_c'(x_eval)⟩ for
-  all c, c'; each [C, C] block moved to float64 on CPU. train × train is computed in full.
+  all c, c'; each [C, C] block moved to float64 on CPU. train × train is computed in full. Prompt
+  logits: over the reference's parameters, i.e. a copy of the masked LM whose decoder weight is a
+  parameter of its own (transformers ties it to the input embeddings).
 - raysel: ``raysel.methods.kernel.ntk`` (vmapped jacrev over ``--chunk-size`` examples, the word
   embeddings differentiated at the rows the inputs use, products accumulated in float64; train ×
-  train through the symmetric path; ``--row-chunk-size`` train examples held at once).
+  train through the symmetric path; ``--row-chunk-size`` train examples held at once). Prompt
+  logits: ``prompt_logits_fn`` on the tied masked LM, its decoder a separate parameter (the
+  default), differentiated at the label words' rows.
 
 Formula sgd, over all parameters. Each engine does an untimed warm-up (2 × 2 examples), then
 train × train and train × eval once each, timed. Rates are kernel entries (N·C·M·C) per second.
 Agreement: max |K_raysel − K_ref| / max |K_ref| on the timed (model-dtype) kernels, and on a
 float64 copy of the model (a few examples; elementwise relative difference there too).
 Prints a table and one JSON line, and writes the JSON to bench/results/kernel.json (or --out).
+
+``--fidelity`` measures instead what the reference's behaviour changes against raysel's former one,
+on pydocs-topics prompt examples (k = 4, seed 13; ``fidelity`` below): the decoder as its own
+parameter against the tied one (relative kernel difference, per formula and subset), the
+cross-validated logistic solver against the plain one, the flattened solvers against the per-class
+layout (label agreement and accuracy on the eval examples), and (tiny-bert) the linear-probe head
+against the model's random head; it writes bench/results/fidelity-kernel-<model>.json.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import os
@@ -42,6 +58,7 @@ from torch.func import functional_call, jacrev, jvp, vmap  # noqa: E402
 from _common import machine, save  # noqa: E402 (bench/ is the script's directory)
 from raysel.methods import kernel  # noqa: E402
 from raysel.models import load_model  # noqa: E402
+from raysel.models.prompt import PromptClassifier  # noqa: E402
 
 CLASSES = 2
 
@@ -52,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      epilog="Results: bench/results/kernel.json unless --out.")
     parser.add_argument("--model", choices=("tiny-bert", "minilm"), default="tiny-bert",
                         help="built-in model with a new 2-label classifier head (tiny-bert)")
+    parser.add_argument("--logits", choices=("classifier", "prompt"), default="classifier",
+                        help="the classifier head's 2 logits, or the masked LM's scores of 2 label words at a "
+                             "mask position (classifier)")
     parser.add_argument("--n-train", type=int, default=16, help="train examples N (16)")
     parser.add_argument("--n-eval", type=int, default=16, help="eval examples M (16)")
     parser.add_argument("--seq-len", type=int, default=16, help="tokens per example (16)")
@@ -63,11 +83,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all CPUs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "kernel.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (bench/results/kernel.json; --fidelity: fidelity-kernel-<model>.json)")
+    parser.add_argument("--fidelity", action="store_true",
+                        help="measure the fidelity table's kernel rows instead of the speed (see the docstring)")
+    parser.add_argument("--fidelity-train", type=int, default=6,
+                        help="--fidelity: train examples of the kernel comparison (6; the solvers use all 20)")
+    parser.add_argument("--fidelity-eval", type=int, default=4,
+                        help="--fidelity: eval examples of the kernel comparison (4)")
+    parser.add_argument("--fidelity-solver-eval", type=int, default=40,
+                        help="--fidelity: eval examples of the solver comparison (40: dev, then test; all 20 train)")
     return parser.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- the two engines
+
+def label_words(model: torch.nn.Module) -> list[int]:
+    vocab = model.config.vocab_size
+    return [vocab // 3, vocab // 2]
+
+
+def reference_module(model: torch.nn.Module, logits: str) -> torch.nn.Module:
+    """What the reference differentiates: the classifier itself, or for prompt logits a copy of the
+    masked LM whose decoder weight is a parameter of its own (its prompt model is not tied) behind
+    the label-word scores at the mask."""
+    if logits == "classifier":
+        return model
+    twin = copy.deepcopy(model)
+    twin.get_output_embeddings().weight = torch.nn.Parameter(twin.get_input_embeddings().weight.detach().clone())
+    return PromptClassifier(twin, label_words(model))
+
 
 def reference_kernel(model: torch.nn.Module, rows: dict, cols: dict) -> torch.Tensor:
     """LM-Kernel-FT's formulation: jacrev per train example, vmap-over-C of jvp per eval example."""
@@ -90,19 +135,22 @@ def reference_kernel(model: torch.nn.Module, rows: dict, cols: dict) -> torch.Te
     return out
 
 
-def raysel_kernel(model, rows, cols, chunk_size, row_chunk_size=None):
-    fn = kernel.classifier_logits_fn(model)
+def raysel_kernel(model, rows, cols, chunk_size, row_chunk_size=None, logits="classifier"):
+    fn = (kernel.classifier_logits_fn(model) if logits == "classifier"
+          else kernel.prompt_logits_fn(model, label_words(model)))
     return kernel.ntk(model, rows, cols, logits_fn=fn, formula="sgd", chunk_size=chunk_size,
                       row_chunk_size=row_chunk_size)
 
 
 def run_engine(engine: str, model, train, eval_, chunk_size: int, device: torch.device,
-               row_chunk_size: int | None = None):
+               row_chunk_size: int | None = None, logits: str = "classifier"):
+    module = reference_module(model, logits) if engine == "reference" else model
+
     def call(rows, cols):
         with torch.no_grad() if engine == "raysel" else torch.enable_grad():
             if engine == "raysel":
-                return raysel_kernel(model, rows, None if cols is rows else cols, chunk_size, row_chunk_size)
-            return reference_kernel(model, rows, cols)
+                return raysel_kernel(model, rows, None if cols is rows else cols, chunk_size, row_chunk_size, logits)
+            return reference_kernel(module, rows, cols)
 
     def sync():
         if device.type == "cuda":
@@ -122,7 +170,9 @@ def run_engine(engine: str, model, train, eval_, chunk_size: int, device: torch.
 
 def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype = torch.float32):
     torch.manual_seed(args.seed)  # minilm's classifier head is initialised from the global RNG
-    model, _ = load_model(args.model, "sequence_classification", num_labels=CLASSES)
+    prompt = args.logits == "prompt"
+    model, tokenizer = (load_model(args.model, "masked_lm") if prompt
+                        else load_model(args.model, "sequence_classification", num_labels=CLASSES))
     # eager attention for both engines: torch has no forward-mode AD (the reference's jvp) for SDPA's
     # fused CPU kernel, and LM-Kernel-FT ran on eager attention
     model.set_attn_implementation("eager")
@@ -131,7 +181,11 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype = t
     g = torch.Generator().manual_seed(args.seed)
 
     def ids(n):  # equal-length sequences, no attention mask (vmap/jvp paths need mask-free inputs)
-        return {"input_ids": torch.randint(5, vocab, (n, args.seq_len), generator=g).to(device)}
+        batch = {"input_ids": torch.randint(5, vocab, (n, args.seq_len), generator=g)}
+        if prompt:  # the mask token in the middle
+            batch["input_ids"][:, args.seq_len // 2] = tokenizer.mask_token_id
+            batch["mask_pos"] = torch.full((n,), args.seq_len // 2)
+        return {k: v.to(device) for k, v in batch.items()}
     return model, ids(args.n_train), ids(args.n_eval)
 
 
@@ -145,8 +199,10 @@ def worker(engine: str, args: argparse.Namespace, path: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         cuda0 = torch.cuda.memory_allocated()
     small = {k: v[:2] for k, v in train.items()}
-    run_engine(engine, model, small, {k: v[:2] for k, v in eval_.items()}, args.chunk_size, device)  # warm-up
-    kernels, times = run_engine(engine, model, train, eval_, args.chunk_size, device, args.row_chunk_size)
+    run_engine(engine, model, small, {k: v[:2] for k, v in eval_.items()}, args.chunk_size, device,
+               logits=args.logits)  # warm-up
+    kernels, times = run_engine(engine, model, train, eval_, args.chunk_size, device, args.row_chunk_size,
+                                args.logits)
     memory = {"peak_rss_increase_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
     if device.type == "cuda":
         memory["cuda_peak_allocated_increase_mib"] = (torch.cuda.max_memory_allocated() - cuda0) / 2 ** 20
@@ -176,17 +232,112 @@ def check_float64(args: argparse.Namespace) -> dict:
     small = argparse.Namespace(**{**vars(args), "n_train": args.check, "n_eval": args.check})
     model, train, eval_ = build(small, device, torch.float64)
     out = {}
+    reference = reference_module(model, args.logits)
     for name, cols in (("train_train", train), ("train_eval", eval_)):
-        ref = reference_kernel(model, train, cols)
-        ours = raysel_kernel(model, train, None if cols is train else cols, args.chunk_size)
+        ref = reference_kernel(reference, train, cols)
+        ours = raysel_kernel(model, train, None if cols is train else cols, args.chunk_size, logits=args.logits)
         out[name] = {"scale": rel_scale(ours, ref),
                      "elementwise": float(((ours - ref).abs() / ref.abs().clamp_min(1e-300)).max())}
+    return out
+
+
+def fidelity(args: argparse.Namespace) -> dict:
+    """The kernel rows of the README's fidelity table, on ``args.model`` in float32 (tiny-bert: float64)."""
+    import warnings
+
+    from raysel.data.prompts import encode, prompt_and_words
+    from raysel.data.sources import classification_splits
+    from raysel.spec import DataSpec
+
+    warnings.filterwarnings("ignore")  # sklearn's FutureWarnings, the CV fold warning of k = 4
+    dtype = torch.float64 if args.model == "tiny-bert" else torch.float32
+    splits = classification_splits(DataSpec(name="pydocs-topics", k=4), seed=13)
+    mlm, tokenizer = load_model(args.model, "masked_lm")
+    mlm = mlm.to(dtype).eval()
+    words = ["string", "data", "time", "file", "number"] if args.model == "tiny-bert" else None  # tiny's vocab
+    prompt, word_ids = prompt_and_words(tokenizer, "pydocs-topics", splits, label_words=words)
+    evals = (splits.dev + splits.test)[:args.fidelity_solver_eval]
+    step = max(1, len(splits.train) // args.fidelity_train)  # spread over the labels
+    few = splits.train[::step][:args.fidelity_train]
+    small = [encode(tokenizer, prompt, [(t, None) for t, _ in rows], 128) for rows in (few, evals[:args.fidelity_eval])]
+    big = [encode(tokenizer, prompt, [(t, None) for t, _ in rows], 128) for rows in (splits.train, evals)]
+    # a label word in an input (besides at the mask) is where a tied decoder adds cross terms
+    present = sorted({w for w in word_ids for b in small if (b["input_ids"] == w).any()})
+    out: dict = {"model": args.model, "dtype": str(dtype), "label_words_in_kernel_inputs": present,
+                 "kernel_examples": [len(few), args.fidelity_eval], "solver_examples": [len(splits.train), len(evals)]}
+    started = time.perf_counter()
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max() / b.abs().max())
+
+    kernels = {}
+    for formula in ("sgd", "signgd"):
+        for subset in ("all", "exclude_embeddings", "exclude_head"):
+            pair = {d: kernel.ntk(mlm, small[0], small[1], logits_fn=kernel.prompt_logits_fn(mlm, word_ids, decoder=d),
+                                  formula=formula, subset=subset, chunk_size=4) for d in kernel.DECODERS}
+            kernels[f"{formula}/{subset}"] = rel(pair["tied"], pair["separate"])
+            print(f"{args.model} {formula:<7}{subset:<20} max |K_tied - K_separate| / max |K_separate| "
+                  f"{kernels[f'{formula}/{subset}']:.2e}", flush=True)
+    out["decoder_tied_vs_separate"] = kernels
+    y = torch.tensor([label for _, label in splits.train])
+    y_eval = torch.tensor([label for _, label in evals])
+    solve = {}
+    for d in kernel.DECODERS:
+        fn = kernel.prompt_logits_fn(mlm, word_ids, decoder=d)
+        solve[d] = (kernel.ntk(mlm, big[0], logits_fn=fn, chunk_size=4, row_chunk_size=10),
+                    kernel.ntk(mlm, big[0], big[1], logits_fn=fn, chunk_size=4, row_chunk_size=10))
+
+    def labels(d: str = "separate", **options) -> torch.Tensor:
+        return kernel.solve(solve[d][0], y, solve[d][1], **options).labels
+
+    def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a == b).double().mean())
+
+    def acc(a: torch.Tensor) -> float:
+        return float((a == y_eval).double().mean())
+    effects = {"lstsq tied vs separate": (labels("tied"), labels())}
+    effects["logistic cv5 vs plain C=1"] = (labels(solver="logistic"), labels(solver="logistic", logistic_cv=0))
+    for solver in ("logistic", "svc", "svr"):
+        options = {"logistic_cv": 0} if solver == "logistic" else {}
+        effects[f"{solver} flattened vs per_class"] = (labels(solver=solver, **options),
+                                                      labels(solver=solver, class_layout="per_class", **options))
+    out["solver_agreement"] = {k: {"agreement": agreement(a, b), "accuracy": [acc(a), acc(b)]}
+                               for k, (a, b) in effects.items()}
+    for k, v in out["solver_agreement"].items():
+        print(f"{args.model} {k:<32} label agreement {v['agreement']:.3f}, accuracy {v['accuracy'][0]:.3f} vs "
+              f"{v['accuracy'][1]:.3f} ({len(evals)} eval)", flush=True)
+    if args.model == "tiny-bert":  # no prompt: the linear-probe head against the model's random head
+        plain = [{k: v for k, v in tokenizer([t for t, _ in rows], padding=True, truncation=True, max_length=128,
+                                             return_tensors="pt").items() if k in ("input_ids", "attention_mask")}
+                 for rows in (splits.train, evals)]
+        torch.manual_seed(13)
+        model, _ = load_model(args.model, "sequence_classification", num_labels=5)
+        model = model.to(dtype).eval()
+        heads = {"model": model, "linear_probe": kernel.linear_probe_classifier(copy.deepcopy(model), plain[0], y)}
+        found = {}
+        for name, module in heads.items():
+            fn = kernel.classifier_logits_fn(module)
+            found[name] = kernel.solve(kernel.ntk(module, plain[0], logits_fn=fn), y,
+                                       kernel.ntk(module, plain[0], plain[1], logits_fn=fn)).labels
+        out["no_prompt_probe_vs_model_head"] = {"agreement": agreement(found["linear_probe"], found["model"]),
+                                                "accuracy": [acc(found["linear_probe"]), acc(found["model"])]}
+        print(f"{args.model} no prompt, lstsq: linear_probe vs model head label agreement "
+              f"{out['no_prompt_probe_vs_model_head']['agreement']:.3f}, accuracy "
+              f"{out['no_prompt_probe_vs_model_head']['accuracy'][0]:.3f} vs "
+              f"{out['no_prompt_probe_vs_model_head']['accuracy'][1]:.3f}")
+    out["seconds"] = time.perf_counter() - started
+    out["machine"] = machine("cpu")
     return out
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.fidelity:
+        result = fidelity(args)
+        print(json.dumps(result))
+        save(result, args.out or Path(__file__).parent / "results" / f"fidelity-kernel-{args.model}.json")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         runs = {engine: spawn(engine, args, tmp) for engine in ("reference", "raysel")}
     ref, ours = runs["reference"], runs["raysel"]
@@ -196,7 +347,7 @@ def main() -> None:
     rates = {e: {k: sizes[k] / r["times"][k] for k in sizes} | {"total": sum(sizes.values()) / sum(r["times"].values())}
              for e, r in runs.items()}
     result = {
-        "bench": "kernel", "model": args.model, "params": ref["params"], "dtype": ref["dtype"],
+        "bench": "kernel", "model": args.model, "logits": args.logits, "params": ref["params"], "dtype": ref["dtype"],
         "device": args.device, "threads": args.threads, "n_train": args.n_train, "n_eval": args.n_eval,
         "seq_len": args.seq_len, "classes": CLASSES, "chunk_size": args.chunk_size,
         "row_chunk_size": args.row_chunk_size or args.chunk_size, "formula": "sgd",
@@ -208,11 +359,12 @@ def main() -> None:
         "machine": machine(args.device),
     }
     report(result)
-    save(result, args.out)
+    save(result, args.out or Path(__file__).parent / "results" / "kernel.json")
 
 
 def report(r: dict) -> None:
-    print(f"eNTK (sgd) on {r['model']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}), C={r['classes']}, "
+    print(f"eNTK (sgd) on {r['model']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}), {r['logits']} logits, "
+          f"C={r['classes']}, "
           f"N={r['n_train']} M={r['n_eval']} x {r['seq_len']} tokens, {r['device']}, {r['threads']} threads, "
           f"chunk {r['chunk_size']}")
     mem_key = "cuda_peak_allocated_increase_mib" if r["device"] == "cuda" else "peak_rss_increase_mib"

@@ -47,13 +47,17 @@ def ids(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def brute_grads(model: nn.Module, fn: kernel.LogitsFn, batch: dict, keep=lambda n: True) -> torch.Tensor:
-    """[B, C, P]: ∇ f_c(x_i) one example and one logit at a time, by torch.autograd.grad, eval mode."""
+    """[B, C, P]: ∇ f_c(x_i) one example and one logit at a time, by torch.autograd.grad, eval mode,
+    over the parameters as the logits function reads them (a masked LM's decoder weight its own
+    parameter by default: test_kernel_fidelity.py checks that layout against an untied model)."""
     was_training = model.training
     model.eval()
-    named = [(n, p) for n, p in model.named_parameters() if keep(n)]
+    params = {n: p.detach().clone().requires_grad_() for n, p in
+              kernel.select_params(model, "all", decoder=getattr(fn, "decoder", "separate")).items()}
+    named = [(n, p) for n, p in params.items() if keep(n)]
     rows = []
     for i in range(len(next(iter(batch.values())))):
-        f = fn(dict(model.named_parameters()), {k: v[i:i + 1] for k, v in batch.items()})[0]
+        f = fn(params, {k: v[i:i + 1] for k, v in batch.items()})[0]
         rows.append(torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(f[c], [p for _, p in named],
                                                                                      retain_graph=True)])
                                  for c in range(len(f))]))
@@ -187,7 +191,8 @@ def per_example_kernel(model, fn, rows, cols, keep=lambda n: True):
 @pytest.mark.parametrize("mode", ["prompt", "classifier"])
 def test_padded_batches_vectorized_with_sparse_embedding_rows_equal_each_example_alone(mode):
     """The fast path (vmap over padded chunks, vocabulary rows differentiated sparsely) against
-    per-example autograd on unpadded inputs, over every parameter (embeddings and tied decoder too)."""
+    per-example autograd on unpadded inputs, over every parameter (the word embeddings, and the MLM
+    decoder weight as a parameter of its own)."""
     if mode == "prompt":
         model, _ = load_model("tiny-bert", "masked_lm")
         model = model.double()
