@@ -26,6 +26,18 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests: as fast, and it stays fast when other
+    processes load the cores (two spinning OpenMP threads then made such a file 5x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def lm_spec(tmp_path):
     """``lm_spec(**sections)``: a small causal-LM sweep spec on the tiny random GPT-2 (seconds per trial)."""

@@ -14,14 +14,7 @@ from raysel.models import load_model
 VOCAB = 2000  # tiny-gpt2-random's
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: one thread is as fast, and stays fast when other processes load
-    the cores (two spinning OpenMP threads then made this file 5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from raysel.methods import kernel
 from raysel.models import load_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: one thread is as fast, and stays fast when other processes load the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tiny(nn.Module):

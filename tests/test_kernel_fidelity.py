@@ -36,12 +36,7 @@ REFERENCE_SUBSETS = {  # LM-Kernel-FT's rules (kernel_trainer.convert_to_buffer)
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_mlm(kind: str) -> nn.Module:
