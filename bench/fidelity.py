@@ -4,6 +4,8 @@ is the question.
 
     python bench/fidelity.py igf        # tiny-gpt2 (raysel prepare): IG with the reference's eps and dropout
     python bench/fidelity.py opf        # minilm on pydocs-topics: Fisher clipping, dropout, selection, gauge
+    python bench/fidelity.py camels     # synthetic-facts: several gold answers, TF-IDF, loss normalisation
+    python bench/kernel.py --fidelity   # (the kernel's rows)
 
 Each part prints its rows and one JSON line, and writes the JSON to bench/results/fidelity-<part>.json.
 """
@@ -164,10 +166,75 @@ def opf_part(args: argparse.Namespace) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- CaMeLS
+
+def camels_part(args: argparse.Namespace) -> dict:
+    """On synthetic-facts with tiny-gpt2's tokenizer: how often the shortest gold answer is not the
+    first and what the rule does to a score; the TF-IDF weights with the reference's fit corpus and
+    truncation against the former ones; the step factor of the loss normalisation."""
+    from raysel.data.sources import qa_splits
+    from raysel.methods.camels import TfidfScorer, char_scores_weights, tfidf_corpus
+    from raysel.methods.camels.qa import encode_documents
+    from raysel.metrics import normalize_answer, squad_em, squad_f1, target_answer
+    from raysel.models import load_model
+    from raysel.spec import DataSpec
+
+    splits = qa_splits(DataSpec(name="synthetic-facts"))
+    questions = [q for docs in splits.values() for d in docs for q in d["questions"]]
+    several = [q for q in questions if len(q["answers"]) > 1]
+    differs = [q for q in several if normalize_answer(target_answer(q["answers"], "shortest"))
+               != normalize_answer(q["answers"][0])]
+    scored = [q for split in ("val", "test") for d in splits[split] for q in d["questions"]]
+    first_answer = {rule: {name: 100 * sum(metric(q["answers"][0], q["answers"], rule=rule) for q in scored) / len(scored)
+                           for name, metric in (("f1", squad_f1), ("em", squad_em))}
+                    for rule in ("best", "shortest")}
+
+    _, tokenizer = load_model("tiny-gpt2", "causal_lm")
+    tokenizer.model_max_length = 100_000
+    texts = tfidf_corpus(splits)
+    lengths = sorted(len(tokenizer(t)["input_ids"]) for t in texts)
+    median = statistics.median(lengths)
+    scorer = TfidfScorer(texts)
+    former = TfidfScorer([d["text"] for split in ("train", "val", "test") for d in splits[split]])
+    corpus_shift = []
+    for doc in splits["val"][:100]:
+        offsets = encode_documents(tokenizer, [doc["text"]], 256)["offset_mapping"][0]
+        corpus_shift.append(float((scorer.token_weights(doc["text"], offsets)
+                                   - char_scores_weights(offsets, former.char_scores(doc["text"]))).abs().max()))
+    long_doc = " ".join(d["text"] for d in splits["val"][:12])
+    offsets = encode_documents(tokenizer, [long_doc], 256)["offset_mapping"][0]
+    truncated = scorer.token_weights(long_doc, offsets)
+    whole = char_scores_weights(offsets, scorer.char_scores(long_doc))
+    result = {
+        "part": "camels", "data": "synthetic-facts", "tokenizer": "tiny-gpt2", "questions": len(questions),
+        "several_answers": len(several) / len(questions), "shortest_not_first": len(differs) / len(questions),
+        "predicting_the_first_answer_val_test": first_answer,
+        "document_tokens": {"min": lengths[0], "median": median, "max": lengths[-1]},
+        "step_factor_tokens_vs_reference_1024": 1023 / (median - 1),
+        "tfidf_fit_corpus_max_weight_change_100_val_docs": {"median": statistics.median(corpus_shift),
+                                                             "max": max(corpus_shift)},
+        "tfidf_long_document": {"tokens": len(tokenizer(long_doc)["input_ids"]), "kept": 256,
+                                "max_weight_change_truncated_vs_whole": float((truncated - whole).abs().max())},
+        "machine": machine("cpu"),
+    }
+    print(f"CaMeLS on synthetic-facts ({len(questions)} questions), tiny-gpt2's tokenizer")
+    print(f"  several gold answers: {result['several_answers']:.1%}; shortest not the first (normalised): "
+          f"{result['shortest_not_first']:.1%}")
+    print("  predicting the first answer on val + test: " + "; ".join(
+        f"{rule}: F1 {v['f1']:.1f}, EM {v['em']:.1f}" for rule, v in first_answer.items()))
+    print(f"  documents {lengths[0]}-{lengths[-1]} tokens (median {median}): at the same inner_lr the mean over "
+          f"real tokens steps {result['step_factor_tokens_vs_reference_1024']:.1f}x the reference's (B·1023)")
+    print(f"  TF-IDF fit on every split's unique documents vs train + evaluated splits: max |Δw| per document "
+          f"median {statistics.median(corpus_shift):.3f}, max {max(corpus_shift):.3f}; a "
+          f"{result['tfidf_long_document']['tokens']}-token document cut at 256: truncated vs whole-text weights "
+          f"differ by up to {result['tfidf_long_document']['max_weight_change_truncated_vs_whole']:.2f}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("igf", "opf"))
+    parser.add_argument("part", choices=("igf", "opf", "camels"))
     parser.add_argument("--contexts", type=int, default=16, help="igf: contexts (16)")
     parser.add_argument("--objective", type=int, default=100, help="igf: objective contexts (100)")
     parser.add_argument("--dropout-seeds", type=int, default=5, help="igf: dropout seeds (5)")
@@ -178,7 +245,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"igf": igf_part, "opf": opf_part}[args.part](args)
+    result = {"igf": igf_part, "opf": opf_part, "camels": camels_part}[args.part](args)
     print(json.dumps(result))
     save(result, RESULTS / f"fidelity-{args.part}.json")
 
