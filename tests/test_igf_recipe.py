@@ -123,6 +123,7 @@ def test_ig_collection_is_split_across_ray_train_workers(tmp_path, ray_session):
     import torch
 
     from raysel.methods.igf import information_gain
+    from raysel.methods.igf.algorithm import objective_perplexity, rank_correlation
     from raysel.models import load_model
 
     params = {**SMALL, "threshold_mode": "shifting", "max_batches": 2, "eval_every": 2}
@@ -139,7 +140,12 @@ def test_ig_collection_is_split_across_ray_train_workers(tmp_path, ray_session):
     model, _ = load_model("tiny-gpt2-random", "causal_lm")
     expected = information_gain(model, pairs["contexts"], pairs["objective"], lr=5e-5,
                                 chunk_size=SMALL["ig_chunk_size"])
-    torch.testing.assert_close(pairs["ig"], expected, rtol=1e-4, atol=1e-6)
+    # IG is the difference of two float32 perplexities, each rounded at ~1e-7 of the perplexity in an
+    # order that depends on the process's threads and chunks: compare at that scale, not IG's own
+    # (a worker scoring the wrong contexts would be off by the IGs' whole spread, and rank them apart)
+    noise = 1e-6 * objective_perplexity(model, pairs["objective"])
+    assert float((pairs["ig"] - expected).abs().max()) <= noise < 0.1 * float(expected.std())
+    assert rank_correlation(pairs["ig"], expected) > 0.95
 
 
 def test_first_order_engine_reports_its_rank_correlation_with_exact_ig(tmp_path):
