@@ -3,7 +3,7 @@
 # trying the cluster path locally: launch/submit.sh, trials placed on both nodes, a node killed.
 #   launch/local-cluster.sh start      # head at 127.0.0.1:$RAY_HEAD_PORT, dashboard/jobs at :$RAY_DASHBOARD_PORT
 #   RAY_ADDRESS=http://127.0.0.1:8265 launch/submit.sh tune_configs/quickstart.yaml
-#   launch/local-cluster.sh stop
+#   launch/local-cluster.sh stop       # stops this cluster's processes only (found by its own temp dir)
 # Token authentication stays on (RAY_AUTH_MODE=token): the token is ~/.ray/auth_token (made once with
 # `ray get-auth-token --generate`), which `ray job submit` and `ray status` read. Everything binds to
 # 127.0.0.1. Each node gets a custom resource (node:head / node:worker counts) so that tests can see
@@ -13,6 +13,7 @@ head_port="${RAY_HEAD_PORT:-6390}"
 dashboard_port="${RAY_DASHBOARD_PORT:-8265}"
 head_cpus="${HEAD_CPUS:-1}"
 worker_cpus="${WORKER_CPUS:-1}"
+temp_dir="${RAY_CLUSTER_TEMP_DIR:-/tmp/raysel-cluster-$head_port}"  # its own: other Rays on the machine are left alone
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 
 case "${1:-start}" in
@@ -22,13 +23,16 @@ case "${1:-start}" in
     fi
     ray start --head --node-ip-address 127.0.0.1 --port "$head_port" --num-cpus "$head_cpus" \
       --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
-      --resources '{"raysel_head_node": 1}' --disable-usage-stats
+      --resources '{"raysel_head_node": 1}' --disable-usage-stats --temp-dir "$temp_dir"
     ray start --address "127.0.0.1:$head_port" --node-ip-address 127.0.0.1 --num-cpus "$worker_cpus" \
       --resources '{"raysel_worker_node": 1}' --disable-usage-stats
     echo "cluster up: RAY_ADDRESS=127.0.0.1:$head_port (drivers), http://127.0.0.1:$dashboard_port (jobs, dashboard)"
     ;;
   stop)
-    ray stop --force
+    # every process of this cluster names its temp dir on its command line; nothing else is stopped
+    pkill -TERM -f -- "$temp_dir" || true
+    sleep 3
+    pkill -KILL -f -- "$temp_dir" || true
     ;;
   *)
     echo "usage: launch/local-cluster.sh start|stop" >&2

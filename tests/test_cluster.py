@@ -2,8 +2,8 @@
 (`ray start`, token authentication on), launch/submit.sh submits a sweep as a Ray job, and the trials
 run on both nodes and log to a real MLflow server (launch/mlflow-server.sh's set-up).
 
-Slow (about 2 minutes) and it ends with `ray stop --force`, which stops every Ray on the machine: it
-runs with the slow tests, in their own pytest process."""
+Slow (about 2 minutes); the cluster has its own temp dir and `local-cluster.sh stop` stops only its
+processes."""
 from __future__ import annotations
 
 import os
