@@ -95,7 +95,7 @@ def plain_trial(seed: int, params: dict) -> tuple[float, dict]:
 
     from raysel.methods import get_method
     from raysel.spec import DataSpec, ModelSpec
-    from raysel.trial import LocalRun, seed_everything
+    from raysel.run_context import LocalRun, seed_everything
 
     method = get_method("standard")
     start = time.perf_counter()

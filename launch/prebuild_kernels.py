@@ -23,8 +23,8 @@ from pathlib import Path
 
 from raysel.methods import get_method
 from raysel.spec import DataSpec, ModelSpec, load_spec
-from raysel.sweep import expand
-from raysel.trial import LocalRun, pick_device
+from raysel.protocols import expand
+from raysel.run_context import LocalRun, pick_device
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 Shows trials done / running / failed and the best metric so far, prints one line per finished
 trial, and closes the MLflow run of a trial that ended without closing its own run (a killed
-process).
+process: ``tracking.end_run_if_running``).
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 from ray.tune import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from raysel.results import TrialResult
 
 
 class SweepProgress(Callback):
@@ -76,26 +78,23 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.done += 1
-        last = trial.last_result or {}
-        self._close_run(last.get("mlflow_run_id"), "FINISHED")
-        value = last.get(self.metric)
-        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "–"
-        self._log(f"trial {trial.trial_id} done: "
-                  f"{self.metric}={shown} at step {last.get('step', '–')}")
+        last = TrialResult.from_tune(trial.last_result or {})
+        self._close_run(last.run_id, "FINISHED")
+        value = last.latest.get(self.metric)
+        shown = f"{value:.4g}" if value is not None else "–"
+        step = last.step if trial.last_result else "–"
+        self._log(f"trial {trial.trial_id} done: {self.metric}={shown} at step {step}")
         self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.failed += 1
-        self._close_run((trial.last_result or {}).get("mlflow_run_id"), "FAILED")
+        self._close_run(TrialResult.from_tune(trial.last_result or {}).run_id, "FAILED")
         self._log(f"[red]trial {trial.trial_id} failed[/red] (see {trial.path})")
         self._refresh()
 
     def _close_run(self, run_id: str | None, status: str) -> None:
-        if not (self.tracking_uri and run_id):
-            return
-        import mlflow
+        if self.tracking_uri and run_id:
+            from raysel.tracking import end_run_if_running
 
-        client = mlflow.MlflowClient(self.tracking_uri)
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status=status)
+            end_run_if_running(self.tracking_uri, run_id, status)

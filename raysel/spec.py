@@ -9,21 +9,24 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import pydantic
 import yaml
 from pydantic import Field
 
+from raysel.inputs import DataSpec, ModelSpec
+from raysel.inputs import Strict as _Strict
+from raysel.space import (DISTRIBUTIONS, Categorical, Distribution, IntRange, LogUniform, Uniform,  # noqa: F401
+                          distribution_bounds, grid_values, is_distribution, parse_space_value)
 from raysel.methods import UnknownMethodError, get_method
+from raysel.protocols import PROTOCOLS, Protocol, UnknownProtocolError, arm_waves, get_protocol
 
 SEED_PRESETS: dict[str, list[int]] = {
     "50-run": list(range(50)),  # IGF: 50 runs, error bars ±1 SE
     "5-seed": [13, 21, 42, 87, 100],  # LM-BFF / kernel: k-shot data seeds
 }
 RESERVED_TRIAL_KEYS = ("arm", "method", "seed", "stage", "model", "data")
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
-GRID_PROTOCOLS = ("seeds", "per_seed_grid")  # protocols whose arms may have their own seeds and order
 
 
 class SpecError(ValueError):
@@ -43,76 +46,7 @@ def seed_list(seeds: "str | list[int]") -> list[int]:
     return list(SEED_PRESETS[seeds]) if isinstance(seeds, str) else list(seeds)
 
 
-class _Strict(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-
-# ---------------------------------------------------------------- search space
-class Uniform(_Strict):
-    distribution: Literal["uniform"]
-    low: float
-    high: float
-
-
-class LogUniform(_Strict):
-    distribution: Literal["loguniform"]
-    low: float
-    high: float
-
-
-class IntRange(_Strict):
-    distribution: Literal["int"]
-    low: int
-    high: int  # inclusive, as in Optuna
-    step: int = 1
-    log: bool = False
-
-
-class Categorical(_Strict):
-    distribution: Literal["categorical"]
-    choices: list[Any]
-
-
-Distribution = Annotated[
-    Union[Uniform, LogUniform, IntRange, Categorical], Field(discriminator="distribution")
-]
-
-
-def is_distribution(value: Any) -> bool:
-    return isinstance(value, (Uniform, LogUniform, IntRange, Categorical))
-
-
-def distribution_bounds(dist: Any) -> list[Any]:
-    """Representative values of a distribution (its ends or choices), used to validate it."""
-    if isinstance(dist, Categorical):
-        return list(dist.choices)
-    return [dist.low, dist.high]
-
-
-def grid_values(dist: Any) -> list[Any]:
-    """The values a grid protocol enumerates for one search-space entry."""
-    if isinstance(dist, Categorical):
-        return list(dist.choices)
-    if isinstance(dist, IntRange) and not dist.log:
-        return list(range(dist.low, dist.high + 1, dist.step))
-    raise ValueError("only categorical and int distributions can be enumerated on a grid")
-
-
 # ---------------------------------------------------------------- parts of a spec
-class ModelSpec(_Strict):
-    name: str = "tiny-gpt2-random"  # built-in name (raysel list), hub name or local path
-
-
-class DataSpec(_Strict):
-    name: str = "pydocs"  # built-in name, HF dataset name, or a local file/directory
-    config: str | None = None  # HF dataset config, e.g. wikitext-103-raw-v1
-    text_field: str = "text"  # column holding the text (HF datasets, JSONL, CSV)
-    label_field: str = "label"  # column holding the label (classification)
-    k: int | None = Field(None, gt=0)  # k-shot per label; the split's seed is the protocol seed
-    max_examples: int | None = Field(None, gt=0)  # cap on training examples (fast tests)
-    labels: list[str] | None = None  # classification: keep only these labels, in this order (a binary subset)
-
-
 class ArmSpec(_Strict):
     name: str
     method: str
@@ -127,7 +61,7 @@ class ArmSpec(_Strict):
 
 
 class ProtocolSpec(_Strict):
-    kind: Literal["search", "seeds", "search+seeds", "per_seed_grid"] = "search"
+    kind: str = "search"  # a name in raysel.protocols.PROTOCOLS
     metric: str  # what the search optimises / the grid selects on (a dev metric)
     mode: Literal["min", "max"]
     report_metric: str | None = None  # what the tables compare (default: metric)
@@ -137,6 +71,17 @@ class ProtocolSpec(_Strict):
     searcher: Literal["optuna", "grid"] = "optuna"
     search_seed: int = 0  # the run seed of every search trial, and the TPE sampler's seed
     seeds: Union[Literal["50-run", "5-seed"], list[int]] = "50-run"
+
+    @pydantic.field_validator("kind")
+    @classmethod
+    def _is_a_protocol(cls, v: str) -> str:
+        get_protocol(v)  # UnknownProtocolError (a ValueError) lists the protocols
+        return v
+
+    @property
+    def rules(self) -> Protocol:
+        """What this protocol runs and reports (raysel.protocols)."""
+        return get_protocol(self.kind)
 
     @property
     def seed_list(self) -> list[int]:
@@ -231,7 +176,7 @@ class SweepSpec(_Strict):
 
     def parsed_search_space(self, arm: ArmSpec) -> dict[str, Any]:
         """An arm's search space with distributions parsed (fixed values stay as they are)."""
-        return {key: _parse_space_value(value) for key, value in arm.search_space.items()}
+        return {key: parse_space_value(value) for key, value in arm.search_space.items()}
 
 
 def _laid_over(base: _Strict, override: _Strict | None) -> _Strict:
@@ -240,12 +185,6 @@ def _laid_over(base: _Strict, override: _Strict | None) -> _Strict:
     if override is None:
         return base
     return base.model_copy(update={field: getattr(override, field) for field in override.model_fields_set})
-
-
-def _parse_space_value(value: Any) -> Any:
-    if isinstance(value, dict) and "distribution" in value:
-        return pydantic.TypeAdapter(Distribution).validate_python(value)
-    return value
 
 
 # ---------------------------------------------------------------- loading and validation
@@ -382,28 +321,42 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
         problems.append(f"arms: names must be distinct (got {names})")
     if spec.report.baseline is not None and spec.report.baseline not in names:
         problems.append(f"report.baseline: {spec.report.baseline!r} is not an arm; arms: {', '.join(names)}")
-    grid = protocol.searcher == "grid"
-    if grid and protocol.kind not in ("search", "search+seeds"):
-        problems.append(f"protocol.searcher: 'grid' is for the search phases of 'search' and 'search+seeds' "
-                        f"(protocol {protocol.kind!r} has none; per_seed_grid always enumerates its grid)")
+    problems += protocol.rules.check(spec)
     for index, arm in enumerate(arms):
         where = f"arms.{index}" if spec.arms else ""
-        problems += _check_arm(arm, where, protocol.kind, grid=grid)
-    problems += _check_order(arms, protocol.kind)
+        problems += _check_arm(arm, where, protocol.rules, protocol.searcher)
+    problems += _check_order(arms, protocol.rules)
+    problems += _check_workers(spec.resources.workers, arms, bool(spec.arms))
     if spec.resources.workers == 0 and spec.resources.gpus_per_worker > 1:
         problems.append("resources.gpus_per_worker: a workers: 0 trial runs in one process; use at most 1 GPU")
     return problems
 
 
-def _check_order(arms: list[ArmSpec], kind: str) -> list[str]:
-    """Arms' own seeds and ``after``: grid protocols only, known arms, no cycles."""
+def _check_workers(workers: int, arms: list[ArmSpec], several: bool) -> list[str]:
+    """Each arm's method runs on at most its ``max_workers`` Ray Train workers."""
+    problems = []
+    for arm in arms:
+        try:
+            limit = get_method(arm.method).max_workers
+        except UnknownMethodError:
+            continue  # reported by _check_arm
+        if limit is not None and workers > limit:
+            which = f"arm {arm.name!r} (method {arm.method!r})" if several else f"method {arm.method!r}"
+            problems.append(f"resources.workers: {workers}, but {which} runs on at most {limit} worker(s) "
+                            f"per trial; allowed: 0 (the trial's own process) to {limit}")
+    return problems
+
+
+def _check_order(arms: list[ArmSpec], rules: Protocol) -> list[str]:
+    """Arms' own seeds and ``after``: protocols that allow them only, known arms, no cycles."""
     problems: list[str] = []
     names = [a.name for a in arms]
+    allowing = " or ".join(repr(n) for n, p in PROTOCOLS.items() if p.own_seeds)
     for index, arm in enumerate(arms):
         where = f"arms.{index}"
-        if (arm.seeds is not None or arm.after) and kind not in GRID_PROTOCOLS:
-            problems.append(f"{where}: an arm's own seeds and after: need protocol 'seeds' or 'per_seed_grid' "
-                            f"(got {kind!r}; search phases run each arm on search_seed)")
+        if (arm.seeds is not None or arm.after) and not rules.own_seeds:
+            problems.append(f"{where}: an arm's own seeds and after: need protocol {allowing} "
+                            f"(got {rules.name!r}; search phases run each arm on search_seed)")
         if isinstance(arm.seeds, list) and (not arm.seeds or len(set(arm.seeds)) != len(arm.seeds)):
             problems.append(f"{where}.seeds: must be a non-empty list of distinct integers, or '50-run' / '5-seed'")
         for other in arm.after:
@@ -417,30 +370,16 @@ def _check_order(arms: list[ArmSpec], kind: str) -> list[str]:
     return problems
 
 
-def arm_waves(arms: list[ArmSpec]) -> list[list[ArmSpec]]:
-    """The arms in the order ``after`` asks for: wave 0 needs nothing, wave w needs only earlier waves."""
-    by_name = {a.name: a for a in arms}
-    depth: dict[str, int] = {}
-
-    def visit(name: str, path: tuple[str, ...]) -> int:
-        if name in path:
-            raise ValueError(f"after: is circular ({' -> '.join([*path, name])})")
-        if name not in depth:
-            depth[name] = 1 + max((visit(n, (*path, name)) for n in by_name[name].after), default=-1)
-        return depth[name]
-
-    for arm in arms:
-        visit(arm.name, ())
-    return [[a for a in arms if depth[a.name] == w] for w in range(max(depth.values(), default=-1) + 1)]
-
-
 def _check_raw_arms(raw: dict[str, Any]) -> list[str]:
     """Method-level checks of the arms that parse, so that one run reports every problem."""
     protocol = raw.get("protocol") if isinstance(raw.get("protocol"), dict) else None
-    if protocol is None:  # reported as missing already; checks that depend on its kind would only add noise
-        protocol = {"kind": None}
-    kind = protocol.get("kind", "search")
-    grid = protocol.get("searcher") == "grid"
+    rules = None  # a missing or unknown protocol is reported already; checks that depend on it would only add noise
+    if protocol is not None:
+        try:
+            rules = get_protocol(protocol.get("kind", ProtocolSpec.model_fields["kind"].default))
+        except (UnknownProtocolError, TypeError):
+            pass
+    searcher = (protocol or {}).get("searcher")
     if isinstance(raw.get("arms"), list) and raw["arms"]:
         candidates = [(f"arms.{i}", a) for i, a in enumerate(raw["arms"])]
     else:
@@ -449,7 +388,7 @@ def _check_raw_arms(raw: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     for where, arm in candidates:
         try:
-            problems += _check_arm(ArmSpec.model_validate(arm), where, kind, grid=grid)
+            problems += _check_arm(ArmSpec.model_validate(arm), where, rules, searcher)
         except pydantic.ValidationError:
             continue  # its structural errors are already reported
     return problems
@@ -459,7 +398,8 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _check_arm(arm: ArmSpec, where: str, kind: str, *, grid: bool = False) -> list[str]:
+def _check_arm(arm: ArmSpec, where: str, rules: Protocol | None, searcher: str | None) -> list[str]:
+    """An arm's method, params and search space (``rules``: its protocol, None when that is invalid)."""
     try:
         method = get_method(arm.method)
     except UnknownMethodError as err:
@@ -472,22 +412,21 @@ def _check_arm(arm: ArmSpec, where: str, kind: str, *, grid: bool = False) -> li
     space = {}
     for key, value in arm.search_space.items():
         try:
-            space[key] = _parse_space_value(value)
+            space[key] = parse_space_value(value)
         except pydantic.ValidationError as err:
             problems += [_format_pydantic_error({**e, "loc": (*filter(None, [where]), "search_space", key, *e["loc"])})
                          for e in err.errors()]
     if len(space) < len(arm.search_space):
         return problems
-    needs_distribution = kind in ("search", "search+seeds")
-    if needs_distribution and not any(is_distribution(v) for v in space.values()):
-        problems.append(f"{_join(where, 'search_space')}: empty; protocol {kind!r} needs at least one "
+    if rules is not None and rules.searches and not any(is_distribution(v) for v in space.values()):
+        problems.append(f"{_join(where, 'search_space')}: empty; protocol {rules.name!r} needs at least one "
                         f"distribution ({', '.join(DISTRIBUTIONS)})")
     for key, value in space.items():
         at = _join(where, "search_space", key)
         if key not in fields:
             problems.append(f"{at}: {method.name!r} has no parameter {key!r}; allowed: {', '.join(sorted(fields))}")
             continue
-        problems += _check_distribution(value, at, kind, grid=grid)
+        problems += _check_distribution(value, at, rules, searcher)
     problems += _check_params(method, {**arm.params, **{k: v for k, v in space.items() if not is_distribution(v)}},
                               _join(where, "params"))
     # every value a distribution can produce must be a valid parameter: check its ends/choices
@@ -499,7 +438,7 @@ def _check_arm(arm: ArmSpec, where: str, kind: str, *, grid: bool = False) -> li
     return list(dict.fromkeys(problems))
 
 
-def _check_distribution(value: Any, at: str, kind: str, *, grid: bool = False) -> list[str]:
+def _check_distribution(value: Any, at: str, rules: Protocol | None, searcher: str | None) -> list[str]:
     if not is_distribution(value):
         return []
     problems = []
@@ -511,14 +450,8 @@ def _check_distribution(value: Any, at: str, kind: str, *, grid: bool = False) -
         problems.append(f"{at}.low: a loguniform distribution needs low > 0 (got {value.low})")
     if isinstance(value, (Uniform, LogUniform)) and not all(map(math.isfinite, (value.low, value.high))):
         problems.append(f"{at}: low and high must be finite")
-    if kind == "per_seed_grid" or grid:
-        try:
-            grid_values(value)
-        except ValueError as err:
-            problems.append(f"{at}: {err} ({'searcher grid' if grid else 'protocol per_seed_grid'})")
-    if kind == "seeds":
-        problems.append(f"{at}: protocol 'seeds' runs a fixed config; give a value, not a distribution "
-                        "(or use 'search+seeds')")
+    if rules is not None:
+        problems += rules.check_space_value(value, at, searcher)
     return problems
 
 

@@ -1,15 +1,4 @@
-"""Running a sweep: protocols expand into phases, each phase is one Ray Tune ``Tuner``.
-
-| protocol      | phases                                                                 |
-|---------------|------------------------------------------------------------------------|
-| search        | per arm: Optuna (seeded TPE) over the arm's search space, one seed (or |
-|               | with ``searcher: grid`` every point of it once)                        |
-| seeds         | one grid: arms × protocol seeds, fixed configs                         |
-| search+seeds  | the search phases, then one grid: each arm's best config × seeds       |
-| per_seed_grid | one grid: arms × grid of the search space × seeds; selection per seed  |
-
-In seeds and per_seed_grid an arm may have its own seeds and wait for other arms (``after:``): the
-arms then run as several grids, one after the other, in the order ``after`` asks for.
+"""Running a sweep: its protocol's phases (raysel.protocols), each phase one Ray Tune ``Tuner``.
 
 Every phase's trials are children of the sweep's MLflow parent run. A phase's Tune experiment is
 named after the sweep and the phase, so ``resume=True`` restores unfinished phases and reuses
@@ -17,91 +6,26 @@ finished ones without re-running or re-logging them.
 """
 from __future__ import annotations
 
-import itertools
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 
 from raysel.methods import get_method
-from raysel.report.sources import FRESH_KEY, STATE_FILE
-from raysel.spec import (ArmSpec, Categorical, IntRange, LogUniform, SpecError, SweepSpec, Uniform, arm_waves,
-                         grid_values, is_distribution, load_spec, parse_overrides)
-from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, resolve_uri,
-                             start_parent_run)
+from raysel.results import SWEEP_FILE, table_row
+from raysel.protocols import Phase, expand
+from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
+from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
+from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, reopen_run,
+                             resolve_uri, start_parent_run)
 from raysel.trial import TrialSettings, make_trainable
 
 if TYPE_CHECKING:
     from raysel.report import Report
-
-
-@dataclass
-class Phase:
-    """One Tuner: a search over one variant's distributions, or a grid of fixed variants × seeds."""
-
-    label: str  # names the Tune experiment directory: "{sweep}/{label}"
-    stage: str  # "search" | "seeds" | "grid"
-    variants: list[dict[str, Any]]  # arm, method, stage, params (values or distributions), model, data
-    seeds: list[int]
-    num_samples: int = 1  # Optuna trials (search phases)
-    grid: bool = False  # a search phase that enumerates its grid (searcher: grid) instead of asking Optuna
-
-    @property
-    def is_search(self) -> bool:
-        return self.stage == "search"
-
-    @property
-    def num_trials(self) -> int:
-        return self.num_samples if self.is_search and not self.grid else len(self.variants) * len(self.seeds)
-
-
-def _variant(arm: ArmSpec, stage: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {"arm": arm.name, "method": arm.method, "stage": stage, "params": params,
-            "model": arm.model.model_dump(), "data": arm.data.model_dump()}
-
-
-def expand(spec: SweepSpec) -> list[Phase]:
-    """The phases a protocol starts with (``search+seeds`` adds its seeds phase after the search)."""
-    protocol, arms = spec.protocol, spec.resolved_arms()
-    if protocol.kind in ("search", "search+seeds") and protocol.searcher == "grid":
-        return [Phase(label=f"search-{arm.name}", stage="search", seeds=[protocol.search_seed], grid=True,
-                      variants=_grid_variants(spec, arm, "search")) for arm in spec.resolved_arms()]
-    if protocol.kind in ("search", "search+seeds"):
-        return [Phase(label=f"search-{arm.name}", stage="search", seeds=[protocol.search_seed],
-                      num_samples=protocol.num_samples,
-                      variants=[_variant(arm, "search", {**arm.params, **spec.parsed_search_space(arm)})])
-                for arm in arms]
-    stage = "seeds" if protocol.kind == "seeds" else "grid"
-    groups: list[tuple[list[int], list[dict[str, Any]]]] = []  # (seeds, variants), in running order
-    for wave in arm_waves(arms):
-        by_seeds: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-        for arm in wave:
-            by_seeds.setdefault(tuple(spec.arm_seeds(arm)), []).extend(_grid_variants(spec, arm, stage))
-        groups += [(list(seeds), variants) for seeds, variants in by_seeds.items()]
-    if len(groups) == 1:
-        return [Phase(label=stage, stage=stage, variants=groups[0][1], seeds=groups[0][0])]
-    # arms with their own seeds or an order: one Tuner each, run one after the other
-    return [Phase(label=f"{stage}-{i}", stage=stage, variants=variants, seeds=seeds)
-            for i, (seeds, variants) in enumerate(groups, 1)]
-
-
-def _grid_variants(spec: SweepSpec, arm: ArmSpec, stage: str) -> list[dict[str, Any]]:
-    """An arm's fixed config (seeds) or every point of its grid (per_seed_grid)."""
-    space = spec.parsed_search_space(arm)
-    if stage == "seeds":
-        return [_variant(arm, stage, {**arm.params, **space})]
-    keys = sorted(space)
-    choices = [grid_values(space[k]) if is_distribution(space[k]) else [space[k]] for k in keys]
-    return [_variant(arm, stage, {**arm.params, **dict(zip(keys, combo))}) for combo in itertools.product(*choices)]
-
-
-def seeds_phase(spec: SweepSpec, best_params: dict[str, dict[str, Any]]) -> Phase:
-    """search+seeds, second half: every arm's best config on every protocol seed."""
-    variants = [_variant(arm, "seeds", best_params[arm.name]) for arm in spec.resolved_arms()]
-    return Phase(label="seeds", stage="seeds", variants=variants, seeds=spec.protocol.seed_list)
 
 
 def _tune_domain(dist: Any):
@@ -123,11 +47,14 @@ def _tune_domain(dist: Any):
 def param_space(phase: Phase) -> dict[str, Any]:
     from ray import tune
 
-    if phase.is_search and not phase.grid:
+    if phase.asks_searcher:
         variant = phase.variants[0]
         params = {k: _tune_domain(v) if is_distribution(v) else v for k, v in variant["params"].items()}
         return {"variant": {**variant, "params": params}, "seed": phase.seeds[0]}
     return {"variant": tune.grid_search(phase.variants), "seed": tune.grid_search(phase.seeds)}
+
+
+STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 
 class SweepInterrupted(RuntimeError):
@@ -167,9 +94,7 @@ def trials_frame(result_grid, phase: Phase) -> pd.DataFrame:
         row.update({f"params.{k}": v for k, v in variant.get("params", {}).items()})
         row["model.name"] = variant.get("model", {}).get("name")
         row["data.name"] = variant.get("data", {}).get("name")
-        metrics = {k: v for k, v in (result.metrics or {}).items()
-                   if k not in ("config", "trial_id", FRESH_KEY) and not isinstance(v, dict)}
-        row.update(metrics)
+        row.update(table_row(result.metrics or {}))
         row["path"] = result.path
         rows.append(row)
     return pd.DataFrame(rows)
@@ -197,9 +122,7 @@ def preflight(spec: SweepSpec) -> None:
     """Each arm's method checks that its model and data can be loaded, before anything starts."""
     for arm in spec.resolved_arms():
         method = get_method(arm.method)
-        check = getattr(method, "preflight", None)
-        if check is not None:
-            check(method.Params.model_validate(arm.params), arm.model, arm.data, spec.arm_seeds(arm))
+        method.preflight(method.Params.model_validate(arm.params), arm.model, arm.data, spec.arm_seeds(arm))
 
 
 def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
@@ -265,8 +188,8 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
         param_space=param_space(phase),
         tune_config=tune.TuneConfig(
             metric=protocol.metric, mode=protocol.mode,
-            num_samples=phase.num_samples if phase.is_search and not phase.grid else 1,
-            search_alg=OptunaSearch(seed=protocol.search_seed) if phase.is_search and not phase.grid else None,
+            num_samples=phase.num_samples if phase.asks_searcher else 1,
+            search_alg=OptunaSearch(seed=protocol.search_seed) if phase.asks_searcher else None,
             scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
             # in-process trials reuse their actor: no fresh interpreter importing torch per trial
             reuse_actors=spec.resources.workers == 0),
@@ -305,20 +228,38 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
     spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": resolve_uri(spec.tracking.uri)})})
     preflight(spec)
     check_services(spec)
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # not every step reports every metric
+    with _driver_state(storage):
+        started_ray = _init_ray(spec)
+        try:
+            return _run_phases(spec, storage, sweep_dir, state, resume, progress, working_dir)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _driver_state(storage: Path) -> Iterator[None]:
+    """What the driver process needs while the sweep runs, undone when it returns (the caller's
+    environment and working directory are as they were)."""
+    saved_env = os.environ.get(STRICT_METRICS)
+    saved_cwd = os.getcwd()
+    os.environ.setdefault(STRICT_METRICS, "1")  # not every step reports every metric
     if "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
         # a `ray job submit --working-dir` driver: ray.init() may delete and re-extract the job's directory
         # under our feet (its first use on a node), so the driver waits outside it; trials still start there
         storage.mkdir(parents=True, exist_ok=True)
         os.chdir(storage)
-    started_ray = _init_ray(spec)
     try:
-        return _run_phases(spec, storage, sweep_dir, state, resume, progress, working_dir)
+        yield
     finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        if saved_env is None:
+            os.environ.pop(STRICT_METRICS, None)
+        else:
+            os.environ[STRICT_METRICS] = saved_env
+        if os.path.isdir(saved_cwd):
+            os.chdir(saved_cwd)
 
 
 def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | None, resume: bool,
@@ -332,7 +273,7 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
     _write_state(sweep_dir, {"name": spec.name, "parent_run_id": parent, "spec": spec.model_dump(mode="json"),
                              "tracking_uri": tracking.uri if tracking else None})
     if tracking and parent:  # so that a report can be rebuilt from the tracking server alone
-        log_artifacts(tracking.uri, parent, [sweep_dir / STATE_FILE])
+        log_artifacts(tracking.uri, parent, [sweep_dir / SWEEP_FILE])
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
@@ -359,12 +300,8 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
     try:
         for phase in expand(spec):
             run_phase(phase)
-        if spec.protocol.kind == "search+seeds":
-            missing = [a.name for a in spec.resolved_arms() if a.name not in best]
-            if missing:
-                raise RuntimeError(f"no search trial of arm(s) {missing} reported {spec.protocol.metric!r}; "
-                                   "cannot run the seeds phase")
-            run_phase(seeds_phase(spec, best))
+        for phase in spec.protocol.rules.next_phases(spec, best):
+            run_phase(phase)
         status = "FINISHED"
     except SweepInterrupted:
         status = "KILLED"
@@ -393,9 +330,7 @@ def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | 
                                   {"protocol": spec.protocol.model_dump(mode="json"),
                                    "arms": ",".join(a.name for a in spec.resolved_arms())})
     else:
-        from raysel.tracking import _client
-
-        _client(uri).update_run(parent, status="RUNNING")
+        reopen_run(uri, parent)
     return TrackingInfo(uri=uri, experiment_id=experiment_id, parent_run_id=parent, sweep=spec.name), parent
 
 
@@ -413,9 +348,9 @@ def _finish(result: SweepResult) -> None:
 
 
 def _read_state(sweep_dir: Path) -> dict | None:
-    path = sweep_dir / STATE_FILE
+    path = sweep_dir / SWEEP_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def _write_state(sweep_dir: Path, state: dict) -> None:
-    (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps(state, indent=2, default=str))

@@ -1,18 +1,23 @@
 """MLflow: one parent run per sweep, one child run per trial, logged from inside the trial.
 
+Every MLflow call of raysel is in this module (the sweep, trials, the progress bar and the report
+call the functions here).
+
 One pattern only: the trial (rank 0 under Ray Train) logs its own run with the loop's global step.
 Restarts and resumed sweeps find the trial's existing run by its Ray trial id instead of opening a
 second one. Values of keys that look like secrets are replaced before anything is logged.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 SECRET_KEY = re.compile(r"(token|passw(or)?d|secret|credential|api[_-]?key|access[_-]?key|private[_-]?key|(^|[._-])key)$",
                         re.IGNORECASE)
@@ -128,6 +133,73 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a run running again (a resumed sweep's parent run)."""
+    _client(uri).update_run(run_id, status="RUNNING")
+
+
+def end_run_if_running(uri: str, run_id: str, status: str) -> None:
+    """Close a trial's run that its process left open (a killed process cannot close its own run)."""
+    client = _client(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line for a failed trial's ``raysel.failure`` tag and the report: the error's type and message."""
+    message = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {message}"[:500]
+
+
+# ---------------------------------------------------------------- reading a sweep back (the report)
+def get_run(uri: str, run_id: str):
+    """The MLflow run ``run_id`` (MLflow's exception when there is none)."""
+    return _client(uri).get_run(run_id)
+
+
+def newest_sweep_run(uri: str, experiment: str):
+    """The newest sweep parent run in ``experiment``: (the experiment or None, the run or None)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None, None
+    runs = client.search_runs([found.experiment_id], filter_string="tags.`raysel.role` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return found, (runs[0] if runs else None)
+
+
+def download_artifact(uri: str, run_id: str, path: str, dst: str) -> str:
+    """A run's artifact downloaded under ``dst``: its local path."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no bar
+    return _client(uri).download_artifacts(run_id, path, dst)
+
+
+def child_runs(uri: str, parent_run_id: str) -> list:
+    """Every trial run of a sweep's parent run."""
+    client = _client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def metric_histories(uri: str, runs: list, threads: int = 8) -> list[dict[str, list]]:
+    """Per run, every metric's full history ({key: [Metric]}), fetched in parallel (one request per
+    run × metric on a server)."""
+    client = _client(uri)
+
+    def histories(run) -> dict[str, list]:
+        return {key: client.get_metric_history(run.info.run_id, key) for key in run.data.metrics}
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(histories, runs))
+
+
 TEXT_SUFFIXES = (".json", ".md", ".csv", ".txt", ".yaml", ".yml", ".log")
 
 
@@ -225,6 +297,33 @@ class TrialLogger:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
+    def last_logged_step(self) -> int:
+        """The highest step already logged to this run (−1 for a fresh run): a restarted trial does
+        not log its replayed steps twice."""
+        keys = [k for k in self.client.get_run(self.run_id).data.metrics if k != "step"]
+        if not keys:
+            return -1
+        return max(m.step for key in keys for m in self.client.get_metric_history(self.run_id, key))
+
+    @contextlib.contextmanager
+    def lifecycle(self) -> Iterator[None]:
+        """The trial's body: its run ends FINISHED, or FAILED with the reason as a tag. Ray Tune ends a
+        trial its scheduler stopped (ASHA, also at max_t) with SystemExit(0): a finished run, tagged."""
+        try:
+            yield
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                self.finish("FAILED")
+                raise
+            self.set_tags({"raysel.stopped_by_scheduler": "true"})
+            self.finish("FINISHED")
+            raise
+        except BaseException as error:
+            self.set_tags({"raysel.failure": failure_reason(error)})
+            self.finish("FAILED")
+            raise
+        self.finish("FINISHED")
+
 
 class NullLogger:
     """What non-zero ranks and untracked sweeps get: the same calls, nothing logged."""
@@ -235,3 +334,9 @@ class NullLogger:
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
+    def last_logged_step(self) -> int:
+        return -1
+
+    @contextlib.contextmanager
+    def lifecycle(self) -> Iterator[None]:
+        yield

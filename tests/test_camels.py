@@ -225,7 +225,7 @@ def test_meta_training_resumes_from_its_checkpoint(tmp_path):
     carried base model, counters) instead of starting over."""
     from raysel.methods.camels import Camels, CamelsParams
     from raysel.spec import DataSpec, ModelSpec
-    from raysel.trial import LocalRun
+    from raysel.run_context import LocalRun
 
     params = CamelsParams(phase="meta_train", base_model="tiny-gpt2-random", outer_steps=3, val_every=2,
                           grad_acc_steps=1, update_batch_size=2, val_batches=1, outer_lr=1e-2, locality_tokens=16)

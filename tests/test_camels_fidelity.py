@@ -18,9 +18,9 @@ from raysel.methods.camels.algorithm import lm_labels
 from raysel.methods.camels.qa import encode_documents, score_answers
 from raysel.metrics import squad_em, squad_em_prefix, squad_f1, target_answer
 from raysel.models import load_model
-from raysel.spec import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec
 from raysel.tracking import NullLogger
-from raysel.trial import LocalRun
+from raysel.run_context import LocalRun
 
 BANK = ["Bank of England", "the Bank", "BoE"]
 

@@ -12,7 +12,8 @@ import pytest
 
 from raysel.data.errors import DataError
 from raysel.spec import SpecError, load_spec
-from raysel.sweep import expand, preflight
+from raysel.protocols import expand
+from raysel.sweep import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_EVAL = {"phase": "evaluate", "downsample_to": 3, "max_answer_tokens": 4}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from raysel.methods import get_method
-from raysel.spec import DataSpec, ModelSpec
-from raysel.trial import LocalRun
+from raysel.inputs import DataSpec, ModelSpec
+from raysel.run_context import LocalRun
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

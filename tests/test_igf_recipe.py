@@ -12,7 +12,7 @@ import raysel
 from raysel.methods import get_method
 from raysel.methods.igf import IGFParams
 from raysel.spec import DataSpec, ModelSpec, SpecError, load_spec
-from raysel.trial import LocalRun
+from raysel.run_context import LocalRun
 
 # small enough for seconds per trial on the tiny random GPT-2 and the built-in pydocs data
 # (a random model's IG is noise and the learner's scores all sit near one value: thresholds in its own units)

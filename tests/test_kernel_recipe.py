@@ -17,23 +17,19 @@ from raysel.metrics import accuracy, binary_f1
 from raysel.models import load_model
 from raysel.models.prompt import PromptClassifier
 from raysel.spec import DataSpec, ModelSpec, SpecError, load_spec
-from raysel.trial import LocalRun
+from raysel.tracking import NullLogger
+from raysel.run_context import LocalRun
 
 WORDS = ["string", "data", "time", "file", "number"]  # single tokens of the tiny models' 2000-word vocabulary
 TINY = {"label_words": WORDS, "max_length": 48}
 
 
-class Recorder:
+class Recorder(NullLogger):
     """A tracking logger that keeps what the trial sent (LocalRun's default drops it)."""
-
-    run_id = None
 
     def __init__(self):
         self.tags: dict[str, str] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
-
-    def log_metrics(self, step, metrics):
-        pass
 
     def set_tags(self, tags):
         self.tags.update(tags)

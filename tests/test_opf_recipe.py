@@ -12,7 +12,7 @@ from raysel.methods import get_method
 from raysel.methods.opf import decompose, matrix_candidates, merge_all
 from raysel.models import ModelError, load_model
 from raysel.spec import DataSpec, ModelSpec, SpecError, load_spec
-from raysel.trial import LocalRun
+from raysel.run_context import LocalRun
 
 BASE = {"max_steps": 6, "batch_size": 8, "eval_every": 3, "middle_cores": 2, "lr": 1e-3, "mpo_lr": 1e-3,
         "save_merged": False}

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from raysel.report import describe, per_seed_selection, summarize
-from raysel.spec import load_spec
-from raysel.sweep import expand, param_space, seeds_phase
+from raysel.spec import SpecError, load_spec
+from raysel.protocols import PROTOCOLS, Phase, PerSeedGrid, expand, get_protocol, grid_variants
+from raysel.sweep import param_space
 
 
 def spec(kind: str, **protocol):
@@ -64,10 +65,45 @@ def test_per_seed_grid_enumerates_the_grid_for_every_seed():
 def test_search_then_seeds_uses_each_arms_best_config():
     s = spec("search+seeds", seeds=[5, 6])
     assert [p.stage for p in expand(s)] == ["search", "search"]
-    phase = seeds_phase(s, {"a": {"task": "classification", "lr": 1e-4, "warmup_steps": 1},
-                            "b": {"task": "classification", "lr": 3e-4, "max_steps": 40}})
+    (phase,) = get_protocol("search+seeds").next_phases(
+        s, {"a": {"task": "classification", "lr": 1e-4, "warmup_steps": 1},
+            "b": {"task": "classification", "lr": 3e-4, "max_steps": 40}})
     assert phase.stage == "seeds" and phase.seeds == [5, 6] and phase.num_trials == 4
     assert phase.variants[0]["params"]["lr"] == 1e-4 and phase.variants[1]["params"]["max_steps"] == 40
+
+
+def test_search_then_seeds_needs_a_best_config_of_every_arm():
+    with pytest.raises(RuntimeError, match=r"arm\(s\) \['b'\] reported 'dev_accuracy'"):
+        get_protocol("search+seeds").next_phases(spec("search+seeds"), {"a": {"lr": 1e-4}})
+    assert get_protocol("search").next_phases(spec("search"), {}) == []
+
+
+def test_an_unknown_protocol_lists_the_registered_ones():
+    with pytest.raises(SpecError, match=r"protocol.kind: unknown protocol 'grid'; allowed: 'search', 'seeds', "
+                                        r"'search\+seeds', 'per_seed_grid'"):
+        spec("grid")
+
+
+def test_a_protocol_is_added_in_one_place(monkeypatch):
+    """A protocol registered in raysel.protocols is validated, expanded and reported with no other change."""
+    class LastSeedOnly(PerSeedGrid):
+        name = "last_seed_only"
+
+        def phases(self, spec):
+            return [Phase(label="last", stage="grid", variants=grid_variants(spec, arm, "grid"),
+                          seeds=spec.protocol.seed_list[-1:]) for arm in spec.resolved_arms()]
+
+    monkeypatch.setitem(PROTOCOLS, LastSeedOnly.name, LastSeedOnly())
+    s = spec("last_seed_only", seeds=[1, 2, 3])
+    assert [(p.label, p.seeds, p.num_trials) for p in expand(s)] == [("last", [3], 6), ("last", [3], 2)]
+    with pytest.raises(SpecError, match=r"search_space.lr: only categorical and int .* \(protocol last_seed_only\)"):
+        load_spec({"name": "p", "method": "standard", "search_space": {"lr": {"distribution": "uniform", "low": 0,
+                                                                                 "high": 1}},
+                   "protocol": {"kind": "last_seed_only", "metric": "m", "mode": "min"}})
+    frame = pd.DataFrame({"trial_id": ["t1", "t2"], "arm": ["a", "a"], "seed": [3, 3], "step": [1, 1],
+                          "dev_accuracy": [0.5, 0.7], "test_accuracy": [0.4, 0.6], "status": "FINISHED"})
+    summary = summarize(frame, s.protocol)
+    assert summary.loc[0, "n"] == 1 and summary.loc[0, "mean"] == 0.6
 
 
 def test_describe_gives_mean_se_std():

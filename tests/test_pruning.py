@@ -15,8 +15,8 @@ from raysel.methods.pruning import (Pruning, ambiguous_subset, cartography, el2n
 from raysel.methods.pruning import recipe as pruning_recipe
 from raysel.methods.pruning import load_records, records_dir
 from raysel.methods.standard import Prepared
-from raysel.spec import DataSpec, ModelSpec
-from raysel.trial import LocalRun
+from raysel.inputs import DataSpec, ModelSpec
+from raysel.run_context import LocalRun
 
 
 def runs(*patterns: str) -> torch.Tensor:

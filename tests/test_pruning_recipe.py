@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from raysel.spec import SpecError, load_spec
-from raysel.sweep import expand
+from raysel.protocols import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = {"task": "classification", "batch_size": 8, "epochs": 2, "lr": 1e-3, "eval_examples": 32, "score_runs": 2}

@@ -137,6 +137,17 @@ def test_resources_and_tracking_are_checked():
     assert any(p.startswith("tracking.uri") and "sqlite:///" in p for p in found)
 
 
+@pytest.mark.parametrize("method", ["camels", "opf", "pruning"])
+def test_methods_that_run_in_one_process_refuse_several_workers_before_ray_starts(method):
+    raw = {"name": "w", "arms": [{"name": "one", "method": method}], "resources": {"workers": 2},
+           "protocol": {"kind": "seeds", "metric": "m", "mode": "min"}}
+    (msg,) = problems(raw)
+    assert msg == (f"resources.workers: 2, but arm 'one' (method {method!r}) runs on at most 1 worker(s) per trial; "
+                   "allowed: 0 (the trial's own process) to 1")
+    raw["resources"]["workers"] = 1
+    assert load_spec(raw).resources.workers == 1
+
+
 def test_all_problems_are_reported_at_once():
     raw = base()
     raw["method"] = "nope"

@@ -1,4 +1,4 @@
-"""The standard fine-tuning method and the shared loop, without Ray (raysel.trial.LocalRun)."""
+"""The standard fine-tuning method and the shared loop, without Ray (raysel.run_context.LocalRun)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ import torch
 from raysel.methods import get_method
 from raysel.methods.loop import linear_schedule
 from raysel.metrics import accuracy, perplexity, squad_em, squad_f1
-from raysel.spec import DataSpec, ModelSpec
-from raysel.trial import LocalRun
+from raysel.inputs import DataSpec, ModelSpec
+from raysel.run_context import LocalRun
 
 standard = get_method("standard")
 

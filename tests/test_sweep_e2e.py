@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import mlflow
 import pandas as pd
@@ -35,7 +36,9 @@ def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
         protocol={"kind": "search", "num_samples": 3, "metric": "dev_perplexity", "mode": "min",
                   "report_metric": "test_perplexity", "search_seed": 3},
     )
+    cwd, environment = os.getcwd(), dict(os.environ)
     result = raysel.run_sweep(spec, progress=False)
+    assert os.getcwd() == cwd and dict(os.environ) == environment  # the caller's process is as it was
 
     assert len(result.trials) == 3 and result.num_errors == 0
     lrs = result.trials["params.lr"]

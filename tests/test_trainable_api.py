@@ -56,3 +56,8 @@ def test_trainable_in_legacy_tune_run(tmp_path):
 def test_trainable_rejects_unknown_fixed_params():
     with pytest.raises(ValueError, match="no parameter"):
         raysel.trainable("standard", learning_rate=1e-4, tracking=False)
+
+
+def test_trainable_refuses_more_workers_than_the_method_runs_on():
+    with pytest.raises(ValueError, match=r"workers=2, but 'opf' runs on at most 1 worker\(s\) per trial"):
+        raysel.trainable("opf", workers=2, tracking=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from raysel.methods.base import Method, MethodParams, NonFiniteLossError, RunContext, check_finite
+from raysel.methods.base import Method, MethodFigure, MethodParams, NonFiniteLossError, RunContext, check_finite
 
 # name -> "module:Class"; imported on first use so that `raysel list` stays fast.
 _REGISTRY: dict[str, str] = {
@@ -32,5 +32,5 @@ def get_method(name: str) -> Method:
     return getattr(importlib.import_module(module_name), class_name)()
 
 
-__all__ = ["Method", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite", "get_method", "method_names",
+__all__ = ["Method", "MethodFigure", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite", "get_method", "method_names",
            "UnknownMethodError"]

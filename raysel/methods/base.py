@@ -7,11 +7,14 @@ scheduler comes through the ``RunContext`` (seed, device, ranks, reporting, chec
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pydantic
 import torch
+
+from raysel.inputs import DataSpec, ModelSpec
 
 
 def shared_dir_of(sweep_dir: Path) -> Path:
@@ -45,8 +48,8 @@ class RunContext(Protocol):
     device: torch.device
     rank: int
     world_size: int
-    model: Any  # raysel.spec.ModelSpec
-    data: Any  # raysel.spec.DataSpec
+    model: ModelSpec
+    data: DataSpec
     artifact_dir: Path  # this trial's files
     shared_dir: Path  # files the sweep's trials share (caches one trial builds and the others reuse)
 
@@ -69,16 +72,39 @@ class RunContext(Protocol):
         """Keep a file with the trial's tracking run (rank 0; a no-op when tracking is off)."""
 
 
+@dataclass(frozen=True)
+class MethodFigure:
+    """A figure a method asks ``raysel report`` to draw (methods return data; the report draws).
+
+    ``kind`` names a drawing in ``raysel.report.figures.METHOD_FIGURES`` and ``data`` holds its
+    arguments, e.g. ``MethodFigure("h_histogram", title, {"h": h, "runs": 10, "removed": (0,)})``."""
+
+    kind: str
+    title: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class Method(Protocol):
-    """A fine-tuning recipe that raysel can schedule."""
+    """A fine-tuning recipe that raysel can schedule: every hook the sweep and the report call.
+
+    Recipes subclass it (``class IGF(Method)``) and so inherit the defaults of the optional hooks."""
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
+    # The most Ray Train workers one trial may run on (None: any): the spec is refused before Ray
+    # starts when ``resources.workers`` is larger. 1 = one process (``workers: 0`` or ``1``).
+    max_workers: ClassVar[int | None] = None
 
     def train_loop(self, params: MethodParams, run: RunContext) -> dict[str, float]:
         """Train and evaluate; return the final metrics."""
+        ...
 
-    # Optional: ``preflight(params, model_spec, data_spec, seeds)`` raises ModelError / DataError
-    # for a model or data set that cannot be loaded; the sweep calls it before Ray starts.
-    # Optional: ``report_figures(arms, shared_dir, out) -> {name: png}``: figures of what the sweep's
-    # trials left in their shared directory (e.g. pruning's H histogram), drawn by ``raysel report``.
+    def preflight(self, params: MethodParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
+        """Before Ray starts: raise ModelError / DataError for a model or data set that cannot be loaded
+        (or a combination the method cannot run). The default checks nothing."""
+
+    def report_figures(self, arms: list[Any], shared_dir: Path) -> "dict[str, MethodFigure | Any]":
+        """For ``raysel report``: figures (``MethodFigure``) and tables (pandas DataFrames, written as
+        ``<name>.csv``) of what the sweep's trials left in ``shared_dir``, by file stem. ``arms`` are the
+        spec's resolved arms (``raysel.spec.ArmSpec``: name, method, params, model, data). Default: none."""
+        return {}

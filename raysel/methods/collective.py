@@ -6,8 +6,9 @@ No Ray here (methods never import it): Ray Train has set up torch.distributed wh
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -61,6 +62,32 @@ def build_once(run: RunContext, path: Path) -> Iterator[bool]:
     finally:
         if run.rank == 0:
             lock.release()
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """A file the sweep's trials share, as ``shared_file`` returns it."""
+
+    contents: dict[str, Any]
+    built_here: bool
+    source: str  # "built", or "reused:<trial>" naming the trial that built it (for the trial's tags)
+
+
+def shared_file(run: RunContext, path: Path, build: Callable[[], "dict[str, Any] | None"],
+                map_location: "str | torch.device" = "cpu") -> SharedFile:
+    """The contents of ``path``, built by this trial if no trial has built it yet.
+
+    Of several trials (and their ranks) that need it, one builds it while the others wait (a file
+    lock beside it): ``build`` runs on every rank of that trial and returns, on rank 0, the dict to
+    save (its return value elsewhere is ignored); it is saved atomically with the building trial's
+    name, and every rank then loads it."""
+    with build_once(run, path) as missing:
+        if missing:
+            contents = build()
+            if run.rank == 0:
+                atomic_save({**contents, "built_by": run.artifact_dir.name}, path)
+    saved = torch.load(path, map_location=map_location, weights_only=False)
+    return SharedFile(saved, missing, "built" if missing else f"reused:{saved['built_by']}")
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -15,12 +15,12 @@ from pydantic import Field
 from raysel.data.batches import ClassificationBatches, TokenWindows
 from raysel.data.prompts import prompt_and_words
 from raysel.data.sources import classification_splits, lm_splits
-from raysel.methods.base import RunContext
+from raysel.methods.base import Method, RunContext
 from raysel.methods.loop import Batch, LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import accuracy, perplexity
 from raysel.models import check_model, load_model
 from raysel.models.prompt import PromptClassifier
-from raysel.spec import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec
 
 
 class StandardParams(LoopParams):
@@ -36,7 +36,7 @@ class StandardParams(LoopParams):
 MODEL_TASK = {"causal_lm": "causal_lm", "classification": "sequence_classification", "prompt": "masked_lm"}
 
 
-class Standard:
+class Standard(Method):
     """Standard fine-tuning (causal LM or classification): the baseline of every comparison."""
 
     name: ClassVar[str] = "standard"

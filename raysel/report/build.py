@@ -1,6 +1,6 @@
 """``build``: a sweep's report — tables (Markdown, CSV, JSON) and PNG figures, written and logged.
 
-What a report holds depends on the protocol (see ../shared/DESIGN.md, "Protocols"):
+What a report holds depends on the protocol (raysel.protocols):
 seeds-like sweeps get the summary per arm, tests between arms, curves with ±1 SE bands, a box plot
 and a bar chart at the chosen step; search sweeps get each arm's best trial, the optimisation
 history and the parameter importances; search+seeds gets both.
@@ -99,12 +99,13 @@ def build(sweep: "str | Path", *, tracking_uri: str | None = None, source: str =
 
 def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: ProtocolSpec, metric: str,
              step: int | None, arms: list[str], baseline: str | None, spec: SweepSpec) -> Report:
-    search = stats.search_trials(frame, protocol, arms) if protocol.kind in ("search", "search+seeds") else None
+    rules = protocol.rules
+    search = stats.search_trials(frame, protocol, arms) if rules.searches else None
     spaces = {a.name: spec.parsed_search_space(a) for a in spec.resolved_arms()}
     importances = (stats.param_importances(search, spaces, protocol.metric, protocol.mode)
                    if search is not None else None)
     selection = None
-    if protocol.kind == "per_seed_grid":
+    if rules.selects_per_seed:
         chosen = stats.compared_trials(stats.per_trial(frame), protocol)
         params = [c for c in chosen if c.startswith("params.") and chosen[c].astype(str).nunique() > 1]
         keep = ["arm", "seed", "trial_id", *params, protocol.metric, metric]
@@ -117,7 +118,7 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
         name=record.name, protocol=protocol, metric=metric, step=step, source=used, frame=frame,
         summary=summary,
         comparisons=stats.compare(frame, protocol, metric, step, arms, baseline),
-        steps=stats.step_table(frame, protocol, metric, arms) if protocol.kind != "search" else pd.DataFrame(),
+        steps=stats.step_table(frame, protocol, metric, arms) if rules.compares_arms else pd.DataFrame(),
         search=search if search is not None else pd.DataFrame(),
         importances=importances if importances is not None else pd.DataFrame(), selection=selection)
     report.notes = _notes(report, record)
@@ -162,16 +163,9 @@ def _notes(report: Report, record: SweepRecord) -> list[str]:
         listed = [f"{row.trial_id} ({row.arm}, seed {row.seed}" + (f": {reason})" if isinstance(reason, str) else ")")
                   for row, reason in zip(failed.itertuples(), reasons)]
         notes.append(f"{len(failed)} failed trial(s) left out of every statistic: {'; '.join(listed)}")
-    kind = report.protocol.kind
-    if kind == "per_seed_grid":
-        notes.append("per data seed the config with the best dev "
-                     f"{report.protocol.metric} ({report.protocol.mode}) is chosen; std is the population std")
-    elif kind != "search":
-        notes.append("SE = std / sqrt(n) with the sample std; CIs are percentile bootstrap "
-                     f"({stats.BOOTSTRAP_RESAMPLES} resamples, seeded)")
-    if kind == "search":
-        notes.append("search sweeps are summarised by each arm's best trial; no tests between arms")
-    if kind in ("search", "search+seeds") and report.importances.empty:
+    rules = report.protocol.rules
+    notes += rules.notes(report.protocol, stats.BOOTSTRAP_RESAMPLES)
+    if rules.searches and report.importances.empty:
         notes.append("no parameter importances: an arm needs at least two finished search trials, "
                      "a searched parameter and an objective that varied")
     return notes
@@ -204,12 +198,12 @@ def draw(report: Report, out: Path) -> dict[str, Path]:
     metric, name = report.metric, report.name
     if not report.steps.empty and report.steps["step"].nunique() > 1:
         drawn["curves"] = figures.curves(report.steps, metric, f"{name}: {metric} per step", out / "curves.png")
+    rules = report.protocol.rules
     values = (stats.values_at(report.frame, report.protocol, metric, report.step, list(report.summary["arm"]))
-              if report.protocol.kind != "search" and not report.summary.empty else pd.DataFrame())
+              if rules.compares_arms and not report.summary.empty else pd.DataFrame())
     if not values.empty:
         drawn["box"] = figures.box(values, metric, f"{name}: {metric} at {at}", out / "box.png")
-        error = "std" if report.protocol.kind == "per_seed_grid" else "se"
-        drawn["bars"] = figures.bars(report.summary, metric, error, f"{name}: {metric} at {at}", out / "bars.png")
+        drawn["bars"] = figures.bars(report.summary, metric, rules.error_bar, f"{name}: {metric} at {at}", out / "bars.png")
     if not report.search.empty:
         drawn["search_history"] = figures.search_history(
             report.search, report.protocol.metric, report.protocol.mode,
@@ -221,17 +215,21 @@ def draw(report: Report, out: Path) -> dict[str, Path]:
 
 
 def method_figures(spec: SweepSpec, sweep_dir: Path, out: Path) -> dict[str, Path]:
-    """Figures of the sweep's methods from the files its trials shared (e.g. pruning's H histogram);
-    only for a sweep whose storage directory is here."""
-    from raysel.methods import get_method
+    """Figures (PNG) and tables (CSV) of the sweep's methods from the files its trials shared (e.g.
+    pruning's H histogram: ``Method.report_figures``); only for a sweep whose storage directory is here."""
+    from raysel.methods import MethodFigure, get_method
     from raysel.methods.base import shared_dir_of
+    from raysel.report import figures
 
     arms = spec.resolved_arms()
     drawn: dict[str, Path] = {}
     for name in dict.fromkeys(a.method for a in arms):
-        hook = getattr(get_method(name), "report_figures", None)
-        if hook is not None:
-            drawn.update(hook(arms, shared_dir_of(sweep_dir), out))
+        for stem, item in get_method(name).report_figures(arms, shared_dir_of(sweep_dir)).items():
+            out.mkdir(parents=True, exist_ok=True)
+            if isinstance(item, MethodFigure):
+                drawn[stem] = figures.method_figure(item, out / f"{stem}.png")
+            else:  # a table
+                item.to_csv(out / f"{stem}.csv")
     return drawn
 
 

@@ -6,12 +6,16 @@ Every figure has a title, labelled axes and a legend or tick labels naming the a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
+if TYPE_CHECKING:
+    from raysel.methods.base import MethodFigure
 
 FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # → 800 × 500 pixels
@@ -188,3 +192,13 @@ def token_weights(documents: list[list[str]], weights: list[list[float]], title:
     bar = figure.add_axes((text_width + 0.04, 0.1, 0.02, 0.75))
     figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar, label="token weight")
     return _save(figure, path)
+
+
+METHOD_FIGURES = {"h_histogram": h_histogram, "cartography_map": cartography_map, "token_weights": token_weights}
+
+
+def method_figure(figure: "MethodFigure", path: Path) -> Path:
+    """Draw a figure a method asked for (``Method.report_figures``) with its data."""
+    if figure.kind not in METHOD_FIGURES:
+        raise ValueError(f"unknown method figure {figure.kind!r}; allowed: {', '.join(METHOD_FIGURES)}")
+    return METHOD_FIGURES[figure.kind](**figure.data, title=figure.title, path=path)

@@ -10,22 +10,18 @@ from __future__ import annotations
 import json
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-STATE_FILE = "sweep.json"  # what `raysel sweep` writes in the sweep's directory and logs to the parent run
-FRESH_KEY = "raysel_fresh"  # in Tune results: the metrics reported at that step (the others are carried over)
+from raysel import tracking
+from raysel.results import SWEEP_FILE, TrialResult
+
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ID_COLUMNS = ["trial_id", "run_id", "arm", "method", "stage", "seed", "status", "start_time"]
-# what Ray Tune adds to every result: not metrics of the method
-TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id",
-             "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
-             "iterations_since_restore", "experiment_tag", "step", "mlflow_run_id", FRESH_KEY}
 
 
 class ReportError(ValueError):
@@ -47,9 +43,9 @@ def resolve(sweep: "str | Path", tracking_uri: str | None = None) -> SweepRecord
     """Find a sweep by storage directory, MLflow parent run id, or MLflow experiment name."""
     path = Path(sweep).expanduser()
     if path.is_dir():
-        state_file = path / STATE_FILE
+        state_file = path / SWEEP_FILE
         if not state_file.is_file():
-            raise ReportError(f"{path} is a directory but not a sweep's (no {STATE_FILE}); give the sweep's "
+            raise ReportError(f"{path} is a directory but not a sweep's (no {SWEEP_FILE}); give the sweep's "
                               "storage directory (storage_path/name), its MLflow parent run id or its experiment name")
         state = json.loads(state_file.read_text())
         return SweepRecord(state["name"], state["spec"], tracking_uri or state.get("tracking_uri"),
@@ -64,21 +60,12 @@ def resolve(sweep: "str | Path", tracking_uri: str | None = None) -> SweepRecord
 def _resolve_uri(tracking_uri: str | None) -> str:
     import os
 
-    from raysel.tracking import resolve_uri
-
-    return resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-
-
-def _client(uri: str):
-    from raysel.tracking import _client
-
-    return _client(uri)
+    return tracking.resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def _record_from_run(uri: str, run_id: str) -> SweepRecord:
-    client = _client(uri)
     try:
-        run = client.get_run(run_id)
+        run = tracking.get_run(uri, run_id)
     except Exception as err:
         raise ReportError(f"no MLflow run {run_id} in {uri} ({type(err).__name__}); check the id and "
                           "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
@@ -87,38 +74,33 @@ def _record_from_run(uri: str, run_id: str) -> SweepRecord:
         parent = run.data.tags.get("mlflow.parentRunId")
         hint = f"; its sweep's parent run is {parent}" if parent else ""
         raise ReportError(f"MLflow run {run_id} is not a raysel sweep's parent run (raysel.role={role!r}){hint}")
-    return SweepRecord(run.data.tags.get("raysel.sweep", run.info.run_name), _spec_of(client, run_id),
+    return SweepRecord(run.data.tags.get("raysel.sweep", run.info.run_name), _spec_of(uri, run_id),
                        uri, run_id, None)
 
 
 def _record_from_experiment(uri: str, name: str) -> SweepRecord:
-    client = _client(uri)
     try:
-        experiment = client.get_experiment_by_name(name)
+        experiment, newest = tracking.newest_sweep_run(uri, name)
     except Exception as err:
         raise ReportError(f"cannot reach the MLflow store {uri} ({type(err).__name__}: {err})") from None
     if experiment is None:
         raise ReportError(f"{name!r} is neither a sweep directory, an MLflow run id, nor an experiment in {uri}; "
                           "give storage_path/name, a parent run id, or an experiment name "
                           "(with --tracking-uri or MLFLOW_TRACKING_URI for another store)")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`raysel.role` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
+    if newest is None:
         raise ReportError(f"experiment {name!r} in {uri} holds no raysel sweep (no run tagged raysel.role=sweep)")
-    return _record_from_run(uri, runs[0].info.run_id)
+    return _record_from_run(uri, newest.info.run_id)
 
 
-def _spec_of(client, run_id: str) -> dict[str, Any]:
+def _spec_of(uri: str, run_id: str) -> dict[str, Any]:
     """The spec a sweep ran with, from its parent run's ``sweep.json`` artifact."""
-    import os
     import tempfile
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = client.download_artifacts(run_id, STATE_FILE, tmp)
+            local = tracking.download_artifact(uri, run_id, SWEEP_FILE, tmp)
         except Exception:
-            raise ReportError(f"MLflow run {run_id} has no {STATE_FILE} artifact (a sweep from an older raysel?); "
+            raise ReportError(f"MLflow run {run_id} has no {SWEEP_FILE} artifact (a sweep from an older raysel?); "
                               "report it from its storage directory instead") from None
         return json.loads(Path(local).read_text())["spec"]
 
@@ -140,22 +122,8 @@ def load_frame(record: SweepRecord, source: str = "auto") -> tuple[pd.DataFrame,
 
 def mlflow_frame(uri: str, parent_run_id: str, threads: int = 8) -> pd.DataFrame:
     """Every child run of the sweep's parent run, with each metric's full history."""
-    client = _client(uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-
-    def histories(run) -> dict[str, list]:
-        return {key: client.get_metric_history(run.info.run_id, key) for key in run.data.metrics}
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:  # one request per run × metric on a server
-        all_histories = list(pool.map(histories, runs))
+    runs = tracking.child_runs(uri, parent_run_id)
+    all_histories = tracking.metric_histories(uri, runs, threads)
     rows = []
     for run, history in zip(runs, all_histories):
         tags = run.data.tags
@@ -194,10 +162,8 @@ def tune_frame(sweep_dir: Path) -> pd.DataFrame:
                 identity = _tune_identity(result, failed)
                 if reason:
                     identity["tags.raysel.failure"] = reason
-            fresh = result.get(FRESH_KEY)
-            names = fresh.split(",") if isinstance(fresh, str) else [k for k in result if k not in TUNE_KEYS]
-            values = {k: result[k] for k in names if k and _is_number(result.get(k))}
-            by_step.setdefault(int(result.get("step", result.get("training_iteration", 0))), {}).update(values)
+            record = TrialResult.from_tune(result)
+            by_step.setdefault(record.step, {}).update(record.fresh_metrics())
         rows.extend({**identity, "step": step, **values} for step, values in by_step.items())
     if not rows:
         raise ReportError(f"no Ray Tune results under {sweep_dir} (no */trial_*/result.json yet)")
@@ -216,7 +182,7 @@ def _error_line(path: Path) -> str | None:
 def _tune_identity(result: dict[str, Any], failed: bool) -> dict[str, Any]:
     config = result.get("config", {})
     variant = config.get("variant", {})
-    identity = {"trial_id": result.get("trial_id"), "run_id": result.get("mlflow_run_id") or None,
+    identity = {"trial_id": result.get("trial_id"), "run_id": TrialResult.from_tune(result).run_id or None,
                 "arm": variant.get("arm"), "method": variant.get("method"), "stage": variant.get("stage"),
                 "seed": config.get("seed"), "status": "FAILED" if failed else "FINISHED",
                 "start_time": pd.to_datetime(result.get("timestamp", 0), unit="s")}
@@ -252,10 +218,6 @@ def _number(text: Any) -> Any:
         return float(text)
     except (TypeError, ValueError):
         return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _ordered(frame: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raysel.protocols import SEARCH, best_per_seed
 from raysel.spec import ProtocolSpec
 
 SUMMARY_COLUMNS = ["arm", "metric", "step", "n", "mean", "se", "std", "median", "min", "max", "ci95_low",
@@ -64,21 +65,12 @@ def usable(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[keep]
 
 
-def per_seed_selection(trials: pd.DataFrame, select_metric: str, select_mode: str) -> pd.DataFrame:
-    """LM-BFF model selection: per (arm, seed) the trial (all its columns) with the best dev ``select_metric``."""
-    ok = trials.dropna(subset=[select_metric])
-    ordered = ok.sort_values(select_metric, ascending=select_mode == "min", kind="stable")
-    return ordered.groupby(["arm", "seed"], sort=False).head(1).sort_values(["arm", "seed"], kind="stable")
+per_seed_selection = best_per_seed  # LM-BFF's model selection, for users of raysel.report
 
 
 def compared_trials(trials: pd.DataFrame, protocol: ProtocolSpec) -> pd.DataFrame:
     """The trials (one row each, final values) whose numbers an arm reports under ``protocol``."""
-    trials = usable(trials)
-    if protocol.kind == "per_seed_grid":
-        return per_seed_selection(trials, protocol.metric, protocol.mode)
-    if protocol.kind in ("seeds", "search+seeds") and "stage" in trials:
-        return trials[trials["stage"] == "seeds"]
-    return trials
+    return protocol.rules.compared_trials(usable(trials), protocol)
 
 
 def values_at(frame: pd.DataFrame, protocol: ProtocolSpec, metric: str, step: int | None = None,
@@ -108,10 +100,10 @@ def summarize(frame: pd.DataFrame, protocol: ProtocolSpec, metric: str | None = 
     metric = metric or protocol.compared_metric
     if frame.empty or metric not in frame:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    if protocol.kind == "search":
+    if not protocol.rules.compares_arms:
         return _search_summary(usable(per_trial(frame, step)), protocol, metric, arms)
     values = values_at(frame, protocol, metric, step, arms)
-    ddof = 0 if protocol.kind == "per_seed_grid" else 1
+    ddof = protocol.rules.ddof
     rows = []
     for arm in _arm_order(values, arms):
         x = values.loc[values["arm"] == arm, "value"].to_numpy(dtype=float)
@@ -165,7 +157,7 @@ def compare(frame: pd.DataFrame, protocol: ProtocolSpec, metric: str | None = No
     paired t-test on the seeds both arms ran, Mann-Whitney U, and a note when n is too small for a
     test to mean much."""
     metric = metric or protocol.compared_metric
-    if protocol.kind == "search" or frame.empty or metric not in frame:
+    if not protocol.rules.compares_arms or frame.empty or metric not in frame:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     values = values_at(frame, protocol, metric, step, arms)
     order = _arm_order(values, arms)
@@ -292,7 +284,7 @@ def search_trials(frame: pd.DataFrame, protocol: ProtocolSpec, arms: list[str] |
     """The search-stage trials in start order with their objective and the best value so far."""
     trials = usable(per_trial(frame))
     if "stage" in trials:
-        trials = trials[trials["stage"] == "search"]
+        trials = trials[trials["stage"] == SEARCH]
     trials = trials.dropna(subset=[protocol.metric]) if protocol.metric in trials else trials.iloc[0:0]
     if arms is not None:
         trials = trials[trials["arm"].isin(arms)]

@@ -39,7 +39,7 @@ from pydantic import Field
 from raysel.data.batches import TokenWindows
 from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits, qa_splits
-from raysel.methods.base import MethodParams, RunContext, check_finite, shared_dir_of
+from raysel.methods.base import Method, MethodFigure, MethodParams, RunContext, check_finite, shared_dir_of
 from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, lm_labels, logits_of, meta_step,
                                              outer_loss, padded_denominator, qa_nll, trainable_params,
                                              weighted_lm_loss)
@@ -51,7 +51,7 @@ from raysel.methods.collective import atomic_save
 from raysel.methods.loop import LoopParams, fine_tune
 from raysel.metrics import target_answer
 from raysel.models import check_model, load_model
-from raysel.spec import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec
 
 QA_MODEL, WEIGHT_MODEL = "qa-model", "weight-model.pt"
 
@@ -119,11 +119,12 @@ class CamelsParams(MethodParams):
         return self.max_doc_tokens if self.loss_normalization == "padded" else None
 
 
-class Camels:
+class Camels(Method):
     """CaMeLS: meta-learned per-token loss weights for online adaptation, and its baselines."""
 
     name: ClassVar[str] = "camels"
     Params: ClassVar[type[CamelsParams]] = CamelsParams
+    max_workers: ClassVar[int | None] = 1  # each phase trains and adapts in one process
 
     def preflight(self, params: CamelsParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: the models and data load; another sweep's artifacts exist."""
@@ -155,8 +156,6 @@ class Camels:
         return paths
 
     def train_loop(self, params: CamelsParams, run: RunContext) -> dict[str, float]:
-        if run.world_size > 1:
-            raise ValueError("camels runs each trial in one process: use workers: 0")
         splits = qa_splits(run.data)
         run.set_tags(**run_tags(params))
         if params.phase == "qa_tune":
@@ -165,12 +164,10 @@ class Camels:
             return meta_train(params, run, splits)
         return evaluate(params, run, splits)
 
-    def report_figures(self, arms: list[Any], shared_dir: Path, out: Path) -> dict[str, Path]:
-        """For ``raysel report``: the learned token weights on a few validation documents (PNG), for
-        every meta-training arm whose weight model is in the sweep's shared directory."""
-        from raysel.report import figures
-
-        drawn: dict[str, Path] = {}
+    def report_figures(self, arms: list[Any], shared_dir: Path) -> dict[str, Any]:
+        """For ``raysel report``: the learned token weights on a few validation documents, for every
+        meta-training arm whose weight model is in the sweep's shared directory."""
+        drawn: dict[str, Any] = {}
         for arm in arms:
             params = CamelsParams.model_validate(arm.params) if arm.method == self.name else None
             if params is None or params.phase != "meta_train":
@@ -181,10 +178,9 @@ class Camels:
             weight_model, tokenizer = load_weight_model(path, torch.device("cpu"))
             documents = [d["text"] for d in qa_splits(arm.data)["val"][:4]]
             tokens, weights = token_weights(weight_model, tokenizer, documents, params.max_doc_tokens)
-            out.mkdir(parents=True, exist_ok=True)
-            drawn[f"{arm.name}-token-weights"] = figures.token_weights(
-                tokens, weights, f"{arm.name}: learned token weights on validation documents",
-                out / f"{arm.name}-token-weights.png")
+            drawn[f"{arm.name}-token-weights"] = MethodFigure(
+                "token_weights", f"{arm.name}: learned token weights on validation documents",
+                {"documents": tokens, "weights": weights})
         return drawn
 
 

@@ -11,7 +11,7 @@
 Deliberate differences from the reference code (information-gain-filtration/igf/igf.py):
 - The context step runs with dropout off (eval mode). The reference takes it in train mode
   (GPT-2's dropout 0.1), so its IG values are noisy; eval mode makes IG a function of the
-  context, and the three engines agree exactly.
+  context, and the exact engines (batched and per-context loop) agree exactly.
 - The step is torch.optim.AdamW's (or SGD's). The reference uses transformers.AdamW, which adds
   eps to sqrt(v) before bias correction: on a fresh state its eps is in effect eps/sqrt(1-β2)
   ≈ 32·eps, which only matters for gradient entries below ~3e-7. Its linear schedule is at

@@ -21,7 +21,7 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pydantic
 import torch
@@ -29,8 +29,8 @@ from pydantic import Field
 
 from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits
-from raysel.methods.base import MethodParams, RunContext
-from raysel.methods.collective import atomic_save, build_once, distributed, gather
+from raysel.methods.base import Method, MethodParams, RunContext
+from raysel.methods.collective import distributed, gather, shared_file
 from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, information_gain, objective_and_pool,
                                           objective_perplexity, predict, rank_correlation, sample_context,
                                           threshold_at,
@@ -38,7 +38,7 @@ from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, informat
 from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import perplexity
 from raysel.models import check_model, load_model
-from raysel.spec import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec
 
 LEARNER_FILE = "learner.pt"
 PAIRS_FILE = "ig_pairs.pt"
@@ -147,7 +147,7 @@ class FilterStats:
         self.examined, self.accepted = state["examined"], state["accepted"]
 
 
-class IGF:
+class IGF(Method):
     """Information Gain Filtration: fine-tune only on contexts a learned filter expects to be informative."""
 
     name: ClassVar[str] = "igf"
@@ -209,14 +209,16 @@ class IGF:
         When the learner must be built, every rank computes the IG of its share of the contexts
         (contexts[rank::world_size]) and rank 0 assembles them and fits it."""
         directory = run.shared_dir / f"igf-learner-{params.learner_key(run.model, run.data)}"
-        with build_once(run, directory / LEARNER_FILE) as built_here:
-            if built_here:
-                self._build_learner(params, run, model, objective, pool, directory)
-        saved = torch.load(directory / LEARNER_FILE, map_location=run.device, weights_only=False)
+        shared = shared_file(run, directory / LEARNER_FILE,
+                             lambda: self._build_learner(params, run, model, objective, pool, directory),
+                             map_location=run.device)
+        saved = shared.contents
+        if shared.built_here and run.rank == 0:
+            run.log_artifact(directory / PAIRS_FILE, "igf")
+            run.log_artifact(directory / LEARNER_FILE, "igf")
         learner = _new_learner(model, params.learner_seed)
         learner.load_state_dict(saved["state"])
-        run.set_tags(**{"igf.learner": "built" if built_here else f"reused:{saved['built_by']}",
-                        "igf.learner_key": directory.name})
+        run.set_tags(**{"igf.learner": shared.source, "igf.learner_key": directory.name})
         run.report(0, learner_heldout_mse=saved["info"]["heldout_mse"],
                    learner_heldout_spearman=saved["info"]["heldout_spearman"], ig_mean=saved["ig_mean"],
                    ig_std=saved["ig_std"], ig_seconds=saved["ig_seconds"], ig_workers=saved["ig_workers"],
@@ -224,7 +226,8 @@ class IGF:
         return learner, saved["metrics"]
 
     def _build_learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
-                       pool: list[torch.Tensor], directory: Path) -> None:
+                       pool: list[torch.Tensor], directory: Path) -> dict[str, Any] | None:
+        """IG of the contexts (every rank its share), then on rank 0 the learner fitted to it: what to save."""
         generator = torch.Generator().manual_seed(params.ig_seed)  # every rank draws the same contexts
         contexts = torch.stack([sample_context(pool, params.context_len, generator)
                                 for _ in range(params.ig_contexts)])
@@ -235,13 +238,15 @@ class IGF:
                                  engine=params.ig_engine, chunk_size=params.ig_chunk_size).cpu()
         ig = _interleave(gather(run, share), len(contexts))
         ig_seconds = time.perf_counter() - started
-        if rank == 0:
-            check = _first_order_check(params, run, model, contexts, objective, ig)
-            self._fit_and_save(params, run, model, objective, contexts, ig, ig_seconds, world, directory, check)
+        if rank != 0:
+            return None
+        check = _first_order_check(params, run, model, contexts, objective, ig)
+        return self._fit(params, run, model, objective, contexts, ig, ig_seconds, world, directory, check)
 
-    def _fit_and_save(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
-                      contexts: torch.Tensor, ig: torch.Tensor, ig_seconds: float, world: int,
-                      directory: Path, check: dict[str, float]) -> None:
+    def _fit(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
+             contexts: torch.Tensor, ig: torch.Tensor, ig_seconds: float, world: int,
+             directory: Path, check: dict[str, float]) -> dict[str, Any]:
+        """The secondary learner fitted to the IG z-scores (and the pairs saved beside it): what to save."""
         z, mean, std = zscore(ig)
         learner = _new_learner(model, params.learner_seed)
         state, info = train_secondary_learner(learner, contexts.to(run.device), z.float(),
@@ -255,11 +260,8 @@ class IGF:
                    "learner_q_above_minus_1": float((q >= -1).double().mean())}
         torch.save({"contexts": contexts, "ig": ig, "z": z, "q": q, "objective": objective.cpu()},
                    directory / PAIRS_FILE)
-        atomic_save({"state": {k: v.cpu() for k, v in state.items()}, "info": info, "ig_mean": mean,
-                      "ig_std": std, "ig_seconds": ig_seconds, "ig_workers": world, "metrics": {**q_stats, **check},
-                      "built_by": run.artifact_dir.name}, directory / LEARNER_FILE)
-        run.log_artifact(directory / PAIRS_FILE, "igf")
-        run.log_artifact(directory / LEARNER_FILE, "igf")
+        return {"state": {k: v.cpu() for k, v in state.items()}, "info": info, "ig_mean": mean, "ig_std": std,
+                "ig_seconds": ig_seconds, "ig_workers": world, "metrics": {**q_stats, **check}}
 
 
 def _first_order_check(params: IGFParams, run: RunContext, model: torch.nn.Module, contexts: torch.Tensor,

@@ -27,14 +27,14 @@ from raysel.data.errors import DataError
 from raysel.data.loaders import LabeledSplits
 from raysel.data.prompts import MAX_LENGTH, encode, prompt_and_words, task_of
 from raysel.data.sources import classification_splits
-from raysel.methods.base import MethodParams, RunContext
-from raysel.methods.collective import atomic_save, build_once, distributed, gather
+from raysel.methods.base import Method, MethodParams, RunContext
+from raysel.methods.collective import distributed, gather, shared_file
 from raysel.methods.kernel.algorithm import (binary, classifier_logits_fn, is_causal, linear_probe_classifier,
                                              ntk, prompt_logits_fn, select_params, solve)
 from raysel.methods.loop import eval_mode
 from raysel.metrics import accuracy, binary_f1
 from raysel.models import ModelError, check_model, load_model
-from raysel.spec import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec
 
 KERNELS_FILE = "kernels.pt"
 ARTIFACT_LIMIT_BYTES = 64 * 2**20  # kernels larger than this stay in the cache only, not in MLflow
@@ -136,7 +136,7 @@ class KernelParams(MethodParams):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class Kernel:
+class Kernel(Method):
     """Kernel regression with the eNTK of a pretrained model at θ0 instead of fine-tuning it."""
 
     name: ClassVar[str] = "kernel"
@@ -164,11 +164,11 @@ class Kernel:
         dev, test = splits.dev[:params.eval_examples], splits.test[:params.eval_examples]
         key = params.kernel_key(run.model, run.data, run.seed, examples=[splits.train, dev, test])
         path = Path(params.kernel_cache or run.shared_dir) / f"kernel-{key}"
-        with build_once(run, path / KERNELS_FILE) as missing:
-            if missing:
-                self._build(params, run, splits, dev, test, path)
-        saved = torch.load(path / KERNELS_FILE, map_location="cpu", weights_only=False)
-        run.set_tags(**{"kernel.key": path.name, "kernel.source": "built" if missing else f"reused:{saved['built_by']}"})
+        shared = shared_file(run, path / KERNELS_FILE, lambda: self._build(params, run, splits, dev, test))
+        saved = shared.contents
+        run.set_tags(**{"kernel.key": path.name, "kernel.source": shared.source})
+        if shared.built_here and run.rank == 0 and (path / KERNELS_FILE).stat().st_size <= ARTIFACT_LIMIT_BYTES:
+            run.log_artifact(path / KERNELS_FILE, "kernel")
         n_dev = len(dev)
         k_eval = saved["k_eval"]
         f0 = saved["f0"] if params.adjust_for_init else {}
@@ -190,9 +190,9 @@ class Kernel:
         run.report(1, **metrics)
         return metrics
 
-    def _build(self, params: KernelParams, run: RunContext, splits: LabeledSplits, dev: list, test: list,
-               path: Path) -> None:
-        """Compute and save the kernels (every rank its share of the blocks; rank 0 assembles and saves)."""
+    def _build(self, params: KernelParams, run: RunContext, splits: LabeledSplits, dev: list,
+               test: list) -> dict[str, Any] | None:
+        """Compute the kernels (every rank its share of the blocks; rank 0 assembles them)."""
         torch.manual_seed(run.seed)  # a new classifier head (classifier_head: model) is initialised from the seed
         y_train = torch.tensor([label for _, label in splits.train])
         if params.prompt:
@@ -222,16 +222,12 @@ class Kernel:
         k_eval = sum(gather(run, ntk(model, train, evals, on_block=_progress("train x eval", run.rank), **options)))
         seconds = time.perf_counter() - started
         if run.rank != 0:
-            return
+            return None
         f0 = _initial_logits(model, logits_fn, {"train": train, "evals": evals}, len(dev))
         classes = k_train.shape[-1]
         n, m = len(splits.train), len(dev) + len(test)
-        atomic_save({"k_train": k_train, "k_eval": k_eval, "f0": f0,
-                     "y_train": y_train,
-                     "seconds": seconds, "entries": float(n * classes * (n + m) * classes),
-                     "workers": shard[1], "built_by": run.artifact_dir.name}, path / KERNELS_FILE)
-        if (path / KERNELS_FILE).stat().st_size <= ARTIFACT_LIMIT_BYTES:
-            run.log_artifact(path / KERNELS_FILE, "kernel")
+        return {"k_train": k_train, "k_eval": k_eval, "f0": f0, "y_train": y_train, "seconds": seconds,
+                "entries": float(n * classes * (n + m) * classes), "workers": shard[1]}
 
 
 def _progress(what: str, rank: int):

@@ -20,13 +20,13 @@ import pydantic
 import torch
 from pydantic import Field
 
-from raysel.methods.base import RunContext
+from raysel.methods.base import Method, RunContext
 from raysel.methods.loop import eval_mode, fine_tune
 from raysel.methods.opf.algorithm import (WEIGHT_TYPES, MPOLinear, auto_shapes, decompose, decomposition_rounds,
                                           fisher_scores, layer_dims, matrix_candidates, merge_all, select_top)
 from raysel.methods.standard import MODEL_TASK, Standard, StandardParams, prepare
 from raysel.models import ModelError, load_model
-from raysel.spec import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec
 
 
 class MPOShape(pydantic.BaseModel):
@@ -66,11 +66,12 @@ class OPFParams(StandardParams):
         return self
 
 
-class OPF:
+class OPF(Method):
     """Over-parameterized fine-tuning (MPO decomposition of the chosen matrices, merged back after)."""
 
     name: ClassVar[str] = "opf"
     Params: ClassVar[type[OPFParams]] = OPFParams
+    max_workers: ClassVar[int | None] = 1  # it changes the model while it trains
 
     def preflight(self, params: OPFParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: model and data load; the weight types exist; given shapes fit their matrices."""
@@ -85,8 +86,6 @@ class OPF:
                                  f"{rows} × {cols} ({name})")
 
     def train_loop(self, params: OPFParams, run: RunContext) -> dict[str, float]:
-        if run.world_size > 1:
-            raise ValueError("opf changes the model while it trains: run it with workers: 0 (one process per trial)")
         task = prepare(params, run)
         model = task.model
         steps_per_epoch = math.ceil(task.train_size / params.batch_size)

@@ -26,14 +26,14 @@ import torch
 from pydantic import Field
 
 from raysel.data.errors import DataError
-from raysel.methods.base import RunContext
+from raysel.methods.base import Method, MethodFigure, RunContext
 from raysel.methods.collective import atomic_save
 from raysel.methods.loop import fine_tune
 from raysel.methods.pruning.algorithm import (ambiguous_subset, cartography, el2n_scores, forgetting_events,
                                               h_scores, keep_mask, ordered_subset, permutation, random_subset,
                                               record_step, winning_ticket)
 from raysel.methods.standard import Standard, StandardParams, prepare
-from raysel.spec import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec
 
 SCORING_SEEDS = [342, 4827, 1215, 98, 8128, 828]  # the reference's phase-1 seeds
 RECORDS_DIR = "pruning"  # under the sweep's shared directory
@@ -153,11 +153,12 @@ class Recording(torch.nn.Module):
         return out
 
 
-class Pruning:
+class Pruning(Method):
     """Dataset pruning by H-score: scoring runs (phase score), then fine-tuning on subsets (phase train)."""
 
     name: ClassVar[str] = "pruning"
     Params: ClassVar[type[PruningParams]] = PruningParams
+    max_workers: ClassVar[int | None] = 1  # it records every example's training pass in one process
 
     def preflight(self, params: PruningParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: the model and the data load (the records come from the score arm later)."""
@@ -167,8 +168,6 @@ class Pruning:
 
     def train_loop(self, params: PruningParams, run: RunContext) -> dict[str, float]:
         """One scoring run (phase score) or one fine-tuning run on a subset (phase train)."""
-        if run.world_size > 1:
-            raise ValueError("pruning records every example's training pass in one process: run it with workers: 0")
         task = prepare(params, run)
         examples = task.examples
         digest = _digest(examples.encoded, examples.labels, run.model.name)
@@ -204,12 +203,10 @@ class Pruning:
             final.update(self._save_records(recorder, params, run, digest))
         return {**final, **{k: float(v) for k, v in info.items() if isinstance(v, (int, float))}}
 
-    def report_figures(self, arms: list[Any], shared_dir: Path, out: Path) -> dict[str, Path]:
-        """For ``raysel report``: per scoring arm its H histogram and cartography map (PNG) and its
+    def report_figures(self, arms: list[Any], shared_dir: Path) -> dict[str, Any]:
+        """For ``raysel report``: per scoring arm its H histogram and cartography map and its
         per-example scores (``<arm>-scores.csv``), from the records in the sweep's shared directory."""
-        from raysel.report import figures
-
-        drawn: dict[str, Path] = {}
+        drawn: dict[str, Any] = {}
         for arm in arms:
             params = PruningParams.model_validate(arm.params) if arm.method == self.name else None
             directory = records_dir(shared_dir, params.records) if params else None
@@ -217,15 +214,14 @@ class Pruning:
                 continue
             records = load_records(directory)
             scores = records.scores(params.el2n_epochs)
-            out.mkdir(parents=True, exist_ok=True)
-            scores.to_csv(out / f"{arm.name}-scores.csv", index_label="example")
             runs = len(records.seeds)
-            drawn[f"{arm.name}-h-histogram"] = figures.h_histogram(
-                scores["h"].to_numpy(), runs, winning_ticket(runs),
-                f"{arm.name}: H-scores of {len(scores)} training examples ({runs} runs × "
-                f"{records.correct.shape[1]} epochs)", out / f"{arm.name}-h-histogram.png")
-            drawn[f"{arm.name}-cartography"] = figures.cartography_map(
-                scores, f"{arm.name}: data map of the training set", out / f"{arm.name}-cartography.png")
+            drawn[f"{arm.name}-scores"] = scores.rename_axis("example")
+            drawn[f"{arm.name}-h-histogram"] = MethodFigure(
+                "h_histogram", f"{arm.name}: H-scores of {len(scores)} training examples ({runs} runs × "
+                f"{records.correct.shape[1]} epochs)",
+                {"h": scores["h"].to_numpy(), "runs": runs, "removed": winning_ticket(runs)})
+            drawn[f"{arm.name}-cartography"] = MethodFigure(
+                "cartography_map", f"{arm.name}: data map of the training set", {"scores": scores})
         return drawn
 
     def _subset(self, params: PruningParams, run: RunContext, order: torch.Tensor,

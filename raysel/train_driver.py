@@ -1,0 +1,68 @@
+"""A trial on several workers: the trial process drives a Ray Train ``TorchTrainer`` whose N workers
+run the method's loop under DDP and report through ``ray.train`` (rank 0's metrics reach Tune
+through ``TuneReportCallback``; rank 0 logs to the trial's MLflow run).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from raysel.inputs import DataSpec, ModelSpec
+from raysel.methods import get_method
+from raysel.run_context import TrainRun, enter_working_dir, seed_everything
+from raysel.tracking import NullLogger, TrialLogger
+
+if TYPE_CHECKING:
+    from raysel.trial import TrialSettings
+
+
+def fit_with_ray_train(variant: dict[str, Any], seed: int, settings: "TrialSettings", trial_id: str,
+                       run_id: str | None, artifact_dir: Path) -> None:
+    """Run the trial's loop on ``settings.workers`` Ray Train workers (a restarted trial resumes its Train run)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = settings.gpus_per_worker > 0
+    resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"variant": variant, "seed": seed, "run_id": run_id, "settings": settings,
+                           "artifact_dir": str(artifact_dir)},
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        # a stable name: a restarted trial resumes the same Train run from its checkpoint
+        run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=settings.storage_path,
+                                       callbacks=[TuneReportCallback()],
+                                       failure_config=ray.train.FailureConfig(max_failures=settings.max_failures)),
+    )
+    trainer.fit()
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    settings: "TrialSettings" = config["settings"]
+    enter_working_dir(settings.working_dir)
+    variant, seed = config["variant"], int(config["seed"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    logger: Any = NullLogger()
+    if rank == 0 and settings.tracking is not None and config["run_id"]:
+        logger = TrialLogger.attach(settings.tracking, config["run_id"])
+    torch.set_num_threads(max(1, int(settings.cpus_per_worker)))
+    seed_everything(seed)
+    method = get_method(variant["method"])
+    run = TrainRun(seed=seed, device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
+                   model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
+                   artifact_dir=Path(config["artifact_dir"]), logger=logger)
+    run.set_tags(**{"raysel.world_size": str(world_size), "raysel.device": str(run.device)})
+    if rank == 0:
+        from raysel.telemetry import TrialMetrics
+
+        run.telemetry = TrialMetrics(sweep=Path(settings.storage_path).name, arm=variant["arm"],
+                                     trial_id=Path(config["artifact_dir"]).name)
+    run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
