@@ -39,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = add("sweep", "run a sweep from a YAML spec (locally, or on the cluster at RAY_ADDRESS / --address)",
                 "raysel sweep tune_configs/standard_lm_seeds.yaml",
                 "raysel sweep tune_configs/quickstart.yaml --set protocol.num_samples=4 --set params.max_steps=20",
-                "raysel sweep tune_configs/quickstart.yaml --resume")
+                "raysel sweep tune_configs/quickstart.yaml --resume",
+                "raysel sweep tune_configs/kernel_5seed.yaml --arms kernel-sgd,kernel-asignsgd-binary --set name=k")
     sweep.add_argument("spec", help="path of a sweep spec (YAML)")
     _add_set(sweep)
+    _add_arms(sweep)
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     sweep.add_argument("--no-progress", action="store_true", help="Ray's own output instead of the progress bar")
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "raysel validate tune_configs/quickstart.yaml --set params.lr=-1")
     validate.add_argument("spec")
     _add_set(validate)
+    _add_arms(validate)
 
     add("list", "list methods, protocols, configs and built-in models and data", "raysel list")
 
@@ -90,6 +93,11 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
                         help="override a spec field by its dotted path (repeatable), e.g. params.lr=1e-4")
 
 
+def _add_arms(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arms", type=lambda text: [a.strip() for a in text.split(",") if a.strip()],
+                        metavar="A,B", help="only these arms of the spec (comma-separated; default: all)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1") if args.command in ("quickstart", "prepare") else None
@@ -108,9 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_validate(args) -> int:
     from raysel.spec import load_spec
-    from raysel.sweep import expand
+    from raysel.protocols import expand
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides, arms=args.arms)
     phases = expand(spec)
     console.print(f"[green]ok[/green] {args.spec}: sweep {spec.name!r}, protocol {spec.protocol.kind}, "
                   f"arms {[a.name for a in spec.resolved_arms()]}, "
@@ -122,7 +130,8 @@ def cmd_sweep(args) -> int:
     from raysel.spec import load_spec
     from raysel.sweep import SweepInterrupted, run_sweep
 
-    spec = load_spec(args.spec, args.overrides + ([f"ray.address={args.address}"] if args.address else []))
+    spec = load_spec(args.spec, args.overrides + ([f"ray.address={args.address}"] if args.address else []),
+                     arms=args.arms)
     try:
         result = run_sweep(spec, resume=args.resume, progress=not args.no_progress)
     except SweepInterrupted as stop:

@@ -189,10 +189,11 @@ def _laid_over(base: _Strict, override: _Strict | None) -> _Strict:
 
 # ---------------------------------------------------------------- loading and validation
 def load_spec(source: "str | os.PathLike | dict | SweepSpec",
-              overrides: "list[str] | dict[str, Any] | None" = None) -> SweepSpec:
-    """Load a spec from a YAML path or a dict, apply ``a.b=c`` overrides, validate everything."""
+              overrides: "list[str] | dict[str, Any] | None" = None, *, arms: list[str] | None = None) -> SweepSpec:
+    """Load a spec from a YAML path or a dict, apply ``a.b=c`` overrides, keep only ``arms`` (by name,
+    in the spec's order; default: all), validate everything."""
     if isinstance(source, SweepSpec):
-        if not overrides:
+        if not overrides and not arms:
             return source
         source = source.model_dump(mode="json", exclude_unset=True)
     label = None
@@ -205,7 +206,26 @@ def load_spec(source: "str | os.PathLike | dict | SweepSpec",
         raw.setdefault("name", path.stem)
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value, label)
+    if arms:
+        raw["arms"] = _kept_arms(raw, arms, label)
     return validate_spec(raw, label)
+
+
+def _kept_arms(raw: dict[str, Any], names: list[str], label: str | None) -> list[Any]:
+    """The spec's arms named in ``names`` (``--arms``), in the spec's order."""
+    arms = raw.get("arms") if isinstance(raw.get("arms"), list) else []
+    present = [a.get("name") for a in arms if isinstance(a, dict)]
+    unknown = [n for n in names if n not in present]
+    if unknown:
+        raise SpecError([f"--arms: {', '.join(map(repr, unknown))} not in the spec; its arms: "
+                         f"{', '.join(map(str, present)) or 'none (a single-method spec has no arms to choose)'}"],
+                        label)
+    kept = [a for a in arms if a.get("name") in names]
+    problems = [f"--arms: arm {a['name']!r} runs after {other!r}, which --arms leaves out; add it to --arms"
+                for a in kept for other in a.get("after") or [] if other in present and other not in names]
+    if problems:
+        raise SpecError(problems, label)
+    return kept
 
 
 def validate_spec(raw: dict[str, Any], label: str | None = None) -> SweepSpec:

@@ -208,15 +208,16 @@ def trial_dirname(trial) -> str:
 
 def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: bool = False,
               progress: bool = True, overrides: "list[str] | dict[str, Any] | None" = None,
-              **more_overrides: Any) -> SweepResult:
+              arms: list[str] | None = None, **more_overrides: Any) -> SweepResult:
     """Run a sweep (the API behind ``raysel sweep``); keyword overrides use ``__`` for dots.
 
     ``run_sweep("tune_configs/quickstart.yaml", protocol__num_samples=4)`` ==
-    ``raysel sweep tune_configs/quickstart.yaml --set protocol.num_samples=4``.
+    ``raysel sweep tune_configs/quickstart.yaml --set protocol.num_samples=4``; ``arms=["a", "b"]``
+    == ``--arms a,b`` (only these arms of the spec).
     """
     merged = parse_overrides(overrides)
     merged.update({k.replace("__", "."): v for k, v in more_overrides.items()})
-    spec = load_spec(spec_or_path, merged)
+    spec = load_spec(spec_or_path, merged, arms=arms)
     storage = Path(spec.storage_path).resolve()
     sweep_dir = storage / spec.name
     state = _read_state(sweep_dir) if resume else None

@@ -235,6 +235,22 @@ def test_cli_validate_accepts_a_good_spec_with_overrides(tmp_path):
     assert "2 trial(s)" in done.stdout.replace("\n", " ")
 
 
+def test_arms_runs_only_the_named_arms_in_the_specs_order(tmp_path):
+    kernel = ROOT / "tune_configs" / "kernel_5seed.yaml"
+    spec = load_spec(kernel, arms=["kernel-asignsgd-binary", "kernel-sgd"])
+    assert [a.name for a in spec.resolved_arms()] == ["kernel-sgd", "kernel-asignsgd-binary"]
+    assert load_spec(kernel, ["data.k=64"], arms=["kernel-sgd"]).resolved_arms()[0].data.k == 64
+    done = _cli("validate", str(kernel), "--arms", "kernel-sgd,adam-ft", cwd=tmp_path)
+    assert done.returncode == 0 and "arms ['kernel-sgd', 'adam-ft']" in done.stdout.replace("\n", " "), done.stderr
+    with pytest.raises(SpecError, match=r"--arms: 'nope' not in the spec; its arms: kernel-sgd, sgd-ft, adam-ft, "):
+        load_spec(kernel, arms=["kernel-sgd", "nope"])
+    with pytest.raises(SpecError, match=r"arm 'winning-ticket' runs after 'score', which --arms leaves out"):
+        load_spec(ROOT / "tune_configs" / "pruning.yaml", arms=["winning-ticket"])
+    done = _cli("sweep", str(kernel), "--arms", "nope", "--set", f"storage_path={tmp_path / 'results'}", cwd=tmp_path)
+    assert done.returncode == 2 and "--arms: 'nope' not in the spec" in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("section,value,expected", [
     ("model", {"name": "gpt2"}, "HF_HUB_OFFLINE is set"),
     ("model", {"name": "minilm"}, "cannot do task 'causal_lm'"),
