@@ -95,9 +95,47 @@ def test_classification_reports_dev_and_test_accuracy():
     assert final["test_accuracy"] * 25 == pytest.approx(round(final["test_accuracy"] * 25), abs=1e-6)
 
 
-def test_gradient_accumulation_and_clipping_params_are_used():
-    run, _ = lm_run(max_steps=2, eval_every=2, grad_accum=2, batch_size=8, max_grad_norm=0.5)
-    assert [r["step"] for r in run.results] == [0, 1, 2]
+class _Regression(torch.nn.Module):
+    """A linear model in float64 whose forward returns ``.loss`` like a transformers model."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1, dtype=torch.float64)
+        torch.nn.init.constant_(self.linear.weight, 0.5)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x, y):
+        return type("Out", (), {"loss": ((self.linear(x).squeeze(-1) - y) ** 2).mean()})()
+
+
+def _one_step(**loop) -> torch.Tensor:
+    """The weight change of one SGD step of the shared loop on 8 fixed examples."""
+    from raysel.methods.loop import LoopParams, fine_tune
+
+    x = torch.arange(24, dtype=torch.float64).reshape(8, 3) / 10
+    y = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    params = LoopParams(optimizer="sgd", lr=0.1, max_steps=1, eval_every=1, batch_size=8, **loop)
+    per_micro = params.batch_size // params.grad_accum
+
+    def next_batch(step, micro, generator):
+        rows = slice(micro * per_micro, (micro + 1) * per_micro)
+        return {"x": x[rows], "y": y[rows]}
+
+    model = _Regression()
+    before = model.linear.weight.detach().clone()
+    fine_tune(model, params, _local(0), next_batch, lambda m: {})
+    return model.linear.weight.detach() - before
+
+
+def test_gradient_accumulation_averages_micro_batches_and_clipping_bounds_the_update():
+    whole = _one_step(grad_accum=1, max_grad_norm=None)
+    accumulated = _one_step(grad_accum=2, max_grad_norm=None)
+    assert torch.allclose(accumulated, whole, rtol=1e-12, atol=0)  # 2 micro-batches of 4 = one batch of 8
+    assert torch.allclose(_one_step(grad_accum=4, max_grad_norm=None), whole, rtol=1e-12, atol=0)
+    clipped = _one_step(grad_accum=2, max_grad_norm=0.01)
+    assert whole.norm() > 0.1 * 0.01 * 10  # the unclipped gradient is far above the bound
+    # SGD: the step is lr × the clipped gradient (weight and bias together have norm max_grad_norm)
+    assert clipped.norm() < 0.1 * 0.01 + 1e-12 and torch.allclose(clipped / clipped.norm(), whole / whole.norm())
     with pytest.raises(ValueError, match="divisible by grad_accum"):
         standard.Params(batch_size=6, grad_accum=4)
 
