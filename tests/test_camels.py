@@ -221,24 +221,50 @@ def test_streams_are_seeded_samples_without_replacement():
 
 
 def test_meta_training_resumes_from_its_checkpoint(tmp_path):
-    """A restarted meta-training trial continues after its last validation (weight model, optimizer, the
-    carried base model, counters) instead of starting over."""
+    """A meta-training trial that died after step 2's checkpoint and restarted ends exactly where an
+    uninterrupted one does: weight model, optimizer state, the carried base model and the counters are
+    all restored (with any of them left out, step 3 and 4 would differ)."""
+    from raysel.inputs import DataSpec, ModelSpec
     from raysel.methods.camels import Camels, CamelsParams
-    from raysel.spec import DataSpec, ModelSpec
     from raysel.run_context import LocalRun
 
-    params = CamelsParams(phase="meta_train", base_model="tiny-gpt2-random", outer_steps=3, val_every=2,
-                          grad_acc_steps=1, update_batch_size=2, val_batches=1, outer_lr=1e-2, locality_tokens=16)
+    params = CamelsParams(phase="meta_train", base_model="tiny-gpt2-random", outer_steps=4, val_every=2,
+                          grad_acc_steps=1, update_batch_size=2, val_batches=1, outer_lr=1e-2, locality_tokens=16,
+                          reset_base_freq=4)
 
-    def local_run() -> LocalRun:
-        return LocalRun(seed=0, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="synthetic-facts"),
-                        artifact_dir=tmp_path / "trial", shared_dir=tmp_path / "shared")
+    class Dies(Exception):
+        pass
 
-    first = local_run()
-    Camels().train_loop(params, first)
-    assert first.saved_state["step"] == 3 and (tmp_path / "shared" / "camels" / "camels" / "weight-model.pt").is_file()
-    restarted = local_run()
-    restarted.saved_state = {**first.saved_state, "step": 2}  # as if it had died after step 2's checkpoint
+    class DiesAfterStep2(LocalRun):
+        def report(self, step, **metrics):
+            super().report(step, **metrics)
+            if step == 2:
+                raise Dies
+
+    def local_run(cls=LocalRun, name="trial") -> LocalRun:
+        return cls(seed=0, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="synthetic-facts"),
+                   artifact_dir=tmp_path / name, shared_dir=tmp_path / f"shared-{name}")
+
+    torch.manual_seed(0)  # as a trial's seed_everything does: the weight model's dropout
+    full = local_run(name="full")
+    Camels().train_loop(params, full)
+    torch.manual_seed(0)
+    crashed = local_run(DiesAfterStep2, "crashed")
+    with pytest.raises(Dies):
+        Camels().train_loop(params, crashed)
+    assert crashed.saved_state["step"] == 2
+    restarted = local_run(name="crashed")
+    restarted.saved_state = crashed.saved_state
+    torch.manual_seed(12345)  # the global RNG must not matter
     Camels().train_loop(params, restarted)
-    assert [r["step"] for r in restarted.results] == [3]  # no step 0 validation, no repeated steps
-    assert restarted.results[0]["best_val_loss"] <= first.saved_state["best"]
+
+    assert [r["step"] for r in restarted.results] == [3, 4]  # no step 0 validation, no repeated steps
+    for key in ("train_loss", "val_loss", "best_val_loss"):
+        assert restarted.results[-1][key] == pytest.approx(full.results[-1][key], rel=1e-9, abs=0), key
+    end, expected = restarted.saved_state, full.saved_state
+    assert end["docs_seen"] == expected["docs_seen"] and end["best"] == pytest.approx(expected["best"], rel=1e-9)
+    for name, tensor in expected["weight_model"].items():
+        assert torch.allclose(end["weight_model"][name], tensor, rtol=1e-7, atol=1e-9), name
+    for name, tensor in expected["current"].items():
+        assert torch.allclose(end["current"][name], tensor, rtol=1e-7, atol=1e-9), name
+    assert end["optimizer"]["state"][0]["step"] == expected["optimizer"]["state"][0]["step"] == 4

@@ -346,6 +346,8 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
         save_weight_model(weight_model, encoder_name, target)
         run.report(0, **evaluation, best_val_loss=best)
     run.set_tags(**{"camels.weight_model": str(target), "camels.weight_encoder": encoder_name})
+    if state is not None and "rng" in state:  # the weight model's dropout continues where it was
+        torch.set_rng_state(state["rng"])
     while step < params.outer_steps:
         step += 1
         parts: dict[str, list[float]] = {}
@@ -377,7 +379,8 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
             metrics.update(evaluation)
             run.checkpoint({"weight_model": weight_model.state_dict(), "optimizer": optimizer.state_dict(),
                             "current": {k: v.detach().cpu() for k, v in current.items()}, "step": step,
-                            "docs_seen": docs_seen, "best": best, "evaluation": evaluation})
+                            "docs_seen": docs_seen, "best": best, "evaluation": evaluation,
+                            "rng": torch.get_rng_state()})
         run.report(step, **metrics)
     run.log_artifact(target, "camels")
     return dict(evaluation)
