@@ -222,8 +222,8 @@ def test_streams_are_seeded_samples_without_replacement():
 
 def test_meta_training_resumes_from_its_checkpoint(tmp_path):
     """A meta-training trial that died after step 2's checkpoint and restarted ends exactly where an
-    uninterrupted one does: weight model, optimizer state, the carried base model and the counters are
-    all restored (with any of them left out, step 3 and 4 would differ)."""
+    uninterrupted one does: weight model, optimizer state, the carried base model, the counters and the
+    dropout RNG are all restored (with any of them left out, step 3 and 4 would differ)."""
     from raysel.inputs import DataSpec, ModelSpec
     from raysel.methods.camels import Camels, CamelsParams
     from raysel.run_context import LocalRun
@@ -261,10 +261,12 @@ def test_meta_training_resumes_from_its_checkpoint(tmp_path):
     assert [r["step"] for r in restarted.results] == [3, 4]  # no step 0 validation, no repeated steps
     for key in ("train_loss", "val_loss", "best_val_loss"):
         assert restarted.results[-1][key] == pytest.approx(full.results[-1][key], rel=1e-9, abs=0), key
-    end, expected = restarted.saved_state, full.saved_state
-    assert end["docs_seen"] == expected["docs_seen"] and end["best"] == pytest.approx(expected["best"], rel=1e-9)
-    for name, tensor in expected["weight_model"].items():
-        assert torch.allclose(end["weight_model"][name], tensor, rtol=1e-7, atol=1e-9), name
-    for name, tensor in expected["current"].items():
-        assert torch.allclose(end["current"][name], tensor, rtol=1e-7, atol=1e-9), name
+    end, expected = restarted.saved_state, full.saved_state  # the shared loop's checkpoints
+    carried, carried_expected = end["extra"], expected["extra"]
+    assert carried["docs_seen"] == carried_expected["docs_seen"]
+    assert carried["best"] == pytest.approx(carried_expected["best"], rel=1e-9)
+    for name, tensor in expected["model"].items():  # the weight model
+        assert torch.allclose(end["model"][name], tensor, rtol=1e-7, atol=1e-9), name
+    for name, tensor in carried_expected["current"].items():  # the carried base
+        assert torch.allclose(carried["current"][name], tensor, rtol=1e-7, atol=1e-9), name
     assert end["optimizer"]["state"][0]["step"] == expected["optimizer"]["state"][0]["step"] == 4

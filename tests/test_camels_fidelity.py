@@ -13,7 +13,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from raysel.methods.camels import (Camels, CamelsParams, TfidfScorer, TokenWeightModel, char_scores_weights,
                                    inner_loop, meta_step, padded_denominator, sgd_step, tfidf_corpus,
                                    trainable_params, weighted_lm_loss)
-from raysel.methods.camels import recipe
+from raysel.methods.camels import evaluate, meta_train, qa_tune, recipe
 from raysel.methods.camels.algorithm import lm_labels
 from raysel.methods.camels.qa import encode_documents, score_answers
 from raysel.metrics import squad_em, squad_em_prefix, squad_f1, target_answer
@@ -71,7 +71,7 @@ class _Locality:
 def test_the_outer_loss_questions_carry_the_target_answer(tiny, rule, expected):
     _, tokenizer = tiny
     params = CamelsParams(phase="meta_train", answer_scoring=rule, update_batch_size=2)
-    _, questions, _ = recipe._meta_batch([_document(BANK), _document(BANK)], tokenizer, _Locality(), params,
+    _, questions, _ = meta_train._meta_batch([_document(BANK), _document(BANK)], tokenizer, _Locality(), params,
                                          torch.Generator().manual_seed(0), torch.device("cpu"))
     assert _answer_targets(tokenizer, questions) == [expected, expected]
 
@@ -80,9 +80,9 @@ def test_the_outer_loss_questions_carry_the_target_answer(tiny, rule, expected):
 def test_evaluation_scores_and_answer_nll_follow_the_rule(tiny, monkeypatch, rule, expected):
     model, tokenizer = tiny
     nll_pairs: list = []
-    monkeypatch.setattr(recipe, "generate_answers", lambda *a, **k: ["Bank of England"])
-    monkeypatch.setattr(recipe, "answer_nll", lambda m, t, pairs: nll_pairs.extend(pairs) or 1.0)
-    answered = recipe._answer(model, tokenizer, [("Which bank?", BANK)], CamelsParams(answer_scoring=rule))
+    monkeypatch.setattr(evaluate, "generate_answers", lambda *a, **k: ["Bank of England"])
+    monkeypatch.setattr(evaluate, "answer_nll", lambda m, t, pairs: nll_pairs.extend(pairs) or 1.0)
+    answered = evaluate._answer(model, tokenizer, [("Which bank?", BANK)], CamelsParams(answer_scoring=rule))
     assert answered["scores"]["f1"] == (0.0 if rule == "shortest" else 100.0)
     assert nll_pairs == [("Which bank?", expected)]
 
@@ -91,20 +91,21 @@ def test_evaluation_scores_and_answer_nll_follow_the_rule(tiny, monkeypatch, rul
 def test_qa_tuning_and_light_tuning_train_on_the_target_answer(tiny, monkeypatch, tmp_path, rule, expected):
     model, tokenizer = tiny
     trained, rules = [], []
-    real_encode, real_nll, real_score = recipe.encode_qa, recipe.answer_nll, recipe.score_answers
-    monkeypatch.setattr(recipe, "encode_qa", lambda t, pairs: trained.extend(x for _, x in pairs) or
-                        real_encode(t, pairs))
-    monkeypatch.setattr(recipe, "answer_nll", lambda m, t, pairs: trained.extend(x for _, x in pairs) or
-                        real_nll(m, t, pairs))
-    monkeypatch.setattr(recipe, "score_answers", lambda p, a, r: rules.append(r) or real_score(p, a, r))
+    real_encode, real_nll, real_score = qa_tune.encode_qa, qa_tune.answer_nll, qa_tune.score_answers
+    for phase in (qa_tune, evaluate):  # QA pre-tuning and the light tuning of the evaluation phase
+        monkeypatch.setattr(phase, "encode_qa", lambda t, pairs: trained.extend(x for _, x in pairs) or
+                            real_encode(t, pairs))
+        monkeypatch.setattr(phase, "answer_nll", lambda m, t, pairs: trained.extend(x for _, x in pairs) or
+                            real_nll(m, t, pairs))
+        monkeypatch.setattr(phase, "score_answers", lambda p, a, r: rules.append(r) or real_score(p, a, r))
     documents = [_document(BANK) for _ in range(70)]  # light tuning holds out the first 64 questions
     params = CamelsParams(phase="qa_tune", answer_scoring=rule, qa_steps=1, qa_eval_every=1, qa_batch_size=2,
                           qa_eval_questions=2, max_answer_tokens=2, qa_lt_max_steps=1, qa_lt_eval_every=1,
                           qa_lt_batch_size=2)
     run = LocalRun(seed=0, model=ModelSpec(name="tiny-gpt2-random"), artifact_dir=tmp_path / "trial",
                    shared_dir=tmp_path / "shared")
-    recipe.qa_tune(params, run, {"qa_train": documents, "val": documents[:2]})
-    recipe.light_tune(copy.deepcopy(model), tokenizer, documents, params, seed=0)
+    qa_tune.qa_tune(params, run, {"qa_train": documents, "val": documents[:2]})
+    evaluate.light_tune(copy.deepcopy(model), tokenizer, documents, params, run)
     assert trained and set(trained) == {expected}  # QA pre-tuning, its validation NLL, light tuning
     assert rules and set(rules) == {rule}
 
@@ -148,7 +149,7 @@ def test_tfidf_fits_on_the_unique_documents_of_every_split(tiny):
     splits = {"qa_train": [{"text": CORPUS[0]}, {"text": CORPUS[2]}], "train": [{"text": CORPUS[0]}],
               "val": [{"text": LONG}], "test": [{"text": CORPUS[1]}, {"text": LONG}]}
     assert tfidf_corpus(splits) == [CORPUS[0], CORPUS[2], CORPUS[1], LONG]  # qa_train, test, train, val
-    weigh, _ = recipe.make_weigher(CamelsParams(weighting="tfidf", max_doc_tokens=24), None, tokenizer, splits)
+    weigh, _ = evaluate.make_weigher(CamelsParams(weighting="tfidf", max_doc_tokens=24), None, tokenizer, splits)
     batch = encode_documents(tokenizer, [LONG], 24)
     offsets = batch["offset_mapping"][0]
     kept = LONG[:int(offsets[:, 1].max())]
@@ -228,8 +229,9 @@ def test_meta_step_and_evaluation_adaptation_use_the_normalisation(tiny_lm, tiny
 
     def first_loss(normalization: str) -> float:
         torch.manual_seed(0)  # the same dropout masks
-        return recipe.adapt(copy.deepcopy(model), tokenizer, stream, lambda text, b: b["attention_mask"].float(),
-                            CamelsParams(loss_normalization=normalization, max_doc_tokens=64), torch.device("cpu"))[0]
+        return evaluate.adapt(copy.deepcopy(model), tokenizer, stream, lambda text, b: b["attention_mask"].float(),
+                              CamelsParams(loss_normalization=normalization, max_doc_tokens=64),
+                              LocalRun(seed=0, device=torch.device("cpu")))[0]
     losses = {normalization: first_loss(normalization) for normalization in ("tokens", "padded")}
     assert losses["padded"] == pytest.approx(losses["tokens"] * (n - 1) / 63, rel=1e-5)
 
@@ -237,8 +239,8 @@ def test_meta_step_and_evaluation_adaptation_use_the_normalisation(tiny_lm, tiny
 def test_meta_training_and_its_validation_adapt_with_the_normalisation(tmp_path, monkeypatch):
     seen = []
     for name in ("meta_step", "inner_loop"):
-        real = getattr(recipe, name)
-        monkeypatch.setattr(recipe, name, lambda *a, _real=real, _name=name, **k:
+        real = getattr(meta_train, name)
+        monkeypatch.setattr(meta_train, name, lambda *a, _real=real, _name=name, **k:
                             seen.append((_name, k.get("padded_length"))) or _real(*a, **k))
     params = CamelsParams(phase="meta_train", base_model="tiny-gpt2-random", loss_normalization="padded",
                           max_doc_tokens=48, outer_steps=1, grad_acc_steps=1, update_batch_size=1, val_batches=1,

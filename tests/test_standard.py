@@ -140,6 +140,29 @@ def test_gradient_accumulation_averages_micro_batches_and_clipping_bounds_the_up
         standard.Params(batch_size=6, grad_accum=4)
 
 
+def test_the_loop_stops_early_and_an_untracked_loop_reports_and_saves_nothing():
+    from raysel.methods.loop import LoopParams, fine_tune
+
+    x, y = torch.ones(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    params = LoopParams(optimizer="sgd", lr=0.01, max_steps=10, eval_every=2, batch_size=4, lr_schedule="constant")
+    drawn: list[int] = []
+
+    def next_batch(step, micro, generator):
+        drawn.append(step)
+        return {"x": x, "y": y}
+
+    run = _local(0)
+    evaluations = iter(range(100))
+    fine_tune(_Regression(), params, run, next_batch, lambda m: {"score": float(next(evaluations))},
+              stop=lambda step, evaluation: evaluation["score"] >= 2)
+    assert drawn == [1, 2, 3, 4] and [r["step"] for r in run.results] == [0, 1, 2, 3, 4]  # stopped at step 4
+    assert [r["lr"] for r in run.results[1:]] == [0.01] * 4  # the constant schedule
+
+    untracked = _local(0)
+    final = fine_tune(_Regression(), params, untracked, next_batch, None, track=False)
+    assert final == {} and untracked.results == [] and untracked.saved_state is None
+
+
 def test_linear_schedule_warms_up_then_decays_to_zero():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     schedule = linear_schedule(optimizer, warmup_steps=2, max_steps=6)

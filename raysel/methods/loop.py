@@ -1,10 +1,19 @@
-"""The one fine-tuning loop every method shares (so that comparisons between methods are fair).
+"""The one training loop every method shares (so that comparisons between methods are fair).
 
-AdamW (or plain SGD), linear schedule with warmup, gradient accumulation, clipping, bf16 autocast on CUDA,
-evaluation every ``eval_every`` optimizer steps, a checkpoint with every evaluation. A method
-customises it with two functions: ``next_batch(step, micro, generator)`` gives the next
-micro-batch (or None to skip it, e.g. a filter rejected it) and ``evaluate(model)`` the metrics;
-optional hooks add per-step metrics, method state, optimizer groups, and model changes between steps.
+AdamW (or plain SGD), a linear schedule with warmup (or a constant rate), gradient accumulation,
+clipping, bf16 autocast on CUDA, evaluation every ``eval_every`` optimizer steps, a checkpoint with
+every evaluation. A method customises it with functions:
+
+- ``next_batch(step, micro, generator)``: the next micro-batch (None skips it, e.g. a filter
+  rejected it) and ``evaluate(model)``: the metrics (None: no evaluation);
+- ``loss(model, batch)``: the micro-batch's loss (default ``model(**batch).loss``; e.g. per-token
+  weights), or ``micro_step(step, micro, generator)``: the method's own forward and backward of one
+  micro-batch, returning its loss parts (CaMeLS's bi-level meta step);
+- ``step_metrics``, ``extra_state``, ``param_groups``, ``before_step``: per-step metrics, method
+  state checkpointed with the model, optimizer groups, model changes between steps;
+- ``stop(step, evaluation)``: early stopping after an evaluation;
+- ``track=False``: a loop inside a phase (CaMeLS's online adaptation): no reports, no checkpoints.
+
 Batches are drawn from a generator seeded by (seed, step, micro, rank) and the dropout RNG state
 is checkpointed, so a restarted trial replays exactly the steps it would have taken.
 """
@@ -36,6 +45,13 @@ class LoopParams(MethodParams):
     grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
     max_grad_norm: float | None = Field(1.0, gt=0)  # None: no clipping
     eval_every: int = Field(10, gt=0)  # evaluate (and checkpoint) every N optimizer steps
+    lr_schedule: Literal["linear", "constant"] = "linear"  # linear: warmup, then decay to 0 at max_steps
+    bf16_autocast: bool = True  # on CUDA devices that support it
+
+    def loop(self, **changes: Any) -> "LoopParams":
+        """The shared loop's parameters (with ``changes``), validated. Every method's Params has a
+        ``loop(...)``: those built on LoopParams inherit this one; IGF and CaMeLS map their own fields."""
+        return LoopParams.model_validate({**{f: getattr(self, f) for f in LoopParams.model_fields}, **changes})
 
     @pydantic.model_validator(mode="after")
     def _check_schedule(self):
@@ -66,8 +82,8 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+def autocast(device: torch.device, enabled: bool = True):
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -81,6 +97,12 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, max_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, params: LoopParams):
+    if params.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return linear_schedule(optimizer, params.warmup_steps, params.max_steps)
+
+
 def make_optimizer(parameters, params: LoopParams) -> torch.optim.Optimizer:
     if params.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
@@ -88,13 +110,18 @@ def make_optimizer(parameters, params: LoopParams) -> torch.optim.Optimizer:
 
 
 def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
-              next_batch: Callable[[int, int, torch.Generator], Batch | None],
-              evaluate: Callable[[torch.nn.Module], dict[str, float]], *,
+              next_batch: Callable[[int, int, torch.Generator], Batch | None] | None,
+              evaluate: Callable[[torch.nn.Module], dict[str, float]] | None, *,
+              loss: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None,
+              micro_step: Callable[[int, int, torch.Generator], dict[str, float] | None] | None = None,
               step_metrics: Callable[[int], dict[str, float]] | None = None,
               extra_state: Any = None,
               param_groups: Callable[[torch.nn.Module], list[dict[str, Any]]] | None = None,
-              before_step: Callable[[int], bool] | None = None) -> dict[str, float]:
-    """Train ``model`` for ``params.max_steps`` optimizer steps; return the last evaluation.
+              before_step: Callable[[int], bool] | None = None,
+              stop: Callable[[int, dict[str, float]], bool] | None = None,
+              track: bool = True, seed_dropout: bool = True) -> dict[str, float]:
+    """Train ``model`` for ``params.max_steps`` optimizer steps (fewer when ``stop`` says so); return
+    the last evaluation.
 
     ``step_metrics(step)`` adds the method's own numbers to every step's report (e.g. IGF's
     acceptance rate); ``extra_state`` (anything with ``state_dict``/``load_state_dict``, e.g. the
@@ -102,59 +129,81 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
     rebuild the model's structure before the weights load. ``param_groups(model)`` gives the
     optimizer's groups (e.g. their own learning rates); ``before_step(step)`` may change the model's
     parameters (OPF decomposes matrices) and returns True when it did: the optimizer is then rebuilt
-    over the new parameters, keeping the state of those that remain and the schedule's position."""
+    over the new parameters, keeping the state of those that remain and the schedule's position.
+    ``seed_dropout=False`` leaves the dropout RNG as the caller left it (CaMeLS's phases, whose
+    results predate the shared loop)."""
     model = run.prepare_model(model)
     plain = getattr(model, "module", model)  # unwrapped from DDP for evaluation and state
     start, evaluation = 0, {}
-    torch.manual_seed(run.seed + 7919 * run.rank)  # dropout; batches have their own generators
-    state = run.restore()
+    if seed_dropout:
+        torch.manual_seed(run.seed + 7919 * run.rank)  # dropout; batches have their own generators
+    state = run.restore() if track else None
     if state is not None and extra_state is not None:
         extra_state.load_state_dict(state["extra"])
     optimizer = make_optimizer(param_groups(plain) if param_groups else model.parameters(), params)
-    schedule = linear_schedule(optimizer, params.warmup_steps, params.max_steps)
+    schedule = make_schedule(optimizer, params)
     if state is not None:
         plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         start, evaluation = state["step"], state["evaluation"]
-    else:
+    elif evaluate is not None:
         evaluation = evaluate(plain)
-        run.report(0, **evaluation)
+        if track:
+            run.report(0, **evaluation)
     for step in range(start + 1, params.max_steps + 1):
         if before_step is not None and before_step(step):
             optimizer, schedule = _rebuilt(optimizer, schedule, param_groups(plain) if param_groups
                                            else model.parameters(), params)
         model.train()
-        losses = []
+        parts: dict[str, list[float]] = {}
         for micro in range(params.grad_accum):
-            batch = next_batch(step, micro, batch_generator(run.seed, step, micro, run.rank))
-            if batch is None:
+            generator = batch_generator(run.seed, step, micro, run.rank)
+            if micro_step is not None:
+                values = micro_step(step, micro, generator)
+            else:
+                values = _default_micro_step(model, params, run, next_batch(step, micro, generator), loss)
+            if values is None:
                 continue
-            with autocast(run.device):
-                loss = model(**{k: v.to(run.device) for k, v in batch.items()}).loss / params.grad_accum
-            value = check_finite(float(loss.detach()) * params.grad_accum, step)
-            loss.backward()
-            losses.append(value)
+            check_finite(values["loss"], step)
+            for key, value in values.items():
+                parts.setdefault(key, []).append(value)
         if params.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
         metrics: dict[str, float] = {"lr": schedule.get_last_lr()[0]}
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if losses:
-            metrics["train_loss"] = sum(losses) / len(losses)
+        metrics.update({f"train_{key}": sum(values) / len(values) for key, values in parts.items()})
         if step_metrics is not None:
             metrics.update(step_metrics(step))
-        if step % params.eval_every == 0 or step == params.max_steps:
+        evaluated = evaluate is not None and (step % params.eval_every == 0 or step == params.max_steps)
+        if evaluated:
             evaluation = evaluate(plain)
             metrics.update(evaluation)
-            run.checkpoint({"model": plain.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "step": step, "evaluation": evaluation,
-                            "rng": torch.get_rng_state(),
-                            "extra": extra_state.state_dict() if extra_state is not None else None})
-        run.report(step, **metrics)
+            if track:
+                run.checkpoint({"model": plain.state_dict(), "optimizer": optimizer.state_dict(),
+                                "schedule": schedule.state_dict(), "step": step, "evaluation": evaluation,
+                                "rng": torch.get_rng_state(),
+                                "extra": extra_state.state_dict() if extra_state is not None else None})
+        if track:
+            run.report(step, **metrics)
+        if evaluated and stop is not None and stop(step, evaluation):
+            break
     return dict(evaluation)
+
+
+def _default_micro_step(model: torch.nn.Module, params: LoopParams, run: RunContext, batch: Batch | None,
+                        loss: Callable[[torch.nn.Module, Batch], torch.Tensor] | None) -> dict[str, float] | None:
+    """Forward and backward of one micro-batch (scaled for accumulation); its unscaled loss."""
+    if batch is None:
+        return None
+    batch = {k: v.to(run.device) for k, v in batch.items()}
+    with autocast(run.device, params.bf16_autocast):
+        scaled = (loss(model, batch) if loss is not None else model(**batch).loss) / params.grad_accum
+    scaled.backward()
+    return {"loss": float(scaled.detach()) * params.grad_accum}
 
 
 def _rebuilt(optimizer: torch.optim.Optimizer, schedule, parameters, params: LoopParams):
@@ -164,11 +213,10 @@ def _rebuilt(optimizer: torch.optim.Optimizer, schedule, parameters, params: Loo
         for p in group["params"]:
             if p in optimizer.state:
                 new.state[p] = optimizer.state[p]
-    new_schedule = linear_schedule(new, params.warmup_steps, params.max_steps)
-    new_schedule.last_epoch = schedule.last_epoch
-    for group, base, factor in zip(new.param_groups, new_schedule.base_lrs, new_schedule.lr_lambdas):
-        group["lr"] = base * factor(new_schedule.last_epoch)
-    new_schedule._last_lr = [group["lr"] for group in new.param_groups]  # what get_last_lr() reports
+    new_schedule = make_schedule(new, params)
+    new_schedule.load_state_dict(schedule.state_dict())  # its position and the rates it last set
+    for group, lr in zip(new.param_groups, new_schedule.get_last_lr()):
+        group["lr"] = lr
     return new, new_schedule
 
 

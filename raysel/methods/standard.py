@@ -56,7 +56,7 @@ class Standard(Method):
 
     def train_loop(self, params: StandardParams, run: RunContext) -> dict[str, float]:
         task = prepare(params, run)
-        return fine_tune(task.model, params, run, task.next_batch, task.evaluate)
+        return fine_tune(task.model, params.loop(), run, task.next_batch, task.evaluate)
 
 
 @dataclass

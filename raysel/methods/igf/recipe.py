@@ -104,6 +104,8 @@ class IGFParams(MethodParams):
         return self
 
     def loop(self) -> LoopParams:
+        """The shared loop's parameters: IGF keeps its own names and defaults for them (the seed's
+        flags: max_batches is the loop's max_steps, as max_steps names the IG contexts)."""
         return LoopParams(lr=self.lr, weight_decay=self.weight_decay, adam_eps=self.adam_eps,
                           warmup_steps=self.warmup_steps, max_steps=self.max_batches, batch_size=self.batch_size,
                           max_grad_norm=self.max_grad_norm, eval_every=self.eval_every)

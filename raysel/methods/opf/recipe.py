@@ -123,7 +123,7 @@ class OPF(Method):
 
         run.set_tags(**{"opf.rounds": ",".join(f"{e}:{n}" for e, n in sorted(rounds.items())),
                         "opf.steps_per_epoch": str(steps_per_epoch)})
-        final = fine_tune(model, params, run, task.next_batch, task.evaluate, step_metrics=step_metrics,
+        final = fine_tune(model, params.loop(), run, task.next_batch, task.evaluate, step_metrics=step_metrics,
                           extra_state=done, param_groups=groups, before_step=before_step)
         final.update(self._merge(model, task, params, run, done))
         run.set_tags(**{"opf.decomposed": ",".join(done.names)[:4000]})

@@ -28,7 +28,7 @@ from pydantic import Field
 from raysel.data.errors import DataError
 from raysel.methods.base import Method, MethodFigure, RunContext
 from raysel.methods.collective import atomic_save
-from raysel.methods.loop import fine_tune
+from raysel.methods.loop import LoopParams, fine_tune
 from raysel.methods.pruning.algorithm import (ambiguous_subset, cartography, el2n_scores, forgetting_events,
                                               h_scores, keep_mask, ordered_subset, permutation, random_subset,
                                               record_step, winning_ticket)
@@ -68,6 +68,11 @@ class PruningParams(StandardParams):
         if self.phase == "score" and (self.subset != "full" or self.remove_h is not None):
             raise ValueError("phase 'score' trains on the full split; subset and remove_h are for phase 'train'")
         return self
+
+    def loop(self, steps_per_epoch: int) -> LoopParams:  # type: ignore[override]
+        """The shared loop's parameters for ``epochs`` passes of ``steps_per_epoch`` steps (validated:
+        e.g. warmup_steps below the steps this makes)."""
+        return super().loop(max_steps=self.epochs * steps_per_epoch, eval_every=self.eval_every or steps_per_epoch)
 
     @property
     def removal(self) -> tuple[int, ...]:
@@ -180,8 +185,7 @@ class Pruning(Method):
             recorder, model = None, task.model
             rows, info = self._subset(params, run, order, digest)
         steps_per_epoch = math.ceil(len(rows) / params.batch_size)
-        loop = params.model_copy(update={"max_steps": params.epochs * steps_per_epoch,
-                                         "eval_every": params.eval_every or steps_per_epoch})
+        loop = params.loop(steps_per_epoch)
         per_micro = params.batch_size // params.grad_accum
 
         def next_batch(step: int, micro: int, generator: torch.Generator):

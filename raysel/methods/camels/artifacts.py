@@ -1,0 +1,86 @@
+"""Where CaMeLS's trained models are and how they are saved and loaded: the QA-tuned base
+(``<artifacts>/qa-model``) and the weight model (``<artifacts>/weight-model.pt``) in a sweep's shared
+directory, written by one phase's arm and read by a later one's."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from raysel.data.errors import DataError
+from raysel.methods.base import RunContext, shared_dir_of
+from raysel.methods.camels.algorithm import TokenWeightModel
+from raysel.methods.camels.params import QA_MODEL, CamelsParams
+from raysel.methods.camels.qa import encode_documents
+from raysel.methods.collective import atomic_save
+from raysel.models import load_model
+
+
+def artifacts_dir(params: CamelsParams, run: RunContext | None) -> Path:
+    """``<shared>/camels/<artifacts>`` of this sweep (``run``) or of ``from_sweep``."""
+    shared = shared_dir_of(Path(params.from_sweep).expanduser().resolve()) if params.from_sweep else run.shared_dir
+    return shared / "camels" / params.artifacts
+
+
+def base_model_source(params: CamelsParams, run: RunContext) -> str:
+    if params.base_model:
+        return params.base_model
+    path = artifacts_dir(params, run) / QA_MODEL
+    if not path.is_dir():
+        raise DataError(f"camels: no QA-tuned model at {path}: a phase 'qa_tune' arm must run first "
+                        "(list it in this arm's after:) or set from_sweep / base_model")
+    return str(path)
+
+
+def save_weight_model(weight_model: TokenWeightModel, encoder_name: str, path: Path) -> None:
+    atomic_save({"encoder": encoder_name, "hidden_size": weight_model.head[0].in_features,
+                 "head_size": weight_model.head[0].out_features, "beta": weight_model.softplus.beta,
+                 "state_dict": {k: v.detach().cpu() for k, v in weight_model.state_dict().items()}}, path)
+
+
+def build_weight_model(encoder_name: str, head_size: int = 128, beta: float = 3.0):
+    """A fresh weight model on ``encoder_name``'s transformer (the LM head dropped), and its tokenizer."""
+    lm, tokenizer = load_model(encoder_name, "causal_lm")
+    encoder = lm.base_model
+    return TokenWeightModel(encoder, encoder.config.hidden_size, head_size, beta), tokenizer
+
+
+def load_weight_model(path: Path, device: torch.device):
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    weight_model, tokenizer = build_weight_model(saved["encoder"], saved["head_size"], saved["beta"])
+    weight_model.load_state_dict(saved["state_dict"])
+    return weight_model.to(device).eval(), tokenizer
+
+
+def check_same_tokenizer(base_tokenizer, weight_tokenizer, what: str) -> None:
+    if base_tokenizer.get_vocab() != weight_tokenizer.get_vocab():
+        raise DataError(f"camels: the {what} and the base model tokenize differently; token weights need "
+                        "one tokenizer (e.g. distilgpt2 for a gpt2-xl base)")
+
+
+@torch.no_grad()
+def token_weights(weight_model: TokenWeightModel, tokenizer, texts: list[str], max_tokens: int):
+    """Per document its tokens (strings) and learned weights."""
+    device = next(weight_model.parameters()).device
+    docs = encode_documents(tokenizer, texts, max_tokens)
+    weights = weight_model(docs["input_ids"].to(device), docs["attention_mask"].to(device)).cpu()
+    tokens, values = [], []
+    for i in range(len(texts)):
+        n = int(docs["attention_mask"][i].sum())
+        tokens.append([tokenizer.decode([t]) for t in docs["input_ids"][i, :n].tolist()])
+        values.append(weights[i, :n].tolist())
+    return tokens, values
+
+
+def save_pretrained_atomic(model: torch.nn.Module, tokenizer, target: Path) -> None:
+    """save_pretrained into a fresh folder, then swapped in: a reader never sees half a model."""
+    fresh = target.with_name(target.name + ".tmp")
+    shutil.rmtree(fresh, ignore_errors=True)
+    model.save_pretrained(fresh)
+    tokenizer.save_pretrained(fresh)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        target.replace(old)
+    fresh.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
