@@ -1,4 +1,10 @@
-"""Shared fixtures: everything offline, one local Ray for the whole session (2 CPUs)."""
+"""Shared fixtures: everything offline, one local Ray for the whole session (2 CPUs); the test tiers.
+
+Tiers (markers): ``unit`` — no Ray, no servers, no subprocess clusters (given to every test that is
+not marked otherwise; such a test that starts Ray fails, naming itself); ``system`` — starts Ray, an
+MLflow server or a cluster (a test that uses one of SYSTEM_FIXTURES is marked automatically, others
+say so themselves); ``slow`` — minutes each; ``gpu`` — needs CUDA. The README's test command runs
+every tier but ``gpu``; ``pytest -m unit`` is the quick one while editing."""
 from __future__ import annotations
 
 import os
@@ -13,6 +19,32 @@ import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 from mlflow_helpers import Server, free_port, mlflow_command  # noqa: E402
+
+
+SYSTEM_FIXTURES = {"ray_session", "lm_spec", "mlflow_server", "local_cluster"}
+TIERS = ("system", "slow", "gpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request, monkeypatch):
+    """A ``unit`` test that would start (or join) Ray fails with its name: mark it ``system``."""
+    if request.node.get_closest_marker("unit") is not None:
+        import ray
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError(f"{request.node.nodeid} is a unit test but starts Ray: mark it `system`")
+
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", refuse)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -88,3 +88,19 @@ def test_a_trial_process_does_not_import_the_report_package():
             "print(sorted(m for m in sys.modules if m.startswith(('raysel.report', 'matplotlib'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_a_unit_test_that_starts_ray_fails_naming_itself(tmp_path):
+    """The tiers hold: a test not marked system (here: this one) cannot start or join Ray."""
+    import pytest
+    import ray
+
+    import raysel
+
+    with pytest.raises(RuntimeError, match=r"test_layout.py::test_a_unit_test_that_starts_ray_fails_naming_itself "
+                                           r"is a unit test but starts Ray: mark it `system`"):
+        ray.init(num_cpus=1)
+    with pytest.raises(RuntimeError, match="is a unit test but starts Ray"):
+        raysel.run_sweep({"name": "u", "method": "standard", "tracking": {"enabled": False},
+                          "storage_path": str(tmp_path),
+                          "protocol": {"kind": "seeds", "seeds": [0], "metric": "m", "mode": "min"}}, progress=False)
