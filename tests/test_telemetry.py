@@ -20,7 +20,17 @@ IGF = {"context_len": 16, "size_objective_set": 8, "min_len": 64, "ig_contexts":
        "batch_size": 4, "eval_every": 2, "switch_step": 2, "threshold_units": "learner", "lr": 1e-3,
        "threshold_mode": "constant"}
 KERNEL = {"label_words": ["string", "data", "time", "file", "number"], "max_length": 48}
-DRIVER = "import raysel, sys; sys.exit(1 if raysel.run_sweep({spec!r}, progress=False).num_errors else 0)"
+# the driver keeps its Ray (and so the endpoint) up after the sweep until the test has scraped
+# everything it wants ("scraped" appears) or 120 s passed: the last values are not lost to timing
+DRIVER = """
+import pathlib, sys, time, raysel
+errors = raysel.run_sweep({spec!r}, progress=False).num_errors
+pathlib.Path("swept").touch()
+deadline = time.monotonic() + 120
+while not pathlib.Path("scraped").exists() and time.monotonic() < deadline:
+    time.sleep(0.2)
+sys.exit(1 if errors else 0)
+"""
 
 
 def dashboard_metrics() -> set[str]:
@@ -41,8 +51,11 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}  # reports every second, not every 10
     driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec)], env=env, cwd=tmp_path)
     seen: dict[str, set[str]] = {}  # metric → the sweep tags it carried
+    wanted = dashboard_metrics()
     try:
-        while driver.poll() is None:
+        # scrape while the sweep runs (gauges of running trials) and after it (the final counts), until
+        # every wanted metric was seen after the sweep ended, or the driver gave up waiting
+        while driver.poll() is None and not ((tmp_path / "swept").exists() and wanted <= set(seen)):
             try:
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except requests.RequestException:
@@ -50,11 +63,11 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
             for name, labels in re.findall(r"^(ray_raysel_\w+)\{([^}]*)\}", text, flags=re.M):
                 seen.setdefault(name, set()).update(re.findall(r'sweep="([^"]*)"', labels))
             time.sleep(0.5)
+        (tmp_path / "scraped").touch()
         assert driver.wait(timeout=600) == 0
     finally:
         if driver.poll() is None:
             driver.kill()
-    wanted = dashboard_metrics()
     assert len(wanted) == 7
     assert wanted <= set(seen), f"missing on the endpoint: {sorted(wanted - set(seen))}"
     assert all(seen[name] == {"telemetry"} for name in wanted)
