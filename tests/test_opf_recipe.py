@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from raysel.methods import get_method
 from raysel.methods.opf import decompose, matrix_candidates, merge_all
 from raysel.models import ModelError, load_model
+from raysel.data.errors import DataError
 from raysel.spec import DataSpec, ModelSpec, SpecError, load_spec
 from raysel.run_context import LocalRun
 
@@ -104,6 +105,11 @@ def test_opf_specs_are_checked_before_anything_runs(tmp_path):
                                                 "shapes": {"FFN_1": {"in": [8, 8], "out": [16, 4]}}}})
     with pytest.raises(ModelError, match=r"shapes.FFN_1: in \[8, 8\] × out \[16, 4\] must multiply to 64 × 128"):
         preflight(bad_shapes)
+    # 20 examples in batches of 8: 3 steps per epoch, so 6 steps are 2 epochs: no room for 3 rounds
+    too_short = load_spec({**spec, "params": {"top_n": 3, "split_num": 3, "max_steps": 6, "batch_size": 8}})
+    with pytest.raises(DataError, match=r"opf \(seed 13\): split_num 3 with 2 epochs decomposes at epochs \[0, 1\], "
+                                        r"2 rounds instead of 3.*max_steps 6 is 2 epoch\(s\) of this training set"):
+        preflight(too_short)
 
 
 def test_an_opf_search_then_seeds_sweep_on_ray_logs_the_merged_model(tmp_path, ray_session):

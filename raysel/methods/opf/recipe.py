@@ -20,6 +20,8 @@ import pydantic
 import torch
 from pydantic import Field
 
+from raysel.data.errors import DataError
+from raysel.data.sources import classification_splits
 from raysel.methods.base import Method, RunContext
 from raysel.methods.loop import eval_mode, fine_tune
 from raysel.methods.opf.algorithm import (WEIGHT_TYPES, MPOLinear, auto_shapes, decompose, decomposition_rounds,
@@ -74,8 +76,18 @@ class OPF(Method):
     max_workers: ClassVar[int | None] = 1  # it changes the model while it trains
 
     def preflight(self, params: OPFParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
-        """Before Ray starts: model and data load; the weight types exist; given shapes fit their matrices."""
+        """Before Ray starts: model and data load; the weight types exist; given shapes fit their matrices;
+        the epochs that max_steps makes allow split_num decomposition rounds (classification)."""
         Standard().preflight(params, model, data, seeds)
+        if params.task != "causal_lm":
+            for seed in seeds if data.k else seeds[:1]:
+                epochs = math.ceil(params.max_steps / math.ceil(len(classification_splits(data, seed=seed).train)
+                                                                / params.batch_size))
+                try:
+                    decomposition_rounds(params.top_n, params.split_num, epochs)
+                except ValueError as err:
+                    raise DataError(f"opf (seed {seed}): {err}; max_steps {params.max_steps} is {epochs} "
+                                    "epoch(s) of this training set") from None
         loaded, _ = load_model(model.name, MODEL_TASK[params.task], num_labels=2)
         candidates = matrix_candidates(loaded, params.weight_types)
         for kind, shape in params.shapes.items():
