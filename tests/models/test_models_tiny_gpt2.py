@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -29,9 +28,9 @@ def test_prepare_manifest_idempotent_and_load(tmp_path, monkeypatch):
     assert path == tmp_path / "tiny-gpt2"
     manifest = json.loads((path / "manifest.json").read_text())
     assert FIELDS <= manifest.keys() and manifest["steps"] == 2 and manifest["tokens_seen"] == 2 * 2 * 32
-    t = time.monotonic()
+    weights = (path / "model.safetensors").stat().st_mtime_ns
     assert prepare_tiny_gpt2(steps=2, recipe=recipe, corpus=corpus, progress=False) == path
-    assert time.monotonic() - t < 2
+    assert (path / "model.safetensors").stat().st_mtime_ns == weights  # reused, not trained again
     assert json.loads((path / "manifest.json").read_text())["created"] == manifest["created"]
     model, tok = load_model("tiny-gpt2", "causal_lm")
     assert tok.pad_token == tok.eos_token == "<|endoftext|>"
@@ -44,9 +43,9 @@ def test_prepare_manifest_idempotent_and_load(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_pretraining_lowers_test_perplexity(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path))
-    path = prepare_tiny_gpt2(steps=120, max_minutes=5, progress=False)
+    path = prepare_tiny_gpt2(steps=120, progress=False)  # ~1-2 min on 2 cores; no time limit to race
     m = json.loads((path / "manifest.json").read_text())
     assert FIELDS <= m.keys()
-    assert m["steps"] == 120 or (m["stopped_by"] == "time" and m["steps"] >= 20)
+    assert m["steps"] == 120
     assert m["tokens_seen"] == m["steps"] * 16 * 128
     assert m["test_perplexity"] < m["untrained_test_perplexity"] / 5

