@@ -176,8 +176,9 @@ def _print_result(result, metrics: list[str]) -> None:
         from raysel.tracking import redact_uri
 
         uri = redact_uri(result.tracking_uri)
-        console.print(f"MLflow: parent run {result.parent_run_id} in {uri}\n"
-                      f"  open the UI with: mlflow ui --backend-store-uri {uri}")
+        hint = (f"open it at {uri.rstrip('/')}/#/experiments" if uri.startswith(("http://", "https://"))
+                else f"open the UI with: mlflow ui --backend-store-uri {uri}")
+        console.print(f"MLflow: parent run {result.parent_run_id} in {uri}\n  {hint}")
 
 
 def _print_table(title: str, frame, columns: list[str]) -> None:

@@ -5,6 +5,7 @@ a ``SpecError`` whose lines name the field and what is allowed.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -27,6 +28,11 @@ SEED_PRESETS: dict[str, list[int]] = {
     "5-seed": [13, 21, 42, 87, 100],  # LM-BFF / kernel: k-shot data seeds
 }
 RESERVED_TRIAL_KEYS = ("arm", "method", "seed", "stage", "model", "data")
+# MLflow's tracking stores (a SQLAlchemy database may name its driver: postgresql+psycopg2://)
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
+                    "uc")
+MLFLOW_KEY_LENGTH = 250  # MLflow's limit for metric, param and tag names (mlflow.utils.validation)
+LONGEST_SUMMARY_STAT = "ci95_high"  # the report logs {arm}.{metric}.{stat} to the sweep's parent run
 
 
 class SpecError(ValueError):
@@ -115,9 +121,13 @@ class TrackingSpec(_Strict):
     @pydantic.field_validator("uri")
     @classmethod
     def _is_a_uri(cls, v: str) -> str:
-        if not re.match(r"^[a-z][a-z0-9+.-]*:", v):
-            raise ValueError(f"{v!r} is not a tracking URI; allowed: sqlite:///PATH, http(s)://HOST:PORT, "
-                             "postgresql://..., databricks, file:PATH")
+        allowed = ("allowed: sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://..., mssql://..., "
+                   "databricks, file:PATH")
+        found = re.match(r"^([a-z][a-z0-9+.-]*):", v)
+        if not found:
+            raise ValueError(f"{v!r} is not a tracking URI; {allowed}")
+        if found.group(1).split("+")[0] not in TRACKING_SCHEMES:
+            raise ValueError(f"{v!r}: MLflow cannot track to a {found.group(1)!r} URI; {allowed}")
         return v
 
 
@@ -159,6 +169,8 @@ class SweepSpec(_Strict):
     def _name_is_a_path_part(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", v):
             raise ValueError("must be letters, digits, '_', '-', '.', '+' (it names a directory)")
+        if len(v) > 200:
+            raise ValueError(f"{len(v)} characters; at most 200 (it names a directory and an MLflow experiment)")
         return v
 
     def resolved_arms(self) -> list[ArmSpec]:
@@ -244,7 +256,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError([f"file {str(path)!r} does not exist (give a YAML spec, e.g. tune_configs/quickstart.yaml)"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(["not a text file: a spec is YAML in UTF-8 (e.g. tune_configs/quickstart.yaml)"],
+                        str(path)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -322,7 +337,8 @@ def _format_pydantic_error(error: dict[str, Any]) -> str:
     msg = msg.removeprefix("Value error, ")
     if isinstance(error.get("input"), dict):  # a check across several fields: the whole section adds nothing
         return f"{loc}: {msg}"
-    return f"{loc}: {msg} (got {error.get('input')!r})"
+    shown = repr(error.get("input"))
+    return f"{loc}: {msg} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
 
 
 def _check_semantics(spec: SweepSpec) -> list[str]:
@@ -337,6 +353,14 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
         problems.append("protocol.seeds: must be a non-empty list of distinct integers, or '50-run' / '5-seed'")
     arms = spec.resolved_arms()
     names = [a.name for a in arms]
+    longest_metric = max([protocol.compared_metric, protocol.metric, spec.report.metric or "", *spec.report.columns],
+                         key=len)
+    room = MLFLOW_KEY_LENGTH - len(longest_metric) - len(LONGEST_SUMMARY_STAT) - 2
+    for index, name in enumerate(names):
+        if len(name) > room:
+            problems.append(f"{f'arms.{index}.name' if spec.arms else 'method'}: {len(name)} characters; at most "
+                            f"{room} here (the report logs '<arm>.{longest_metric}.{LONGEST_SUMMARY_STAT}' to MLflow, "
+                            f"whose names hold {MLFLOW_KEY_LENGTH})")
     if len(set(names)) != len(names):
         problems.append(f"arms: names must be distinct (got {names})")
     if spec.report.baseline is not None and spec.report.baseline not in names:
@@ -455,7 +479,28 @@ def _check_arm(arm: ArmSpec, where: str, rules: Protocol | None, searcher: str |
             for bound in distribution_bounds(value):
                 problems += _check_params(method, {**arm.params, key: bound}, _join(where, "search_space"),
                                           only=key, value_note=f" (search-space value {bound!r})")
+    if not problems:
+        problems += _check_space_points(method, arm, space, _join(where, "search_space"))
     return list(dict.fromkeys(problems))
+
+
+def _check_space_points(method: Any, arm: ArmSpec, space: dict[str, Any], where: str,
+                        limit: int = 4096) -> list[str]:
+    """The rules across several parameters (e.g. warmup_steps below max_steps) at every combination of
+    the search space's choices and ends, with the fixed params: the first point that breaks one."""
+    keys = [k for k, v in space.items() if is_distribution(v)]
+    values = [distribution_bounds(space[k]) for k in keys]
+    if not keys or math.prod(len(v) for v in values) > limit:
+        return []
+    fixed = {**arm.params, **{k: v for k, v in space.items() if not is_distribution(v)}}
+    for combo in itertools.product(*values):
+        point = dict(zip(keys, combo))
+        try:
+            method.Params.model_validate({**fixed, **point})
+        except pydantic.ValidationError as err:
+            message = err.errors()[0]["msg"].removeprefix("Value error, ")
+            return [f"{where}: the point {point} breaks a rule of {method.name!r} with the fixed params: {message}"]
+    return []
 
 
 def _check_distribution(value: Any, at: str, rules: Protocol | None, searcher: str | None) -> list[str]:

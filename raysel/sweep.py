@@ -149,6 +149,24 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
         raise SpecError(problems)
 
 
+def check_storage(storage: Path) -> None:
+    """Before Ray starts: the storage directory exists and is writable, or can be made (SpecError)."""
+    import tempfile
+
+    existing = storage
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    why = None if existing.is_dir() else f"{existing} is not a directory"
+    if why is None:
+        try:  # a directory made and removed again (permission bits do not tell root, or /proc, the truth)
+            os.rmdir(tempfile.mkdtemp(prefix=".raysel-check-", dir=existing))
+        except OSError as err:
+            why = f"nothing can be created in {existing}: {err.strerror}"
+    if why:
+        raise SpecError([f"storage_path: {storage} cannot be used ({why}); give a writable directory "
+                         "(a local path, or a mount every node shares)"])
+
+
 def _init_ray(spec: SweepSpec) -> bool:
     """Join the spec's (or RAY_ADDRESS's) cluster, or start a local one. True if we started it."""
     import ray
@@ -229,6 +247,7 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
     spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": resolve_uri(spec.tracking.uri)})})
     preflight(spec)
     check_services(spec)
+    check_storage(storage)
     with _driver_state(storage):
         started_ray = _init_ray(spec)
         try:

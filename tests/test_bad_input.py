@@ -68,6 +68,12 @@ def camels(tmp: Path, data: str, **params: Any) -> dict:
                 protocol={"kind": "seeds", "seeds": [0], "metric": "val_f1", "mode": "max"})
 
 
+def binary_spec(tmp: Path) -> Path:
+    path = tmp / "spec.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    return path
+
+
 CASES = [
     # ---- the spec file and its fields
     Case("spec file that does not exist", "does not exist", lambda t: t / "nope.yaml"),
@@ -155,7 +161,23 @@ CASES = [
          lambda t: {**spec(t), "ray": {"address": f"127.0.0.1:{free_port()}"}}),
     Case("a sweep name already used, without --resume", "already holds a sweep",
          lambda t: (write(t, "results/bad/sweep.json", "{}"), spec(t))[1]),
+    Case("a tracking URI MLflow cannot use", "tracking.uri: 'ftp://x': MLflow cannot track to a 'ftp' URI",
+         lambda t: spec(t, tracking={"uri": "ftp://x"})),
+    Case("a binary file as the spec", "not a text file: a spec is YAML in UTF-8", binary_spec),
+    Case("an arm name longer than MLflow's names allow", "arms.0.name: 300 characters; at most 224 here",
+         lambda t: spec(t, method=None, params=None,
+                        arms=[{"name": "a" * 300, "method": "standard", "params": GOOD_PARAMS}])),
+    Case("a search-space choice that breaks a rule with the fixed params",
+         "search_space: the point {'warmup_steps': 2} breaks a rule of 'standard' with the fixed params: "
+         "warmup_steps (2) must be below max_steps (2)",
+         lambda t: {**spec(t), "protocol": {"kind": "search", "metric": "test_perplexity", "mode": "min"},
+                    "search_space": {"warmup_steps": {"distribution": "categorical", "choices": [0, 2]}}}),
+    Case("a storage path nothing can be created in", "storage_path: /proc/raysel-nope cannot be used",
+         lambda t: spec(t, storage_path="/proc/raysel-nope")),
+    Case("a storage path under a file", "is not a directory); give a writable directory",
+         lambda t: spec(t, storage_path=str(write(t, "a-file", "x") / "results"))),
 ]
+
 
 
 def run_case(case: Case, tmp: Path) -> tuple[int, str]:

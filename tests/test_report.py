@@ -282,3 +282,12 @@ def test_parameter_importances_skip_an_arm_whose_objective_never_varied():
                            "val_f1": [0.0, 0.0, 0.0, 1.0, 5.0, 2.0]})
     table = param_importances(search, {"flat": space, "varied": space}, "val_f1", "max")
     assert list(table["arm"]) == ["varied"] and table["importance"].iloc[0] == pytest.approx(1.0)
+
+
+def test_report_of_a_missing_sweep_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from raysel.cli import main
+
+    assert main(["report", str(tmp_path / "nonexistent")]) == 2
+    assert list(tmp_path.iterdir()) == []  # no ./mlflow.db made by looking

@@ -52,6 +52,10 @@ def resolve(sweep: "str | Path", tracking_uri: str | None = None) -> SweepRecord
                            state.get("parent_run_id"), path.resolve())
     uri = _resolve_uri(tracking_uri)
     text = str(sweep)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # opening it would create it
+        raise ReportError(f"{text!r} is not a sweep directory, and there is no MLflow store at {uri} to look it up "
+                          "in; give storage_path/name, or a parent run id or experiment name with --tracking-uri "
+                          "(or MLFLOW_TRACKING_URI)")
     if RUN_ID.match(text):
         return _record_from_run(uri, text)
     return _record_from_experiment(uri, text)
