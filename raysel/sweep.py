@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -90,7 +91,7 @@ def trials_frame(result_grid, phase: Phase) -> pd.DataFrame:
         row = {"phase": phase.label, "stage": variant.get("stage", phase.stage), "arm": variant.get("arm"),
                "method": variant.get("method"), "seed": config.get("seed"),
                "trial_id": (result.metrics or {}).get("trial_id"),
-               "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}"}
+               "error": None if result.error is None else plain_text(f"{type(result.error).__name__}: {result.error}")}
         row.update({f"params.{k}": v for k, v in variant.get("params", {}).items()})
         row["model.name"] = variant.get("model", {}).get("name")
         row["data.name"] = variant.get("data", {}).get("name")
@@ -98,6 +99,14 @@ def trials_frame(result_grid, phase: Phase) -> pd.DataFrame:
         row["path"] = result.path
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def plain_text(text: str) -> str:
+    """Ray's error messages without their terminal colour codes (for trials.csv and reports)."""
+    return ANSI_ESCAPE.sub("", text)
 
 
 def best_params(frame: pd.DataFrame, metric: str, mode: str) -> dict[str, dict[str, Any]]:
