@@ -63,15 +63,15 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
 
     enter_working_dir(settings.working_dir)
     variant, seed = config["variant"], int(config["seed"])
-    method = get_method(variant["method"])
-    params = method.Params.model_validate(variant["params"])
     trial_id = tune.get_context().get_trial_id()
     logger: Any = NullLogger()
-    if settings.tracking is not None:
+    if settings.tracking is not None:  # first: every trial that ran has its run, also one that fails at once
         logger = TrialLogger(settings.tracking, trial_id, _run_name(variant, seed, trial_id),
                              _tags(variant, seed, settings), {"seed": seed, **_loggable_variant(variant)})
     artifact_dir = Path(settings.storage_path) / "artifacts" / trial_id
     with logger.lifecycle():
+        method = get_method(variant["method"])
+        params = method.Params.model_validate(variant["params"])
         if settings.workers == 0:
             torch.set_num_threads(max(1, int(settings.cpus_per_worker)))
             seed_everything(seed)

@@ -61,3 +61,17 @@ def test_trainable_rejects_unknown_fixed_params():
 def test_trainable_refuses_more_workers_than_the_method_runs_on():
     with pytest.raises(ValueError, match=r"workers=2, but 'opf' runs on at most 1 worker\(s\) per trial"):
         raysel.trainable("opf", workers=2, tracking=False)
+
+
+def test_a_trial_whose_params_break_a_rule_still_has_its_failed_run(tmp_path):
+    """Params are checked inside the trial (a user's param_space is not a raysel spec): the failure is
+    an MLflow run, FAILED, with the reason, not a trial missing from MLflow."""
+    tuner = tune.Tuner(make(tmp_path, "bad-point"), param_space={"warmup_steps": 10, "seed": 0},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0,
+                                                 failure_config=tune.FailureConfig(max_failures=0)))
+    (result,) = tuner.fit()
+    assert result.error is not None
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("bad-point").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "warmup_steps (10) must be below max_steps (4)" in run.data.tags["raysel.failure"]
