@@ -177,13 +177,16 @@ def check_storage(storage: Path) -> None:
 
 
 def _init_ray(spec: SweepSpec) -> bool:
-    """Join the spec's (or RAY_ADDRESS's) cluster, or start a local one. True if we started it."""
+    """Join the spec's (or RAY_ADDRESS's) cluster, or start a local one. True if we started it.
+
+    Without an address the sweep always starts its own Ray ("local"): Ray's default would join
+    whichever cluster a ``ray start`` on this machine last left behind."""
     import ray
 
     if ray.is_initialized():
         return False
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": True}
     if not address:
         kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
                       include_dashboard=spec.resources.workers > 0 or spec.ray.dashboard,

@@ -119,3 +119,80 @@ def test_a_killed_worker_node_restarts_its_trial_from_its_checkpoint(tmp_path, l
     for run in trials:
         steps = [m["step"] for m in rest.metric_history(run["info"]["run_id"], "train_loss")]
         assert sorted(steps) == list(range(1, 61))  # continued, not logged twice
+
+
+def test_a_local_sweep_starts_its_own_ray_beside_a_running_cluster(tmp_path, lm_spec):
+    """A `ray start --head` on this machine (in its own RAY_TMPDIR, as a user's default one would be)
+    leaves its address where Ray's default `ray.init()` would find and join it; a sweep given no
+    address starts its own Ray instead: no driver of it appears in that cluster's session."""
+    import shutil
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={free_port()}",
+                           "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert head.returncode == 0, head.stdout + head.stderr
+        session = (ray_tmp / "ray" / "session_latest").resolve()
+        assert (ray_tmp / "ray" / "ray_current_cluster").is_file()  # what ray.init() would join
+        spec = lm_spec(name="beside", params={"max_steps": 2, "eval_every": 2},
+                       protocol={"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"})
+        code = f"import raysel, sys; sys.exit(raysel.run_sweep({spec!r}, progress=False).num_errors)"
+        sweep = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=600)
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        assert not list((session / "logs").glob("python-core-driver-*")), "the sweep joined the other cluster"
+    finally:
+        _stop_processes_of(ray_tmp)  # that cluster's processes, and only them
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _stop_processes_of(directory: Path) -> None:
+    """SIGTERM, then SIGKILL, the processes whose command line names ``directory``."""
+    import signal
+    import time
+
+    def pids() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if str(directory).encode() in (proc / "cmdline").read_bytes():
+                        found.append(int(proc.name))
+                except OSError:
+                    continue
+        return found
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def test_local_cluster_refuses_a_taken_port_before_starting_anything(tmp_path):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "RAY_HEAD_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(port),
+           "RAY_CLUSTER_TEMP_DIR": str(tmp_path / "cluster")}
+    try:
+        started = subprocess.run(["bash", str(ROOT / "launch" / "local-cluster.sh"), "start"], env=env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert started.returncode == 2
+    assert started.stderr.strip() == (f"error: port {port} (RAY_DASHBOARD_PORT) is taken; "
+                                      "set RAY_DASHBOARD_PORT to a free port")
+    assert not (tmp_path / "cluster").exists()  # no Ray started
