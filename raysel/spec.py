@@ -16,12 +16,12 @@ import pydantic
 import yaml
 from pydantic import Field
 
-from raysel.inputs import DataSpec, ModelSpec
+from raysel.inputs import DataSpec, ModelSpec  # noqa: F401  (re-exported: spec sections)
 from raysel.inputs import Strict as _Strict
-from raysel.space import (DISTRIBUTIONS, Categorical, Distribution, IntRange, LogUniform, Uniform,  # noqa: F401
-                          distribution_bounds, grid_values, is_distribution, parse_space_value)
 from raysel.methods import UnknownMethodError, get_method
 from raysel.protocols import PROTOCOLS, Protocol, UnknownProtocolError, arm_waves, get_protocol
+from raysel.space import (DISTRIBUTIONS, Categorical, Distribution, IntRange, LogUniform, Uniform,  # noqa: F401
+                          distribution_bounds, grid_values, is_distribution, parse_space_value)
 
 SEED_PRESETS: dict[str, list[int]] = {
     "50-run": list(range(50)),  # IGF: 50 runs, error bars ±1 SE
