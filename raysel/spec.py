@@ -16,7 +16,7 @@ import pydantic
 import yaml
 from pydantic import Field
 
-from raysel.inputs import DataSpec, ModelSpec  # noqa: F401  (re-exported: spec sections)
+from raysel.inputs import DataSpec, ModelSpec
 from raysel.inputs import Strict as _Strict
 from raysel.methods import UnknownMethodError, get_method
 from raysel.protocols import PROTOCOLS, Protocol, UnknownProtocolError, arm_waves, get_protocol
