@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pandas as pd
 
 from raysel.methods import get_method
-from raysel.results import SWEEP_FILE, table_row
 from raysel.protocols import Phase, expand
+from raysel.results import SWEEP_FILE, table_row
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
 from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, reopen_run,
