@@ -34,34 +34,50 @@ def _gauge(name: str, description: str, tag_keys: tuple[str, ...]):
 
 
 class SweepMetrics(Callback):
-    """On the driver: how many of the sweep's trials run, finished, failed (over all its phases)."""
+    """On the driver: how many of the sweep's trials run, finished, failed (over all its phases).
+
+    The counts come from the trials' own statuses (so a resumed sweep counts the trials it restored),
+    and the gauges are set again every second while Tune's loop turns: Ray's metrics agent forgets a
+    gauge that is not set for about two report intervals."""
+
+    RESET_EVERY_S = 1.0
+    STATUSES = {"running": "RUNNING", "finished": "TERMINATED", "failed": "ERROR"}
 
     def __init__(self, sweep: str):
         self.tags = {"sweep": sweep}
-        self.running = _gauge("raysel_trials_running", "trials of the sweep running now", ("sweep",))
-        self.finished = _gauge("raysel_trials_finished", "trials of the sweep finished", ("sweep",))
-        self.failed = _gauge("raysel_trials_failed", "trials of the sweep failed", ("sweep",))
-        self.counts = {"running": 0, "finished": 0, "failed": 0}
+        self.gauges = {name: _gauge(f"raysel_trials_{name}", f"trials of the sweep {name} now" if name == "running"
+                                    else f"trials of the sweep {name}", ("sweep",)) for name in self.STATUSES}
+        self.status: dict[str, str] = {}  # trial id → its latest status, over every phase
+        self._exported = 0.0
         self._export()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {name: sum(s == status for s in self.status.values()) for name, status in self.STATUSES.items()}
 
     def _export(self) -> None:
-        for name, gauge in (("running", self.running), ("finished", self.finished), ("failed", self.failed)):
-            gauge.set(self.counts[name], tags=self.tags)
+        for name, count in self.counts.items():
+            self.gauges[name].set(count, tags=self.tags)
+        self._exported = time.monotonic()
 
-    def _count(self, trials: list[Any]) -> None:
-        self.counts["running"] = sum(t.status == "RUNNING" for t in trials)
+    def _update(self, trials: list[Any], ended: Any = None, status: str | None = None) -> None:
+        self.status.update({t.trial_id: t.status for t in trials})
+        if ended is not None:  # Tune calls back before it sets the ended trial's status
+            self.status[ended.trial_id] = status
         self._export()
 
+    def on_step_begin(self, iteration, trials, **info):
+        if time.monotonic() - self._exported >= self.RESET_EVERY_S:
+            self._update(trials)
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._count(trials)
+        self._update(trials, trial, "RUNNING")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.counts["finished"] += 1
-        self._count([t for t in trials if t is not trial])
+        self._update(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.counts["failed"] += 1
-        self._count([t for t in trials if t is not trial])
+        self._update(trials, trial, "ERROR")
 
 
 class TrialMetrics:

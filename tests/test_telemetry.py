@@ -51,6 +51,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}  # reports every second, not every 10
     driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec)], env=env, cwd=tmp_path)
     seen: dict[str, set[str]] = {}  # metric → the sweep tags it carried
+    values: dict[str, list[float]] = {}  # metric → every value scraped, in order
     wanted = dashboard_metrics()
     try:
         # scrape while the sweep runs (gauges of running trials) and after it (the final counts), until
@@ -60,8 +61,9 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except requests.RequestException:
                 text = ""  # the endpoint is not up yet
-            for name, labels in re.findall(r"^(ray_raysel_\w+)\{([^}]*)\}", text, flags=re.M):
+            for name, labels, value in re.findall(r"^(ray_raysel_\w+)\{([^}]*)\} (\S+)", text, flags=re.M):
                 seen.setdefault(name, set()).update(re.findall(r'sweep="([^"]*)"', labels))
+                values.setdefault(name, []).append(float(value))
             time.sleep(0.5)
         (tmp_path / "scraped").touch()
         assert driver.wait(timeout=600) == 0
@@ -71,3 +73,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     assert len(wanted) == 7
     assert wanted <= set(seen), f"missing on the endpoint: {sorted(wanted - set(seen))}"
     assert all(seen[name] == {"telemetry"} for name in wanted)
+    # the sweep counts reached their final values (2 trials, none failed), and never went backwards
+    finished = values["ray_raysel_trials_finished"]
+    assert max(finished) == 2 and finished == sorted(finished)
+    assert set(values["ray_raysel_trials_failed"]) == {0.0}
