@@ -25,6 +25,7 @@ class SweepProgress(Callback):
         self.running: set[str] = set()
         self.done = self.failed = 0
         self.best: float | None = None
+        self._counted = False
         self._progress: Progress | None = None
         self._task = None
 
@@ -33,7 +34,16 @@ class SweepProgress(Callback):
         return {k: v for k, v in self.__dict__.items() if k not in ("_progress", "_task", "console")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _progress=None, _task=None, console=Console(stderr=True))
+        self.__dict__.update(state, _progress=None, _task=None, console=Console(stderr=True), _counted=False)
+
+    def count_results(self, grid: Any) -> None:
+        """The phase's final counts and best value from its results. A restored Tuner calls back the
+        copy of this callback it saved, not this one, so a resumed phase's bar learns its end here."""
+        self.running = set()
+        self.done, self.failed = grid.num_terminated, grid.num_errors
+        for result in grid:
+            self._consider(TrialResult.from_tune(result.metrics or {}).latest.get(self.metric))
+        self._refresh()
 
     # -- context manager: the bar lives for one phase
     def __enter__(self) -> "SweepProgress":
@@ -63,35 +73,50 @@ class SweepProgress(Callback):
         if self.enabled:
             self.console.log(text)
 
-    # -- Tune callback hooks
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
+    def _count(self, trials: list[Any], ended: Any = None, status: str | None = None) -> None:
+        """Running, done and failed from the trials' own statuses, and the best of their last results:
+        right also for a resumed phase, whose restored trials end without callbacks."""
+        statuses = {t.trial_id: t.status for t in trials}
+        if ended is not None:  # Tune calls back before it sets the ended trial's status
+            statuses[ended.trial_id] = status
+        self.running = {i for i, s in statuses.items() if s == "RUNNING"}
+        self.done = sum(s == "TERMINATED" for s in statuses.values())
+        self.failed = sum(s == "ERROR" for s in statuses.values())
+        for trial in trials:
+            self._consider(TrialResult.from_tune(trial.last_result or {}).latest.get(self.metric))
         self._refresh()
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
+    def _consider(self, value: Any) -> None:
         if isinstance(value, (int, float)) and math.isfinite(value):
             if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
                 self.best = float(value)
+
+    # -- Tune callback hooks
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._counted:  # the first turn of Tune's loop: trials a resumed phase restored
+            self._counted = True
+            self._count(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._count(trials, trial, "RUNNING")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._consider(result.get(self.metric))
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.done += 1
+        self._count(trials, trial, "TERMINATED")
         last = TrialResult.from_tune(trial.last_result or {})
         self._close_run(last.run_id, "FINISHED")
         value = last.latest.get(self.metric)
         shown = f"{value:.4g}" if value is not None else "–"
         step = last.step if trial.last_result else "–"
         self._log(f"trial {trial.trial_id} done: {self.metric}={shown} at step {step}")
-        self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.failed += 1
+        self._count(trials, trial, "ERROR")
         self._close_run(TrialResult.from_tune(trial.last_result or {}).run_id, "FAILED")
         self._log(f"[red]trial {trial.trial_id} failed[/red] (see {trial.path})")
-        self._refresh()
 
     def _close_run(self, run_id: str | None, status: str) -> None:
         if self.tracking_uri and run_id:

@@ -319,6 +319,7 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                                  tracking_uri=tracking.uri if tracking else None, enabled=progress)
         with reporter:
             grid = _tuner(spec, phase, settings, storage, [reporter, metrics], resume).fit()
+            reporter.count_results(grid)
         ended = grid.num_terminated + grid.num_errors
         if ended < phase.num_trials:  # Tune returns normally when interrupted: later phases must not start
             raise SweepInterrupted(f"sweep {spec.name!r} was interrupted in phase {phase.label} ({ended} of "

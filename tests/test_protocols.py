@@ -131,16 +131,3 @@ def test_seeds_summary_uses_the_seeds_stage_only():
     row = summarize(trials, spec("search+seeds").protocol).iloc[0]
     assert row["n"] == 2 and row["mean"] == pytest.approx(0.6)
 
-
-def test_trials_frame_keeps_errors_as_plain_text():
-    from types import SimpleNamespace
-
-    from raysel.protocols import Phase
-    from raysel.sweep import trials_frame
-
-    failed = SimpleNamespace(config={"variant": {"arm": "a", "method": "standard", "stage": "seeds", "params": {}},
-                                     "seed": 0},
-                             metrics={"trial_id": "t1"}, path="/x",
-                             error=RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1) failed"))
-    frame = trials_frame([failed], Phase(label="seeds", stage="seeds", variants=[], seeds=[0]))
-    assert frame.loc[0, "error"] == "RuntimeError: ray::ImplicitFunc.train() (pid=1) failed"
