@@ -127,6 +127,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from raysel.resources import ScaleUpTimeout
     from raysel.spec import load_spec
     from raysel.sweep import SweepInterrupted, run_sweep
 
@@ -137,6 +138,9 @@ def cmd_sweep(args) -> int:
     except SweepInterrupted as stop:
         errors.print(f"interrupted: {stop}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_INTERRUPTED
+    except ScaleUpTimeout as err:
+        errors.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+        return 1
     _print_result(result, [spec.protocol.metric, spec.protocol.compared_metric])
     return 1 if result.num_errors else 0
 

@@ -111,6 +111,20 @@ class ResourcesSpec(_Strict):
     gpus_per_worker: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, gt=0)  # None: as many as resources allow
     max_failures: int = Field(1, ge=-1)  # restarts of a failed trial from its last checkpoint
+    memory_gb_per_worker: float = Field(0.0, ge=0)  # Ray's `memory` resource reserved per worker (0: none)
+    custom_per_worker: dict[str, float] = {}  # Ray custom resources per worker, e.g. {"accelerator_type:A100": 0.01}
+    scale_timeout_s: float = Field(600.0, gt=0)  # how long to wait for the autoscaler to add nodes a trial needs
+
+
+class CheckpointsSpec(_Strict):
+    """How many of a trial's checkpoints stay on disk (in-process and Ray Train trials alike). A running
+    trial keeps its latest checkpoint in any case (a restart resumes from it)."""
+
+    keep: int = Field(1, ge=1)  # checkpoints kept per running trial: the latest, or the best by keep_best_by
+    keep_best_by: str | None = None  # a reported metric: keep the `keep` best by it (and the latest)
+    keep_best_mode: Literal["min", "max"] | None = None  # default: protocol.mode
+    keep_finished: bool | None = None  # a trial that finished keeps its kept checkpoints; default: only
+    #                                    when tracking is off (with tracking on its results are in MLflow)
 
 
 class TrackingSpec(_Strict):
@@ -159,6 +173,7 @@ class SweepSpec(_Strict):
     protocol: ProtocolSpec
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    checkpoints: CheckpointsSpec = CheckpointsSpec()
     tracking: TrackingSpec = TrackingSpec()
     ray: RaySpec = RaySpec()
     report: ReportSpec = ReportSpec()

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -18,6 +19,7 @@ import pandas as pd
 
 from raysel.methods import get_method
 from raysel.protocols import Phase, expand
+from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, local_machine, plan, wait_for_nodes
 from raysel.results import SWEEP_FILE, table_row
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
@@ -158,6 +160,23 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
         raise SpecError(problems)
 
 
+SUBMIT_DIR = "RAYSEL_SUBMIT_DIR"  # set by launch/submit.sh: the directory the user ran it in
+
+
+def paths_base() -> Path:
+    """Where a spec's relative storage_path and SQLite store resolve: the directory ``raysel sweep``
+    runs in or, in a job of launch/submit.sh, the one the user ran submit.sh in (the job's own
+    working directory is Ray's temporary copy of the project, deleted and re-extracted at will)."""
+    submitted = os.environ.get(SUBMIT_DIR)
+    if not submitted:
+        return Path.cwd()
+    if not Path(submitted).is_dir():
+        raise SpecError([f"storage_path: relative paths resolve against the directory launch/submit.sh ran in "
+                         f"({submitted}), which this node does not have; give storage_path and tracking.uri as "
+                         "absolute paths every node sees (a shared mount) or a tracking server"])
+    return Path(submitted)
+
+
 def check_storage(storage: Path) -> None:
     """Before Ray starts: the storage directory exists and is writable, or can be made (SpecError)."""
     import tempfile
@@ -174,6 +193,21 @@ def check_storage(storage: Path) -> None:
     if why:
         raise SpecError([f"storage_path: {storage} cannot be used ({why}); give a writable directory "
                          "(a local path, or a mount every node shares)"])
+
+
+def check_resources(spec: SweepSpec, cluster: Cluster) -> Plan:
+    """Whether a trial fits the cluster (now, or after the autoscaler adds nodes); SpecError when it never
+    can (Ray would wait for it forever), before anything is logged."""
+    placement = plan(spec.resources, cluster)
+    if placement.problem:
+        raise SpecError([placement.problem])
+    return placement
+
+
+def _starts_local_ray(spec: SweepSpec) -> bool:
+    import ray
+
+    return not (spec.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
 
 
 def _init_ray(spec: SweepSpec) -> bool:
@@ -199,6 +233,8 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from raysel.checkpoints import checkpoint_config
 
     protocol = spec.protocol
     trainable = make_trainable(settings)
@@ -226,7 +262,7 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
         run_config=tune.RunConfig(
             name=f"{spec.name}/{phase.label}", storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(**checkpoint_config(spec)),
             callbacks=callbacks, verbose=0 if callbacks else 1),
     )
 
@@ -248,7 +284,8 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
     merged = parse_overrides(overrides)
     merged.update({k.replace("__", "."): v for k, v in more_overrides.items()})
     spec = load_spec(spec_or_path, merged, arms=arms)
-    storage = Path(spec.storage_path).resolve()
+    base = paths_base()
+    storage = (base / Path(spec.storage_path).expanduser()).resolve()
     sweep_dir = storage / spec.name
     state = _read_state(sweep_dir) if resume else None
     if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
@@ -256,14 +293,19 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
                          "continue it with --resume, or choose another name (--set name=...) or storage_path"])
     # what depends on the working directory is fixed now (paths made absolute, the directory noted)
     working_dir = os.getcwd()
-    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": resolve_uri(spec.tracking.uri)})})
+    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+        update={"uri": resolve_uri(spec.tracking.uri, base)})})
     preflight(spec)
     check_services(spec)
     check_storage(storage)
+    if _starts_local_ray(spec):  # what a local Ray will have is known before it starts
+        check_resources(spec, local_machine(spec.ray.num_cpus))
     with _driver_state(storage):
         started_ray = _init_ray(spec)
         try:
-            return _run_phases(spec, storage, sweep_dir, state, resume, progress, working_dir)
+            placement = check_resources(spec, describe_cluster())
+            return _run_phases(spec, storage, sweep_dir, state, resume, progress, working_dir,
+                               placement.needs_scaling)
         finally:
             if started_ray:
                 import ray
@@ -295,7 +337,8 @@ def _driver_state(storage: Path) -> Iterator[None]:
 
 
 def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | None, resume: bool,
-                progress: bool, working_dir: str) -> SweepResult:
+                progress: bool, working_dir: str, wait_for_scaling: bool = False) -> SweepResult:
+    from raysel.checkpoints import checkpoint_config, delete_finished, keeps_finished
     from raysel.progress import SweepProgress
     from raysel.telemetry import SweepMetrics
 
@@ -309,8 +352,9 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
+                             extra_per_worker=extra_per_worker(spec.resources),
                              max_failures=spec.resources.max_failures, storage_path=str(sweep_dir),
-                             working_dir=working_dir)
+                             working_dir=working_dir, checkpoints=checkpoint_config(spec))
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
 
@@ -326,11 +370,15 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                                    f"{phase.num_trials} trials ended); continue it with --resume")
         frame = trials_frame(grid, phase)
         frames.append(frame)
+        if not keeps_finished(spec):
+            delete_finished(grid)
         if phase.is_search:
             best.update(best_params(frame, spec.protocol.metric, spec.protocol.mode))
 
     status = "FAILED"
     try:
+        if wait_for_scaling:
+            _wait_for_nodes(spec)
         for phase in expand(spec):
             run_phase(phase)
         for phase in spec.protocol.rules.next_phases(spec, best):
@@ -349,6 +397,16 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
                          storage_path=sweep_dir)
     _finish(result)
     return result
+
+
+def _wait_for_nodes(spec: SweepSpec) -> None:
+    """Until the autoscaler has added the nodes a trial needs (a message on stderr; Ctrl+C stops the sweep)."""
+    try:
+        wait_for_nodes(spec.resources, spec.resources.scale_timeout_s,
+                       lambda line: print(f"{spec.name}: {line}", file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        raise SweepInterrupted(f"sweep {spec.name!r} was interrupted while waiting for the cluster to scale up; "
+                               "continue it with --resume") from None
 
 
 def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | None, str | None]:

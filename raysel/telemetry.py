@@ -16,6 +16,7 @@ metrics they report.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -81,7 +82,13 @@ class SweepMetrics(Callback):
 
 
 class TrialMetrics:
-    """In a trial: its step, steps per second since the previous report, and the method gauges."""
+    """In a trial: its step, steps per second since the previous report, and the method gauges.
+
+    A thread sets the latest values again every ``RESET_EVERY_S`` until ``close()``: a step may take
+    minutes (a kernel, IGF's learner), and Ray's metrics agent forgets a gauge not set for about two
+    report intervals."""
+
+    RESET_EVERY_S = 1.0
 
     def __init__(self, sweep: str, arm: str, trial_id: str):
         self.tags = {"sweep": sweep, "arm": arm, "trial_id": trial_id}
@@ -89,13 +96,31 @@ class TrialMetrics:
         self.speed = _gauge("raysel_trial_steps_per_second", "the trial's optimizer steps per second", TRIAL_TAGS)
         self.method = {key: _gauge(name, text, TRIAL_TAGS) for key, (name, text) in METHOD_GAUGES.items()}
         self._last: tuple[int, float] | None = None
+        self._values: dict[Any, float] = {}  # gauge → its latest value
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._keep_set, name="raysel-trial-metrics", daemon=True).start()
 
     def record(self, step: int, metrics: dict[str, float]) -> None:
         now = time.monotonic()
-        self.step.set(step, tags=self.tags)
+        values = {self.step: step}
         if self._last is not None and step > self._last[0] and now > self._last[1]:
-            self.speed.set((step - self._last[0]) / (now - self._last[1]), tags=self.tags)
+            values[self.speed] = (step - self._last[0]) / (now - self._last[1])
         self._last = (step, now)
-        for key, gauge in self.method.items():
-            if key in metrics:
-                gauge.set(metrics[key], tags=self.tags)
+        values.update({gauge: metrics[key] for key, gauge in self.method.items() if key in metrics})
+        with self._lock:
+            self._values.update(values)
+            self._set_all(values)
+
+    def close(self) -> None:
+        """The trial ended: its gauges are no longer set (the agent drops them)."""
+        self._closed.set()
+
+    def _keep_set(self) -> None:
+        while not self._closed.wait(self.RESET_EVERY_S):
+            with self._lock:
+                self._set_all(self._values)
+
+    def _set_all(self, values: dict[Any, float]) -> None:
+        for gauge, value in values.items():
+            gauge.set(value, tags=self.tags)

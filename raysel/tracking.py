@@ -36,10 +36,11 @@ class TrackingInfo:
     sweep: str = ""
 
 
-def resolve_uri(uri: str) -> str:
-    """Make relative ``sqlite:///x.db`` URIs absolute, so trials in other directories share the store."""
+def resolve_uri(uri: str, base: Path | None = None) -> str:
+    """Make relative ``sqlite:///x.db`` URIs absolute (against ``base``, default the working directory),
+    so trials in other directories share the store."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return "sqlite:///" + str(((base or Path.cwd()) / uri[len("sqlite:///"):]).resolve())
     return uri
 
 

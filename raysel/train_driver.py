@@ -25,8 +25,10 @@ def fit_with_ray_train(variant: dict[str, Any], seed: int, settings: "TrialSetti
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raysel.checkpoints import train_run_name
+
     use_gpu = settings.gpus_per_worker > 0
-    resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if use_gpu else {})}
+    resources = settings.worker_resources()
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"variant": variant, "seed": seed, "run_id": run_id, "settings": settings,
@@ -34,8 +36,9 @@ def fit_with_ray_train(variant: dict[str, Any], seed: int, settings: "TrialSetti
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         # a stable name: a restarted trial resumes the same Train run from its checkpoint
-        run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=settings.storage_path,
+        run_config=ray.train.RunConfig(name=train_run_name(trial_id), storage_path=settings.storage_path,
                                        callbacks=[TuneReportCallback()],
+                                       checkpoint_config=ray.train.CheckpointConfig(**settings.checkpoints),
                                        failure_config=ray.train.FailureConfig(max_failures=settings.max_failures)),
     )
     trainer.fit()
@@ -65,4 +68,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
         run.telemetry = TrialMetrics(sweep=Path(settings.storage_path).name, arm=variant["arm"],
                                      trial_id=Path(config["artifact_dir"]).name)
-    run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
+    try:
+        run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
+    finally:
+        if run.telemetry is not None:
+            run.telemetry.close()

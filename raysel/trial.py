@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from raysel.methods import get_method
+from raysel.resources import DRIVER_MEMORY, worker_bundle
 from raysel.run_context import TuneRun, enter_working_dir, pick_device, seed_everything
 from raysel.spec import RESERVED_TRIAL_KEYS, DataSpec, ModelSpec, TrackingSpec
 from raysel.tracking import NullLogger, TrackingInfo, TrialLogger, ensure_experiment, resolve_uri
@@ -30,19 +31,25 @@ class TrialSettings:
     workers: int = 0
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    extra_per_worker: dict[str, float] = field(default_factory=dict)  # memory, custom resources (raysel.resources)
     max_failures: int = 0
     storage_path: str = field(default_factory=lambda: str(Path("raysel_results").resolve()))
     # where `raysel sweep` started: relative paths in a spec (local data, kernel_cache) are relative
     # to it, while Ray starts each trial in its own trial directory
     working_dir: str = field(default_factory=os.getcwd)
+    checkpoints: dict[str, Any] = field(default_factory=lambda: {"num_to_keep": 1})  # raysel.checkpoints
+
+    def worker_resources(self) -> dict[str, float]:
+        """What each process running the loop reserves, as Ray names resources."""
+        return worker_bundle(self.cpus_per_worker, self.gpus_per_worker, self.extra_per_worker)
 
     def resources(self) -> dict[str, float]:
         """Resources of the Tune trial itself (under Ray Train, the workers reserve their own)."""
         if self.workers == 0:
-            return {"cpu": self.cpus_per_worker, "gpu": self.gpus_per_worker}
+            return self.worker_resources()
         # the trial only drives the Train run: no CPU (its workers hold those), but Ray needs a
         # non-empty request, and the driver does need some memory
-        return {"cpu": 0, "memory": 256 * 2**20}
+        return {"CPU": 0, "memory": DRIVER_MEMORY}
 
 
 def _run_name(variant: dict[str, Any], seed: int, trial_id: str) -> str:
@@ -82,7 +89,10 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             from raysel.telemetry import TrialMetrics
 
             run.telemetry = TrialMetrics(sweep=Path(settings.storage_path).name, arm=variant["arm"], trial_id=trial_id)
-            run.finish(method.train_loop(params, run))
+            try:
+                run.finish(method.train_loop(params, run))
+            finally:
+                run.telemetry.close()
         else:
             fit_with_ray_train(variant, seed, settings, trial_id, logger.run_id, artifact_dir)
 

@@ -6,6 +6,7 @@ Slow (about 2 minutes); the cluster has its own temp dir and `local-cluster.sh s
 processes."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,21 +37,26 @@ def local_cluster(tmp_path):
 
 def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_to_mlflow(tmp_path, local_cluster,
                                                                                mlflow_server):
+    """The README's cluster example as written: the spec's default (relative) storage_path, submitted
+    from the project's directory; the results land there, not in the job's temporary copy of it."""
     url = mlflow_server.wait_healthy()
-    spec = tmp_path / "cluster-sweep.yaml"
-    spec.write_text(yaml.safe_dump({
+    project = tmp_path / "project"  # what `--working-dir .` uploads: here just the spec
+    project.mkdir()
+    (project / "cluster-sweep.yaml").write_text(yaml.safe_dump({
         "name": "cluster-sweep", "method": "standard", "model": {"name": "tiny-gpt2-random"},
         "data": {"name": "pydocs"},
         "params": {"max_steps": 6, "eval_every": 3, "context_len": 32, "batch_size": 8, "eval_examples": 32},
         "protocol": {"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
-        "resources": {"max_concurrent_trials": 2},
-        "storage_path": str(tmp_path / "results")}))
+        "resources": {"max_concurrent_trials": 2}}))
     env = {**local_cluster, "RAY_ADDRESS": f"http://127.0.0.1:{local_cluster['RAY_DASHBOARD_PORT']}",
            "MLFLOW_TRACKING_URI": url, "HF_HUB_OFFLINE": "1"}
-    job = subprocess.run(["bash", str(ROOT / "launch" / "submit.sh"), str(spec)], env=env, cwd=ROOT,
+    job = subprocess.run(["bash", str(ROOT / "launch" / "submit.sh"), "cluster-sweep.yaml"], env=env, cwd=project,
                          capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
     assert "succeeded" in job.stdout.lower(), job.stdout[-3000:]
+    assert "raysel-cluster-sweep-" in job.stdout  # the job's submission id names the sweep (the Jobs page)
+    results = project / "raysel_results" / "cluster-sweep"
+    assert (results / "report" / "report.md").is_file() and (results / "trials.csv").is_file()
 
     rest = Rest(url)
     runs = rest.search_runs(rest.experiment_by_name("cluster-sweep")["experiment_id"])
@@ -196,3 +202,69 @@ def test_local_cluster_refuses_a_taken_port_before_starting_anything(tmp_path):
     assert started.stderr.strip() == (f"error: port {port} (RAY_DASHBOARD_PORT) is taken; "
                                       "set RAY_DASHBOARD_PORT to a free port")
     assert not (tmp_path / "cluster").exists()  # no Ray started
+
+
+def test_a_sweep_waits_for_the_node_a_trial_needs_and_ctrl_c_while_waiting_kills_it(tmp_path, lm_spec):
+    """A trial needs a custom resource no node has yet, on a cluster with an autoscaler: the sweep says it
+    waits (nothing runs). Ctrl+C there exits 130 with the parent run KILLED; a second sweep goes on once
+    a node with the resource joins, and finishes."""
+    import shutil
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    import mlflow
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rw-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin, port = str(Path(sys.executable).parent / "ray"), free_port()
+    address = f"127.0.0.1:{port}"
+    try:
+        head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
+                               "--include-dashboard=false", "--disable-usage-stats"],
+                              env=env, capture_output=True, text=True, timeout=180)
+        assert head.returncode == 0, head.stdout + head.stderr
+        # what a running autoscaler leaves in the GCS (its status): this one's node types are not reported,
+        # so a resource no node has is waited for rather than refused
+        mark = ("import ray; from ray.experimental.internal_kv import _internal_kv_put; "
+                f"ray.init(address={address!r}); _internal_kv_put('__autoscaling_status', '{{}}')")
+        subprocess.run([sys.executable, "-c", mark], env=env, check=True, capture_output=True, timeout=120)
+
+        def start_sweep(name: str) -> tuple[subprocess.Popen, list[str]]:
+            spec = lm_spec(name=name, params={"max_steps": 2, "eval_every": 2}, protocol={"seeds": [0]},
+                           resources={"custom_per_worker": {"raysel_late_node": 1}, "scale_timeout_s": 300})
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(spec))
+            sweep = subprocess.Popen([str(Path(sys.executable).parent / "raysel"), "sweep", str(path), "--address",
+                                      address, "--no-progress"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+            lines: list[str] = []
+            threading.Thread(target=lambda: lines.extend(sweep.stdout), daemon=True).start()
+            deadline = time.monotonic() + 180
+            while not any("waiting for the cluster to scale up" in line for line in lines):
+                assert sweep.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+                time.sleep(0.2)
+            return sweep, lines
+
+        stopped, lines = start_sweep("stopped")
+        stopped.send_signal(signal.SIGINT)
+        assert stopped.wait(timeout=120) == 130, "".join(lines)[-3000:]
+        assert any("interrupted while waiting for the cluster to scale up" in line for line in lines)
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        parent = json.loads((tmp_path / "results" / "stopped" / "sweep.json").read_text())["parent_run_id"]
+        assert client.get_run(parent).info.status == "KILLED"
+
+        waiting, lines = start_sweep("waits")
+        time.sleep(3)
+        assert waiting.poll() is None  # still waiting: nothing to run on
+        worker = subprocess.run([ray_bin, "start", f"--address={address}", "--num-cpus=1",
+                                 "--resources", '{"raysel_late_node": 1}', "--disable-usage-stats"],
+                                env=env, capture_output=True, text=True, timeout=180)
+        assert worker.returncode == 0, worker.stdout + worker.stderr
+        assert waiting.wait(timeout=600) == 0, "".join(lines)[-3000:]
+        assert any("the cluster has room for a trial after" in line for line in lines)
+    finally:
+        _stop_processes_of(ray_tmp)  # that cluster's processes, and only them
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -140,6 +140,41 @@ def test_gradient_accumulation_averages_micro_batches_and_clipping_bounds_the_up
         standard.Params(batch_size=6, grad_accum=4)
 
 
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the reads of a tensor's value into Python (each one waits on the device on a GPU)."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__bool__}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_loop_reads_losses_back_once_per_optimizer_step_and_stops_a_non_finite_one_before_the_update():
+    from raysel.methods.base import NonFiniteLossError
+    from raysel.methods.loop import LoopParams, fine_tune
+
+    x, y = torch.ones(8, 3, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
+    params = LoopParams(optimizer="sgd", lr=0.01, max_steps=3, batch_size=8, grad_accum=4, max_grad_norm=None)
+    run = _local(0)
+    with _HostReads() as reads:
+        fine_tune(_Regression(), params, run, lambda step, micro, g: {"x": x[:2], "y": y[:2]}, None)
+    assert reads.count == 3  # one per optimizer step, not one per micro-batch (12)
+    assert [r["step"] for r in run.results] == [1, 2, 3] and all(r["train_loss"] > 0 for r in run.results)
+
+    model = _Regression()
+    before = model.linear.weight.detach().clone()
+    poisoned = {"x": x[:2], "y": torch.tensor([0.0, float("nan")], dtype=torch.float64)}
+    with pytest.raises(NonFiniteLossError, match="training loss became nan at step 1"):
+        fine_tune(model, params, _local(0), lambda step, micro, g: poisoned if micro == 1 else {"x": x[:2], "y": y[:2]},
+                  None)
+    assert torch.equal(model.linear.weight.detach(), before)  # the nan never reached the weights
+
+
 def test_the_loop_stops_early_and_an_untracked_loop_reports_and_saves_nothing():
     from raysel.methods.loop import LoopParams, fine_tune
 

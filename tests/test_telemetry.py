@@ -52,6 +52,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec)], env=env, cwd=tmp_path)
     seen: dict[str, set[str]] = {}  # metric → the sweep tags it carried
     values: dict[str, list[float]] = {}  # metric → every value scraped, in order
+    present: list[set[tuple[str, str]]] = []  # per scrape before the sweep ended: the (metric, labels) on it
     wanted = dashboard_metrics()
     try:
         # scrape while the sweep runs (gauges of running trials) and after it (the final counts), until
@@ -61,9 +62,13 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except requests.RequestException:
                 text = ""  # the endpoint is not up yet
-            for name, labels, value in re.findall(r"^(ray_raysel_\w+)\{([^}]*)\} (\S+)", text, flags=re.M):
+            found = re.findall(r"^(ray_raysel_\w+)\{([^}]*)\} (\S+)", text, flags=re.M)
+            for name, labels, value in found:
                 seen.setdefault(name, set()).update(re.findall(r'sweep="([^"]*)"', labels))
                 values.setdefault(name, []).append(float(value))
+            if text and not (tmp_path / "swept").exists():
+                present.append({(name, re.sub(r',?Component="[^"]*"|,?WorkerId="[^"]*"', "", labels))
+                                for name, labels, _ in found})
             time.sleep(0.5)
         (tmp_path / "scraped").touch()
         assert driver.wait(timeout=600) == 0
@@ -77,3 +82,10 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     finished = values["ray_raysel_trials_finished"]
     assert max(finished) == 2 and finished == sorted(finished)
     assert set(values["ray_raysel_trials_failed"]) == {0.0}
+    # no gaps: a series, once on the endpoint, stays there at every scrape until its last one (the sweep's
+    # gauges and a trial's are set again every second or two, also while a trial reports nothing)
+    series = set().union(*present)
+    for one in series:
+        scrapes = [i for i, found in enumerate(present) if one in found]
+        assert scrapes == list(range(scrapes[0], scrapes[-1] + 1)), f"{one} missing from scrapes in between"
+    assert len(present) >= 10 and any(len([f for f in present if one in f]) >= 6 for one in series)

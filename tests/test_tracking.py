@@ -52,15 +52,20 @@ def test_a_restarted_trial_reuses_its_run_and_secrets_stay_out(tmp_path):
 def test_progress_counts_trials_and_tracks_the_best_metric():
     out = io.StringIO()
     progress = SweepProgress("s", "seeds", 3, "test_perplexity", "min", console=Console(file=out, width=120))
-    trial = lambda i, **last: SimpleNamespace(trial_id=f"t{i}", last_result=last, path=f"/tmp/t{i}")  # noqa: E731
+    # Tune's trials, as its callbacks see them: a trial's status changes after the callback of its event
+    trials = [SimpleNamespace(trial_id=f"t{i}", last_result={}, path=f"/tmp/t{i}", status="PENDING") for i in range(3)]
     with progress:
-        for i in range(3):
-            progress.on_trial_start(0, [], trial(i))
-        progress.on_trial_result(0, [], trial(0), {"test_perplexity": 50.0})
-        progress.on_trial_result(0, [], trial(1), {"test_perplexity": 40.0})
-        progress.on_trial_result(0, [], trial(1), {"test_perplexity": float("nan")})
-        progress.on_trial_complete(0, [], trial(0, test_perplexity=50.0, step=6, done=True))
-        progress.on_trial_error(0, [], trial(2))
+        for trial in trials:
+            progress.on_trial_start(0, trials, trial)
+            trial.status = "RUNNING"
+        progress.on_trial_result(0, trials, trials[0], {"test_perplexity": 50.0})
+        progress.on_trial_result(0, trials, trials[1], {"test_perplexity": 40.0})
+        progress.on_trial_result(0, trials, trials[1], {"test_perplexity": float("nan")})
+        trials[0].last_result = {"test_perplexity": 50.0, "step": 6, "done": True}
+        progress.on_trial_complete(0, trials, trials[0])
+        trials[0].status = "TERMINATED"
+        progress.on_trial_error(0, trials, trials[2])
+        trials[2].status = "ERROR"
     assert progress.best == 40.0 and progress.done == 1 and progress.failed == 1 and progress.running == {"t1"}
     text = out.getvalue()
     assert "trial t0 done: test_perplexity=50" in text and "trial t2 failed" in text

@@ -35,8 +35,9 @@ def test_two_worker_torchtrainer_trial_reports_through_tune_and_logs_once(lm_spe
 
 
 def test_two_ray_train_ranks_average_their_gradients(tmp_path):
-    """Two real DDP ranks (gloo) each take a different half of the batch: after one step both hold the
-    weights of one SGD step on the whole batch (their gradients were averaged), not of their own half."""
+    """Two real DDP ranks (gloo) each take a different half of the batch, in two accumulated micro-batches:
+    after one step both hold the weights of one SGD step on the whole batch (their gradients were
+    averaged), not of their own half, and they all-reduced once for the step, not once per micro-batch."""
     import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -52,9 +53,19 @@ def test_two_ray_train_ranks_average_their_gradients(tmp_path):
         from raysel.run_context import TrainRun
         from raysel.tracking import NullLogger
 
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        all_reduces = []
+
+        class CountingRun(TrainRun):  # counts DDP's gradient all-reduces (one bucket: this model is small)
+            def prepare_model(self, model):
+                ddp = super().prepare_model(model)
+                ddp.register_comm_hook(None, lambda group, bucket: all_reduces.append(1) or allreduce_hook(group, bucket))
+                return ddp
+
         context = ray.train.get_context()
         rank, world = context.get_world_rank(), context.get_world_size()
-        run = TrainRun(seed=0, device=torch.device("cpu"), rank=rank, world_size=world, model=ModelSpec(),
+        run = CountingRun(seed=0, device=torch.device("cpu"), rank=rank, world_size=world, model=ModelSpec(),
                        data=DataSpec(), artifact_dir=Path(config["dir"]) / f"rank{rank}", logger=NullLogger())
         x = torch.arange(24, dtype=torch.float64).reshape(8, 3) / 10
         y = torch.linspace(-1, 1, 8, dtype=torch.float64)
@@ -70,13 +81,18 @@ def test_two_ray_train_ranks_average_their_gradients(tmp_path):
             def forward(self, x, y):
                 return type("Out", (), {"loss": ((self.linear(x).squeeze(-1) - y) ** 2).mean()})()
 
-        rows = slice(4 * rank, 4 * rank + 4)
-        params = LoopParams(optimizer="sgd", lr=0.1, max_steps=1, eval_every=1, batch_size=8, max_grad_norm=None)
-        fine_tune(Loss(), params, run, lambda step, micro, g: {"x": x[rows], "y": y[rows]}, lambda m: {})
+        def rows(micro):  # this rank's half of the batch, two examples per micro-batch
+            return slice(4 * rank + 2 * micro, 4 * rank + 2 * micro + 2)
+
+        params = LoopParams(optimizer="sgd", lr=0.1, max_steps=1, eval_every=1, batch_size=8, grad_accum=2,
+                            max_grad_norm=None)
+        fine_tune(Loss(), params, run, lambda step, micro, g: {"x": x[rows(micro)], "y": y[rows(micro)]},
+                  lambda m: {})
         weights = [torch.zeros(4, dtype=torch.float64) for _ in range(world)]
         dist.all_gather(weights, torch.cat([model.weight.detach().flatten(), model.bias.detach()]))
         if rank == 0:  # Ray Train's Result keeps only checkpointed reports' metrics
             (Path(config["dir"]) / "weights.json").write_text(json.dumps([w.tolist() for w in weights]))
+            (Path(config["dir"]) / "all_reduces.json").write_text(json.dumps(len(all_reduces)))
 
     trainer = TorchTrainer(_ddp_step, train_loop_config={"dir": str(tmp_path)},
                            scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
@@ -90,5 +106,6 @@ def test_two_ray_train_ranks_average_their_gradients(tmp_path):
     bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     ((x @ weight.T).squeeze(-1) + bias - y).pow(2).mean().backward()
     whole_batch_step = torch.cat([(weight - 0.1 * weight.grad).flatten(), bias - 0.1 * bias.grad]).detach()
+    assert json.loads((tmp_path / "all_reduces.json").read_text()) == 1  # no all-reduce under no_sync
     assert torch.allclose(rank0, rank1, rtol=0, atol=1e-15)
     assert torch.allclose(rank0, whole_batch_step, rtol=1e-12, atol=0)

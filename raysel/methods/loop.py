@@ -8,14 +8,16 @@ every evaluation. A method customises it with functions:
   rejected it) and ``evaluate(model)``: the metrics (None: no evaluation);
 - ``loss(model, batch)``: the micro-batch's loss (default ``model(**batch).loss``; e.g. per-token
   weights), or ``micro_step(step, micro, generator)``: the method's own forward and backward of one
-  micro-batch, returning its loss parts (CaMeLS's bi-level meta step);
+  micro-batch, returning its loss parts, floats or 0-dim tensors (CaMeLS's bi-level meta step);
 - ``step_metrics``, ``extra_state``, ``param_groups``, ``before_step``: per-step metrics, method
   state checkpointed with the model, optimizer groups, model changes between steps;
 - ``stop(step, evaluation)``: early stopping after an evaluation;
 - ``track=False``: a loop inside a phase (CaMeLS's online adaptation): no reports, no checkpoints.
 
 Batches are drawn from a generator seeded by (seed, step, micro, rank) and the dropout RNG state
-is checkpointed, so a restarted trial replays exactly the steps it would have taken.
+is checkpointed, so a restarted trial replays exactly the steps it would have taken. Under DDP the
+gradients are all-reduced once per optimizer step, and the losses are read back from the device
+once per step.
 """
 from __future__ import annotations
 
@@ -157,18 +159,21 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
             optimizer, schedule = _rebuilt(optimizer, schedule, param_groups(plain) if param_groups
                                            else model.parameters(), params)
         model.train()
-        parts: dict[str, list[float]] = {}
+        parts: dict[str, list[float | torch.Tensor]] = {}
         for micro in range(params.grad_accum):
             generator = batch_generator(run.seed, step, micro, run.rank)
-            if micro_step is not None:
-                values = micro_step(step, micro, generator)
-            else:
-                values = _default_micro_step(model, params, run, next_batch(step, micro, generator), loss)
+            with _gradient_sync(model, micro == params.grad_accum - 1):
+                if micro_step is not None:
+                    values = micro_step(step, micro, generator)
+                else:
+                    values = _default_micro_step(model, params, run, next_batch(step, micro, generator), loss)
             if values is None:
                 continue
-            check_finite(values["loss"], step)
             for key, value in values.items():
                 parts.setdefault(key, []).append(value)
+        parts = _on_host(parts)  # the step's one device-to-host copy
+        for value in parts.get("loss", []):
+            check_finite(value, step)  # before the optimizer step: a non-finite loss never reaches the weights
         if params.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
         metrics: dict[str, float] = {"lr": schedule.get_last_lr()[0]}
@@ -195,15 +200,36 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
 
 
 def _default_micro_step(model: torch.nn.Module, params: LoopParams, run: RunContext, batch: Batch | None,
-                        loss: Callable[[torch.nn.Module, Batch], torch.Tensor] | None) -> dict[str, float] | None:
-    """Forward and backward of one micro-batch (scaled for accumulation); its unscaled loss."""
+                        loss: Callable[[torch.nn.Module, Batch], torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """Forward and backward of one micro-batch (scaled for accumulation); its unscaled loss, left on
+    the device (read back once per optimizer step, by ``_on_host``)."""
     if batch is None:
         return None
     batch = {k: v.to(run.device) for k, v in batch.items()}
     with autocast(run.device, params.bf16_autocast):
-        scaled = (loss(model, batch) if loss is not None else model(**batch).loss) / params.grad_accum
-    scaled.backward()
-    return {"loss": float(scaled.detach()) * params.grad_accum}
+        value = loss(model, batch) if loss is not None else model(**batch).loss
+    (value / params.grad_accum).backward()
+    return {"loss": value.detach()}
+
+
+def _gradient_sync(model: torch.nn.Module, last_micro: bool):
+    """DDP all-reduces gradients on the optimizer step's last micro-batch only (``no_sync`` before):
+    one all-reduce per step, the same averaged gradient. Every rank must run a backward on that last
+    micro-batch (the methods that may skip one run on a single worker)."""
+    if last_micro or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _on_host(parts: dict[str, list[float | torch.Tensor]]) -> dict[str, list[float]]:
+    """The step's per-micro-batch values as Python floats, with one device-to-host copy for all the
+    tensors among them (a ``float(tensor)`` per micro-batch would wait on the device every time)."""
+    tensors = [value for values in parts.values() for value in values if isinstance(value, torch.Tensor)]
+    if not tensors:
+        return parts  # type: ignore[return-value]
+    copied = iter(torch.stack([t.reshape(()).double() for t in tensors]).tolist())
+    return {key: [next(copied) if isinstance(v, torch.Tensor) else float(v) for v in values]
+            for key, values in parts.items()}
 
 
 def _rebuilt(optimizer: torch.optim.Optimizer, schedule, parameters, params: LoopParams):
