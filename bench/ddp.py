@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 weights[variant] = torch.load(directory / "weights.pt")
                 runs[variant].append(record)
                 print(f"{variant:>16} run {repeat + 1}: {record['steps_per_s']:.3f} steps/s, "
-                      f"{record['all_reduces'] / args.steps:.0f} all-reduce(s) per step", flush=True)
+                      f"{record['all_reduces'] / args.steps:.0f} bucket all-reduce(s) per step", flush=True)
     ray.shutdown()
     summary = {v: statistics.median(r["steps_per_s"] for r in runs[v]) for v in VARIANTS}
     speedup = summary["per_step"] / summary["per_micro_batch"]

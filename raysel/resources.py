@@ -44,6 +44,7 @@ class Cluster:
     nodes: list[Bundle]  # the alive nodes' total resources
     node_types: list[NodeType] = field(default_factory=list)
     autoscaler: bool = False  # an autoscaler runs (its node types may still be unknown: node_types empty)
+    what: str = "the cluster"  # how messages name it
 
 
 @dataclass
@@ -102,7 +103,7 @@ def plan(resources: ResourcesSpec, cluster: Cluster) -> Plan:
 
 
 def _why(resources: ResourcesSpec, bundles: list[Bundle], cluster: Cluster, scalable: list[Bundle]) -> str:
-    has = f"the cluster has {describe(cluster)}"
+    has = f"{cluster.what} has {describe(cluster)}"
     worker = bundles[-1]
     for name, amount in worker.items():
         if not any(node.get(name, 0) >= amount - 1e-9 for node in cluster.nodes + scalable):
@@ -110,7 +111,7 @@ def _why(resources: ResourcesSpec, bundles: list[Bundle], cluster: Cluster, scal
             return (f"{where}: a {'worker' if resources.workers else 'trial'} needs {_amount(name, amount)}, but no "
                     f"node has that; {has}")
     return (f"resources.workers: {resources.workers} workers x {_describe_bundle(worker)} (and the trial's driver) "
-            f"do not fit on the cluster at once; {has}")
+            f"do not fit on {cluster.what} at once; {has}")
 
 
 def describe(cluster: Cluster) -> str:
@@ -123,7 +124,7 @@ def describe(cluster: Cluster) -> str:
 
 
 def _describe_bundle(bundle: Bundle) -> str:
-    shown = {k: v for k, v in bundle.items() if not k.startswith("node:") and k != "object_store_memory"}
+    shown = {k: v for k, v in bundle.items() if v and not k.startswith("node:") and k != "object_store_memory"}
     return ", ".join(_amount(k, v) for k, v in sorted(shown.items(), key=lambda kv: (kv[0] != "CPU", kv[0]))) or "nothing"
 
 
@@ -141,7 +142,7 @@ def local_machine(num_cpus: int | None) -> Cluster:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     node = {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(gpus), "memory": float("inf")}
-    return Cluster(nodes=[node])
+    return Cluster(nodes=[node], what="a local Ray on this machine")
 
 
 def describe_cluster() -> Cluster:

@@ -58,6 +58,12 @@ def param_space(phase: Phase) -> dict[str, Any]:
 
 
 STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+DRIVER_ENV = {
+    STRICT_METRICS: "1",  # not every step reports every metric
+    # with checkpoints.keep, Tune saves its experiment state after each trial's keep-th checkpoint (so that
+    # the state never names a deleted one) and warns each time it does so often: expected here, not news
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
 
 
 class SweepInterrupted(RuntimeError):
@@ -317,9 +323,10 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
 def _driver_state(storage: Path) -> Iterator[None]:
     """What the driver process needs while the sweep runs, undone when it returns (the caller's
     environment and working directory are as they were)."""
-    saved_env = os.environ.get(STRICT_METRICS)
+    saved_env = {name: os.environ.get(name) for name in DRIVER_ENV}
     saved_cwd = os.getcwd()
-    os.environ.setdefault(STRICT_METRICS, "1")  # not every step reports every metric
+    for name, value in DRIVER_ENV.items():
+        os.environ.setdefault(name, value)
     if "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
         # a `ray job submit --working-dir` driver: ray.init() may delete and re-extract the job's directory
         # under our feet (its first use on a node), so the driver waits outside it; trials still start there
@@ -328,10 +335,11 @@ def _driver_state(storage: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        if saved_env is None:
-            os.environ.pop(STRICT_METRICS, None)
-        else:
-            os.environ[STRICT_METRICS] = saved_env
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if os.path.isdir(saved_cwd):
             os.chdir(saved_cwd)
 

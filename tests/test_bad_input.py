@@ -178,13 +178,13 @@ CASES = [
          lambda t: spec(t, storage_path=str(write(t, "a-file", "x") / "results"))),
     # ---- resources the (local) cluster does not have: Ray would wait for them forever
     Case("more GPUs per worker than any node has", "resources.gpus_per_worker: a worker needs 64 GPU, but no node "
-         "has that; the cluster has node 1:", lambda t: spec(t, resources={"workers": 1, "gpus_per_worker": 64})),
+         "has that; a local Ray on this machine has node 1:", lambda t: spec(t, resources={"workers": 1, "gpus_per_worker": 64})),
     Case("more CPUs per trial than any node has", "resources.cpus_per_worker: a trial needs 4096 CPU",
          lambda t: spec(t, resources={"cpus_per_worker": 4096})),
     Case("a custom resource no node has", "resources.custom_per_worker.TPU: a trial needs 1 TPU",
          lambda t: spec(t, resources={"custom_per_worker": {"TPU": 1}})),
     Case("more workers than the cluster holds at once", "resources.workers: 4096 workers x 1 CPU (and the trial's "
-         "driver) do not fit on the cluster at once", lambda t: spec(t, resources={"workers": 4096})),
+         "driver) do not fit on a local Ray on this machine at once", lambda t: spec(t, resources={"workers": 4096})),
 ]
 
 
