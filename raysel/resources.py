@@ -179,7 +179,7 @@ def wait_for_nodes(resources: ResourcesSpec, timeout_s: float, say: Callable[[st
             now = time.monotonic()
             if now - started > timeout_s:
                 raise ScaleUpTimeout(f"resources: the cluster did not scale up to run a trial within "
-                                   f"resources.scale_timeout_s={timeout_s:g} s; {describe(describe_cluster())}")
+                                     f"resources.scale_timeout_s={timeout_s:g} s; {describe(describe_cluster())}")
             if now - last_said >= say_every_s:
                 say(f"still waiting for the cluster to scale up ({now - started:.0f} s of {timeout_s:g} s)")
                 last_said = now

@@ -112,7 +112,7 @@ class ResourcesSpec(_Strict):
     max_concurrent_trials: int | None = Field(None, gt=0)  # None: as many as resources allow
     max_failures: int = Field(1, ge=-1)  # restarts of a failed trial from its last checkpoint
     memory_gb_per_worker: float = Field(0.0, ge=0)  # Ray's `memory` resource reserved per worker (0: none)
-    custom_per_worker: dict[str, float] = {}  # Ray custom resources per worker, e.g. {"accelerator_type:A100": 0.01}
+    custom_per_worker: dict[str, pydantic.PositiveFloat] = {}  # Ray custom resources per worker, e.g. {"accelerator_type:A100": 0.01}
     scale_timeout_s: float = Field(600.0, gt=0)  # how long to wait for the autoscaler to add nodes a trial needs
 
 
