@@ -51,6 +51,7 @@ case "${1:-start}" in
     ray start --address "127.0.0.1:$head_port" --node-ip-address 127.0.0.1 --num-cpus "$worker_cpus" \
       $(node_ports) --resources '{"raysel_worker_node": 1}' --disable-usage-stats
     echo "cluster up: RAY_ADDRESS=127.0.0.1:$head_port (drivers), http://127.0.0.1:$dashboard_port (jobs, dashboard)"
+    echo "for ray status and other ray commands in your shell: export RAY_AUTH_MODE=token"
     ;;
   stop)
     # every process of this cluster names its temp dir on its command line; nothing else is stopped

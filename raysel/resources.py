@@ -43,7 +43,9 @@ class NodeType:
 class Cluster:
     nodes: list[Bundle]  # the alive nodes' total resources
     node_types: list[NodeType] = field(default_factory=list)
-    autoscaler: bool = False  # an autoscaler runs (its node types may still be unknown: node_types empty)
+    # an autoscaler may run (node types unknown when node_types is empty). Ray's monitor reports a status on
+    # every head, read-only or autoscaling, so a joined cluster without node types counts as one: waited for
+    autoscaler: bool = False
     what: str = "the cluster"  # how messages name it
 
 

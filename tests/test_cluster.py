@@ -226,8 +226,9 @@ def test_a_sweep_waits_for_the_node_a_trial_needs_and_ctrl_c_while_waiting_kills
                                "--include-dashboard=false", "--disable-usage-stats"],
                               env=env, capture_output=True, text=True, timeout=180)
         assert head.returncode == 0, head.stdout + head.stderr
-        # what a running autoscaler leaves in the GCS (its status): this one's node types are not reported,
-        # so a resource no node has is waited for rather than refused
+        # the autoscaling status Ray's monitor keeps in the GCS (every head has one, read-only or autoscaling),
+        # written here at once so that the test does not depend on when the monitor first reports: with no
+        # node types known, a resource no node has is waited for rather than refused
         mark = ("import ray; from ray.experimental.internal_kv import _internal_kv_put; "
                 f"ray.init(address={address!r}); _internal_kv_put('__autoscaling_status', '{{}}')")
         subprocess.run([sys.executable, "-c", mark], env=env, check=True, capture_output=True, timeout=120)
