@@ -150,7 +150,7 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
         why = check_reachable(spec.tracking.uri, timeout_s)
         if why:
             problems.append(f"tracking.uri: {why}")
-    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(spec)
     if address and address not in ("auto", "local") and not address.startswith(("http://", "https://")):
         host, _, port = address.removeprefix("ray://").rpartition(":")
         import socket
@@ -201,6 +201,11 @@ def check_storage(storage: Path) -> None:
                          "(a local path, or a mount every node shares)"])
 
 
+def ray_address(spec: SweepSpec) -> str | None:
+    """The Ray the sweep joins: the spec's address, else RAY_ADDRESS; None: a local Ray of its own."""
+    return spec.ray.address or os.environ.get("RAY_ADDRESS")
+
+
 def check_resources(spec: SweepSpec, cluster: Cluster) -> Plan:
     """Whether a trial fits the cluster (now, or after the autoscaler adds nodes); SpecError when it never
     can (Ray would wait for it forever), before anything is logged."""
@@ -213,7 +218,7 @@ def check_resources(spec: SweepSpec, cluster: Cluster) -> Plan:
 def _starts_local_ray(spec: SweepSpec) -> bool:
     import ray
 
-    return not (spec.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    return not (ray_address(spec) or ray.is_initialized())
 
 
 def _init_ray(spec: SweepSpec) -> bool:
@@ -225,7 +230,7 @@ def _init_ray(spec: SweepSpec) -> bool:
 
     if ray.is_initialized():
         return False
-    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(spec)
     kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": True}
     if not address:
         kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
