@@ -12,6 +12,7 @@ The judgement (``plan``) is a pure function of the bundles and the cluster's des
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,9 +44,7 @@ class NodeType:
 class Cluster:
     nodes: list[Bundle]  # the alive nodes' total resources
     node_types: list[NodeType] = field(default_factory=list)
-    # an autoscaler may run (node types unknown when node_types is empty). Ray's monitor reports a status on
-    # every head, read-only or autoscaling, so a joined cluster without node types counts as one: waited for
-    autoscaler: bool = False
+    autoscaler: bool = False  # an autoscaler may add nodes (of unknown types when node_types is empty)
     what: str = "the cluster"  # how messages name it
 
 
@@ -147,6 +146,16 @@ def local_machine(num_cpus: int | None) -> Cluster:
     return Cluster(nodes=[node], what="a local Ray on this machine")
 
 
+def autoscaler_runs(status: bytes | str | None) -> bool:
+    """Whether the autoscaling status Ray's monitor keeps in the GCS comes from an autoscaler that may add
+    nodes. Every head's monitor writes one; without an autoscaling config it runs read-only, and then each
+    node's type is named after the node itself (Ray's ``format_readonly_node_type``). No report yet: none."""
+    from ray.autoscaler._private.util import format_readonly_node_type
+
+    report = (json.loads(status) if status else {}).get("autoscaler_report") or {}
+    return any(kind != format_readonly_node_type(node) for node, kind in (report.get("node_type_mapping") or {}).items())
+
+
 def describe_cluster() -> Cluster:
     """The connected cluster: its alive nodes and, when an autoscaler reports them, its node types."""
     import ray
@@ -157,12 +166,12 @@ def describe_cluster() -> Cluster:
     nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
     try:
         config = state.get_cluster_config()
-        reported = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None
+        autoscaling = autoscaler_runs(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
     except Exception:  # noqa: BLE001 - e.g. through Ray Client: the autoscaler cannot be asked, so assume one
         return Cluster(nodes=nodes, autoscaler=True)
     node_types = [NodeType(g.name, dict(g.resources), g.max_count) for g in config.node_group_configs
                   if g.max_count != 0] if config is not None else []
-    return Cluster(nodes=nodes, node_types=node_types, autoscaler=bool(node_types) or reported)
+    return Cluster(nodes=nodes, node_types=node_types, autoscaler=bool(node_types) or autoscaling)
 
 
 def wait_for_nodes(resources: ResourcesSpec, timeout_s: float, say: Callable[[str], None],

@@ -236,8 +236,26 @@ def _init_ray(spec: SweepSpec) -> bool:
         kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
                       include_dashboard=spec.resources.workers > 0 or spec.ray.dashboard,
                       _metrics_export_port=spec.ray.metrics_export_port)
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as err:
+        if not _wants_a_token(err):
+            raise
+        source = "ray.address" if spec.ray.address else "RAY_ADDRESS"
+        raise SpecError([f"{source}: the Ray cluster at {address!r} wants its authentication token; export "
+                         "RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)"]) from None
     return True
+
+
+def _wants_a_token(err: BaseException | None) -> bool:
+    """Whether joining a cluster failed on Ray's token authentication (the cause, a few levels down)."""
+    from ray.exceptions import AuthenticationError
+
+    while err is not None:
+        if isinstance(err, AuthenticationError) or "InvalidAuthToken" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path, callbacks: list, resume: bool):

@@ -127,6 +127,15 @@ def test_a_killed_worker_node_restarts_its_trial_from_its_checkpoint(tmp_path, l
         assert sorted(steps) == list(range(1, 61))  # continued, not logged twice
 
 
+def _ray_env(ray_tmp: Path) -> dict[str, str]:
+    """The environment of a cluster in its own ``ray_tmp``, token authentication on (as launch/ sets it up)."""
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"], env=env,
+                   capture_output=True, check=True, timeout=120)  # ~/.ray/auth_token, unless it exists
+    return env
+
+
 def test_a_local_sweep_starts_its_own_ray_beside_a_running_cluster(tmp_path, lm_spec):
     """A `ray start --head` on this machine (in its own RAY_TMPDIR, as a user's default one would be)
     leaves its address where Ray's default `ray.init()` would find and join it; a sweep given no
@@ -135,9 +144,9 @@ def test_a_local_sweep_starts_its_own_ray_beside_a_running_cluster(tmp_path, lm_
     import tempfile
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1"}
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={free_port()}",
+    env = _ray_env(ray_tmp)
+    address = f"127.0.0.1:{free_port()}"
+    head = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={address.split(':')[1]}",
                            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
                           env=env, capture_output=True, text=True, timeout=180)
     try:
@@ -151,6 +160,27 @@ def test_a_local_sweep_starts_its_own_ray_beside_a_running_cluster(tmp_path, lm_
                                timeout=600)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
         assert not list((session / "logs").glob("python-core-driver-*")), "the sweep joined the other cluster"
+
+        # pointed at that head (a plain `ray start`: its monitor only reports, it adds no nodes), a trial
+        # needing a resource no node has is refused at once, before any run is logged
+        spec.update(name="refused", resources={"custom_per_worker": {"raysel_late_node": 1}})
+        (tmp_path / "refused.yaml").write_text(yaml.safe_dump(spec))
+        command = [str(Path(sys.executable).parent / "raysel"), "sweep", "refused.yaml", "--address", address,
+                   "--no-progress", "--set", "tracking.uri=sqlite:///refused.db"]
+        # a shell without RAY_AUTH_MODE=token is told the one variable to export
+        no_token = subprocess.run(command, env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=300)
+        assert no_token.returncode == 2, no_token.stdout + no_token.stderr
+        assert no_token.stderr.strip().splitlines()[-1] == (
+            f"error: invalid sweep spec: ray.address: the Ray cluster at {address!r} wants its authentication token; "
+            "export RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        refused = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: invalid sweep spec: resources.custom_per_worker.raysel_late_node: a trial "
+                               "needs 1 raysel_late_node, but no node has that; the cluster has node 1: 1 CPU"), line
+        assert line.endswith("; no autoscaler"), line
+        assert not (tmp_path / "refused.db").exists()
     finally:
         _stop_processes_of(ray_tmp)  # that cluster's processes, and only them
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -204,10 +234,37 @@ def test_local_cluster_refuses_a_taken_port_before_starting_anything(tmp_path):
     assert not (tmp_path / "cluster").exists()  # no Ray started
 
 
-def test_a_sweep_waits_for_the_node_a_trial_needs_and_ctrl_c_while_waiting_kills_it(tmp_path, lm_spec):
-    """A trial needs a custom resource no node has yet, on a cluster with an autoscaler: the sweep says it
-    waits (nothing runs). Ctrl+C there exits 130 with the parent run KILLED; a second sweep goes on once
-    a node with the resource joins, and finishes."""
+def _autoscaling_head(ray_tmp: Path, port: int, node_types: dict[str, dict]) -> dict[str, str]:
+    """A head whose monitor autoscales with Ray's fake multi-node provider: the nodes it adds are local Ray
+    nodes, in ``ray_tmp`` like the head. Returns the environment that reaches it (token authentication on)."""
+    env = _ray_env(ray_tmp)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    config = {
+        "cluster_name": "raysel-autoscaling-test", "max_workers": len(node_types), "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5, "auth": {"ssh_user": "ray"},
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
+        "available_node_types": {"ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
+                                 **{name: {"resources": resources, "node_config": {}, "min_workers": 0,
+                                           "max_workers": 1} for name, resources in node_types.items()}},
+        "head_node_type": "ray.head.default",
+        **{key: [] for key in ("cluster_synced_files", "initialization_commands", "setup_commands",
+                               "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
+                               "worker_start_ray_commands")},
+        "docker": {}, "file_mounts": {}, "file_mounts_sync_continuously": False}
+    (ray_tmp / "autoscaling.yaml").write_text(yaml.safe_dump(config))
+    head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                           "--disable-usage-stats", f"--autoscaling-config={ray_tmp / 'autoscaling.yaml'}"],
+                          env={**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
+                          capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stdout + head.stderr
+    return env
+
+
+def test_a_sweep_waits_for_the_node_the_autoscaler_adds_and_ctrl_c_while_waiting_kills_it(tmp_path, lm_spec):
+    """A trial needs a custom resource no node has yet, on a cluster whose autoscaler may add a node type
+    that has it: the sweep says it waits (nothing runs). Ctrl+C there exits 130 with the parent run KILLED;
+    a second sweep goes on once the autoscaler has added its node, and finishes."""
     import shutil
     import signal
     import tempfile
@@ -217,25 +274,16 @@ def test_a_sweep_waits_for_the_node_a_trial_needs_and_ctrl_c_while_waiting_kills
     import mlflow
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="rw-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1"}
-    env.pop("RAY_ADDRESS", None)
-    ray_bin, port = str(Path(sys.executable).parent / "ray"), free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     try:
-        head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
-                               "--include-dashboard=false", "--disable-usage-stats"],
-                              env=env, capture_output=True, text=True, timeout=180)
-        assert head.returncode == 0, head.stdout + head.stderr
-        # the autoscaling status Ray's monitor keeps in the GCS (every head has one, read-only or autoscaling),
-        # written here at once so that the test does not depend on when the monitor first reports: with no
-        # node types known, a resource no node has is waited for rather than refused
-        mark = ("import ray; from ray.experimental.internal_kv import _internal_kv_put; "
-                f"ray.init(address={address!r}); _internal_kv_put('__autoscaling_status', '{{}}')")
-        subprocess.run([sys.executable, "-c", mark], env=env, check=True, capture_output=True, timeout=120)
+        # one node type per sweep: the node the interrupted sweep asked for must not serve the second one
+        env = _autoscaling_head(ray_tmp, port, {"late_a": {"CPU": 1, "raysel_late_a": 1},
+                                                "late_b": {"CPU": 1, "raysel_late_b": 1}})
 
-        def start_sweep(name: str) -> tuple[subprocess.Popen, list[str]]:
+        def start_sweep(name: str, resource: str) -> tuple[subprocess.Popen, list[str]]:
             spec = lm_spec(name=name, params={"max_steps": 2, "eval_every": 2}, protocol={"seeds": [0]},
-                           resources={"custom_per_worker": {"raysel_late_node": 1}, "scale_timeout_s": 300})
+                           resources={"custom_per_worker": {resource: 1}, "scale_timeout_s": 300})
             path = tmp_path / f"{name}.yaml"
             path.write_text(yaml.safe_dump(spec))
             sweep = subprocess.Popen([str(Path(sys.executable).parent / "raysel"), "sweep", str(path), "--address",
@@ -249,7 +297,7 @@ def test_a_sweep_waits_for_the_node_a_trial_needs_and_ctrl_c_while_waiting_kills
                 time.sleep(0.2)
             return sweep, lines
 
-        stopped, lines = start_sweep("stopped")
+        stopped, lines = start_sweep("stopped", "raysel_late_a")
         stopped.send_signal(signal.SIGINT)
         assert stopped.wait(timeout=120) == 130, "".join(lines)[-3000:]
         assert any("interrupted while waiting for the cluster to scale up" in line for line in lines)
@@ -257,15 +305,9 @@ def test_a_sweep_waits_for_the_node_a_trial_needs_and_ctrl_c_while_waiting_kills
         parent = json.loads((tmp_path / "results" / "stopped" / "sweep.json").read_text())["parent_run_id"]
         assert client.get_run(parent).info.status == "KILLED"
 
-        waiting, lines = start_sweep("waits")
-        time.sleep(3)
-        assert waiting.poll() is None  # still waiting: nothing to run on
-        worker = subprocess.run([ray_bin, "start", f"--address={address}", "--num-cpus=1",
-                                 "--resources", '{"raysel_late_node": 1}', "--disable-usage-stats"],
-                                env=env, capture_output=True, text=True, timeout=180)
-        assert worker.returncode == 0, worker.stdout + worker.stderr
+        waiting, lines = start_sweep("waits", "raysel_late_b")
         assert waiting.wait(timeout=600) == 0, "".join(lines)[-3000:]
         assert any("the cluster has room for a trial after" in line for line in lines)
     finally:
-        _stop_processes_of(ray_tmp)  # that cluster's processes, and only them
+        _stop_processes_of(ray_tmp)  # that cluster's processes (the nodes it added too), and only them
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,9 +1,11 @@
 """Whether a trial fits the cluster (raysel.resources.plan): now, after the autoscaler adds nodes, or never."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from raysel.resources import GIB, Cluster, NodeType, fits, plan, trial_bundles
+from raysel.resources import GIB, Cluster, NodeType, autoscaler_runs, fits, plan, trial_bundles
 from raysel.spec import ResourcesSpec
 
 HEAD = {"CPU": 2.0, "memory": 8.0 * GIB, "object_store_memory": 1.0 * GIB, "node:127.0.0.1": 1.0}
@@ -57,3 +59,17 @@ def test_beyond_what_the_autoscaler_can_add_is_refused_with_its_node_types():
                                  "autoscaler may add gpu-worker (up to 2): 8 CPU, 1 GPU, 30.0 GiB memory")
     unlimited = NodeType("gpu-worker", GPU_NODE.resources, max_count=-1)
     assert plan(ResourcesSpec(workers=3, gpus_per_worker=1), Cluster(nodes=[HEAD], node_types=[unlimited])).needs_scaling
+
+
+NODE = "286edd060786261c1462b436900a75d7b3c713e7020589cc30a36037"
+
+
+def test_only_an_autoscaling_monitor_counts_as_an_autoscaler():
+    """The status Ray's monitor writes (shapes recorded from Ray 2.x): a plain `ray start --head` runs it
+    read-only, naming each node's type after the node; an autoscaling head names its config's node types."""
+    def status(mapping: dict[str, str]) -> str:
+        return json.dumps({"time": 1.0, "autoscaler_report": {"active_nodes": {}, "node_type_mapping": mapping}})
+
+    assert not autoscaler_runs(status({NODE: f"node_{NODE}"}))
+    assert autoscaler_runs(status({NODE: "ray.head.default"}))
+    assert not autoscaler_runs(None) and not autoscaler_runs(json.dumps({"time": 1.0}))  # no report (yet)
