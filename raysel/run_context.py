@@ -76,6 +76,8 @@ class _Run:
         if state is None:
             return None
         self.set_tags(**{"raysel.restored_from_step": str(state.get("step", "unknown"))})
+        # a trial restored from its last checkpoint may have no step left to run: finish() reports there
+        self._last = (int(state.get("step", 0)), {})
         # The results after a restart carry the checkpoint's evaluation until the next one: a searcher
         # (Optuna) reads the objective from every result, and the new process has reported nothing yet.
         self._carry.carry(state.get("evaluation") or {})

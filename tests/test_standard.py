@@ -61,6 +61,19 @@ def test_a_restored_trial_finishes_exactly_like_an_uninterrupted_one():
         [r["test_perplexity"] for r in full.results[5:]])
 
 
+def test_a_trial_restored_from_its_last_checkpoint_finishes_at_its_real_step():
+    """Killed after its final checkpoint: the restarted trial has no step left to run, and its one
+    result (what the CLI table and trials.csv show) is at the checkpoint's step with its evaluation."""
+    params = standard.Params(max_steps=4, eval_every=4, context_len=32, batch_size=8, eval_examples=32, lr=3e-3)
+    done = _local(seed=3)
+    final = standard.train_loop(params, done)
+    restarted = _local(seed=3)
+    restarted.saved_state = done.saved_state
+    restarted.finish(standard.train_loop(params, restarted))
+    assert [r["step"] for r in restarted.results] == [4]
+    assert restarted.results[0]["test_perplexity"] == pytest.approx(final["test_perplexity"])
+
+
 def _local(seed: int) -> LocalRun:
     return LocalRun(seed=seed, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="pydocs"),
                     device=torch.device("cpu"))
