@@ -37,9 +37,10 @@ def _gauge(name: str, description: str, tag_keys: tuple[str, ...]):
 class SweepMetrics(Callback):
     """On the driver: how many of the sweep's trials run, finished, failed (over all its phases).
 
-    The counts come from the trials' own statuses (so a resumed sweep counts the trials it restored),
-    and the gauges are set again every second while Tune's loop turns: Ray's metrics agent forgets a
-    gauge that is not set for about two report intervals."""
+    The counts come from the trials' own statuses (so a resumed sweep counts the trials it restored: the
+    gauges are first set once Tune has restored them, never 0 before; a phase finished before the
+    interrupt counts when its restored experiment ends), and the gauges are set again every second while
+    Tune's loop turns: Ray's metrics agent forgets a gauge that is not set for about two report intervals."""
 
     RESET_EVERY_S = 1.0
     STATUSES = {"running": "RUNNING", "finished": "TERMINATED", "failed": "ERROR"}
@@ -50,7 +51,6 @@ class SweepMetrics(Callback):
                                     else f"trials of the sweep {name}", ("sweep",)) for name in self.STATUSES}
         self.status: dict[str, str] = {}  # trial id → its latest status, over every phase
         self._exported = 0.0
-        self._export()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -79,6 +79,9 @@ class SweepMetrics(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._update(trials, trial, "ERROR")
+
+    def on_experiment_end(self, trials, **info):
+        self._update(trials)
 
 
 class TrialMetrics:

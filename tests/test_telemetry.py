@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from mlflow_helpers import free_port
 
@@ -24,7 +26,11 @@ KERNEL = {"label_words": ["string", "data", "time", "file", "number"], "max_leng
 # everything it wants ("scraped" appears) or 120 s passed: the last values are not lost to timing
 DRIVER = """
 import pathlib, sys, time, raysel
-errors = raysel.run_sweep({spec!r}, progress=False).num_errors
+from raysel.sweep import SweepInterrupted
+try:
+    errors = raysel.run_sweep({spec!r}, progress=False, resume={resume!r}).num_errors
+except SweepInterrupted:
+    sys.exit(130)
 pathlib.Path("swept").touch()
 deadline = time.monotonic() + 120
 while not pathlib.Path("scraped").exists() and time.monotonic() < deadline:
@@ -39,6 +45,7 @@ def dashboard_metrics() -> set[str]:
     return {name for e in exprs for name in re.findall(r"\bray_raysel_\w+", e)}
 
 
+@pytest.mark.system  # the sweep runs in a subprocess with its own local Ray
 def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoint(tmp_path):
     port = free_port()
     spec = {"name": "telemetry", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
@@ -49,7 +56,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
             "resources": {"max_concurrent_trials": 2}, "ray": {"num_cpus": 2, "metrics_export_port": port},
             "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}  # reports every second, not every 10
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec)], env=env, cwd=tmp_path)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], env=env, cwd=tmp_path)
     seen: dict[str, set[str]] = {}  # metric → the sweep tags it carried
     values: dict[str, list[float]] = {}  # metric → every value scraped, in order
     present: list[set[tuple[str, str]]] = []  # per scrape before the sweep ended: the (metric, labels) on it
@@ -89,3 +96,95 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
         scrapes = [i for i, found in enumerate(present) if one in found]
         assert scrapes == list(range(scrapes[0], scrapes[-1] + 1)), f"{one} missing from scrapes in between"
     assert len(present) >= 10 and any(len([f for f in present if one in f]) >= 6 for one in series)
+
+
+def scrape_until_swept(driver: subprocess.Popen, port: int, workdir: Path, wanted: set[str]) -> dict[str, list[float]]:
+    """Every value of the metrics in ``wanted`` on the endpoint, scrape by scrape, until the sweep has ended and
+    each was seen since (the driver keeps its Ray up until told "scraped", or 120 s)."""
+    values: dict[str, list[float]] = {}
+    seen_after: set[str] = set()
+    try:
+        while driver.poll() is None and not ((workdir / "swept").exists() and wanted <= seen_after):
+            swept = (workdir / "swept").exists()
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except requests.RequestException:
+                text = ""  # the endpoint is not up yet
+            for name, value in re.findall(r"^(ray_raysel_\w+)\{[^}]*\} (\S+)", text, flags=re.M):
+                if name in wanted:
+                    values.setdefault(name, []).append(float(value))
+                    seen_after |= {name} if swept else set()
+            time.sleep(0.5)
+        (workdir / "scraped").touch()
+        assert driver.wait(timeout=600) == 0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return values
+
+
+@pytest.mark.system
+def test_the_finished_count_survives_resume(tmp_path):
+    """A sweep of 4 trials is interrupted (Ctrl+C) after 2 finished; resumed, its finished gauge starts from
+    those and ends at 4, never lower than before the interrupt (not from 0), and none failed."""
+    spec = {"name": "counts", "method": "standard", "model": {"name": "tiny-gpt2-random"},
+            "data": {"name": "pydocs"},
+            "params": {"max_steps": 4, "eval_every": 2, "context_len": 32, "batch_size": 8, "eval_examples": 32},
+            "protocol": {"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
+            "resources": {"max_concurrent_trials": 1}, "ray": {"num_cpus": 2},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
+    first = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], cwd=tmp_path,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while _finished(tmp_path / "results" / "counts") < 2:
+            assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before the interrupt"
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(timeout=120) == 130
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    before = _finished(tmp_path / "results" / "counts")
+    assert 2 <= before < 4
+
+    port = free_port()
+    spec["ray"]["metrics_export_port"] = port
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
+    resumed = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=True)], env=env, cwd=tmp_path)
+    values = scrape_until_swept(resumed, port, tmp_path, {"ray_raysel_trials_finished", "ray_raysel_trials_failed"})
+    finished = values["ray_raysel_trials_finished"]
+    assert finished[-1] == 4 and finished == sorted(finished)
+    assert min(finished) >= before, f"counted from 0 again after --resume: {finished}"
+    assert set(values["ray_raysel_trials_failed"]) == {0.0}
+
+
+def _finished(sweep_dir: Path) -> int:
+    """Trials whose last result is at their last step (max_steps 4)."""
+    results = [path.read_text().splitlines() for path in sweep_dir.glob("seeds/trial_*/result.json")]
+    return sum(bool(lines) and json.loads(lines[-1]).get("step") == 4 for lines in results)
+
+
+class _Gauge:
+    """Records what is set (the unit test of the counts; the tests above read Ray's real endpoint)."""
+
+    def __init__(self, *args) -> None:
+        self.values: list[float] = []
+
+    def set(self, value: float, tags: dict[str, str]) -> None:
+        self.values.append(value)
+
+
+def test_the_sweep_counts_are_first_set_from_the_restored_trials_never_0_before(monkeypatch):
+    from types import SimpleNamespace
+
+    from raysel import telemetry
+
+    monkeypatch.setattr(telemetry, "_gauge", _Gauge)
+    metrics = telemetry.SweepMetrics("s")
+    assert all(not g.values for g in metrics.gauges.values())  # nothing until Tune has restored the trials
+    restored = [SimpleNamespace(trial_id=str(i), status="TERMINATED") for i in range(3)]
+    metrics.on_experiment_end(restored)  # a phase finished before the interrupt, restored
+    metrics.on_trial_start(0, restored + [SimpleNamespace(trial_id="3", status="PENDING")],
+                           SimpleNamespace(trial_id="3"))
+    assert metrics.gauges["finished"].values == [3, 3] and metrics.gauges["running"].values == [0, 1]
