@@ -25,7 +25,7 @@ from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribu
 from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
 from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, reopen_run,
                              resolve_uri, start_parent_run)
-from raysel.trial import TrialSettings, make_trainable
+from raysel.trial import TrialSettings, make_trainable, trial_label
 
 if TYPE_CHECKING:
     from raysel.report import Report
@@ -232,6 +232,8 @@ def _init_ray(spec: SweepSpec) -> bool:
         return False
     address = ray_address(spec)
     kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": True}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # a submitted job has its metadata (launch/submit.sh)
+        kwargs["job_config"] = ray.job_config.JobConfig(metadata={"raysel.sweep": spec.name})  # Ray's Jobs page
     if not address:
         kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
                       include_dashboard=spec.resources.workers > 0 or spec.ray.dashboard,
@@ -286,6 +288,7 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
             num_samples=phase.num_samples if phase.asks_searcher else 1,
             search_alg=OptunaSearch(seed=protocol.search_seed) if phase.asks_searcher else None,
             scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_name,
             # in-process trials reuse their actor: no fresh interpreter importing torch per trial
             reuse_actors=spec.resources.workers == 0),
         run_config=tune.RunConfig(
@@ -299,6 +302,11 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
 def trial_dirname(trial) -> str:
     """Short trial directories (Ray's default spells out the whole nested config)."""
     return f"trial_{trial.trial_id}"
+
+
+def trial_name(trial) -> str:
+    """Tune's name of a trial (its tables and logs): arm, stage, seed and trial id."""
+    return trial_label(trial.config, trial.trial_id)
 
 
 def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: bool = False,

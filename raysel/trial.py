@@ -52,8 +52,11 @@ class TrialSettings:
         return {"CPU": 0, "memory": DRIVER_MEMORY}
 
 
-def _run_name(variant: dict[str, Any], seed: int, trial_id: str) -> str:
-    return f"{variant['arm']}-seed{seed}-{trial_id}"
+def trial_label(config: dict[str, Any], trial_id: str) -> str:
+    """A trial's name wherever people look for it: its MLflow run, its Tune trial, its actor in Ray's
+    dashboard — arm, stage, seed and trial id (e.g. ``lr-3e-4-search-seed0-1a2b3_00004``)."""
+    variant = config["variant"]
+    return "-".join(p for p in (variant["arm"], variant.get("stage"), f"seed{config['seed']}", trial_id) if p)
 
 
 def _tags(variant: dict[str, Any], seed: int, settings: TrialSettings) -> dict[str, str]:
@@ -73,7 +76,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     trial_id = tune.get_context().get_trial_id()
     logger: Any = NullLogger()
     if settings.tracking is not None:  # first: every trial that ran has its run, also one that fails at once
-        logger = TrialLogger(settings.tracking, trial_id, _run_name(variant, seed, trial_id),
+        logger = TrialLogger(settings.tracking, trial_id, trial_label(config, trial_id),
                              _tags(variant, seed, settings), {"seed": seed, **_loggable_variant(variant)})
     artifact_dir = Path(settings.storage_path) / "artifacts" / trial_id
     with logger.lifecycle():
@@ -105,11 +108,17 @@ def _loggable_variant(variant: dict[str, Any]) -> dict[str, Any]:
 def make_trainable(settings: TrialSettings) -> Callable[[dict[str, Any]], None]:
     """A Tune function trainable bound to a sweep's settings, with its resources attached."""
     from ray import tune
+    from ray.tune.trainable.function_trainable import wrap_function
 
     def raysel_trial(config: dict[str, Any]) -> None:
         run_trial(config, settings)
 
-    return tune.with_resources(raysel_trial, settings.resources())
+    class RayselTrial(wrap_function(raysel_trial)):
+        def __repr__(self) -> str:  # the actor's name in Ray's dashboard (Ray reads it once, at its creation)
+            config, trial_id = getattr(self, "config", None), getattr(self, "trial_id", "")
+            return f"raysel_trial({trial_label(config, trial_id)})" if config and "variant" in config else "raysel_trial"
+
+    return tune.with_resources(RayselTrial, settings.resources())
 
 
 # ---------------------------------------------------------------- for users' own Tune code

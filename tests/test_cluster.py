@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
+from browser_helpers import ARTIFACTS, CHROMIUM, chromium, token_proxy
 from mlflow_helpers import Rest, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +69,30 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_to_mlflow(tm
     assert sorted(int(t["raysel.seed"]) for t in trials) == [0, 1, 2, 3]
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     assert len({t["raysel.node_id"] for t in trials}) == 2  # both nodes ran trials
+    _look_at_the_dashboard(f"http://127.0.0.1:{local_cluster['RAY_DASHBOARD_PORT']}", tmp_path)
+
+
+def _look_at_the_dashboard(dashboard: str, tmp_path: Path) -> None:
+    """Ray's dashboard tells the sweep's job and trials apart: the job by its submission id and metadata, the
+    trials' actors by arm, stage, seed and trial id (their repr). Screenshots of the Jobs and Actors pages
+    (headless Chromium, through a proxy adding the cluster's token) are kept in test-artifacts/."""
+    token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").read_text().strip()
+    with token_proxy(dashboard, token) as url:
+        jobs = requests.get(f"{url}/api/jobs/", timeout=60).json()
+        (job,) = [j for j in jobs if (j.get("submission_id") or "").startswith("raysel-cluster-sweep-")]
+        assert job["metadata"]["raysel.spec"] == "cluster-sweep"
+        actors = requests.get(f"{url}/api/v0/actors", params={"detail": "true", "limit": 1000}, timeout=60).json()
+        names = [a.get("repr_name", "") for a in actors["data"]["result"]["result"] if a["class_name"] == "RayselTrial"]
+        assert names and all(re.fullmatch(r"raysel_trial\(standard-seeds-seed[0-3]-\w+_\d{5}\)", n) for n in names), names
+        if not Path(CHROMIUM).exists():
+            return
+        ARTIFACTS.mkdir(exist_ok=True)
+        for page, expected in (("jobs", job["submission_id"]), ("actors", names[0])):
+            dom = chromium(f"{url}/#/{page}", tmp_path / f"profile-{page}", "--dump-dom")
+            assert expected in dom.stdout, dom.stdout[-3000:]
+            shot = ARTIFACTS / f"ray-dashboard-{page}.png"
+            chromium(f"{url}/#/{page}", tmp_path / f"profile-{page}-shot", f"--screenshot={shot}")
+            assert shot.is_file() and shot.stat().st_size > 20_000
 
 
 def _worker_node_raylet() -> int | None:

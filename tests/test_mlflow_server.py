@@ -7,12 +7,12 @@ global steps.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 import raysel
+from browser_helpers import ARTIFACTS, CHROMIUM, chromium
 from mlflow_helpers import Rest
 
 SEEDS = [0, 1]
@@ -128,21 +128,9 @@ def test_planted_secrets_never_reach_the_tracking_store(mlflow_server, ray_sessi
         assert password.encode() not in data and token.encode() not in data, f"secret found in {path}"
 
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-
-def _chromium(url: str, profile: Path, *output: str) -> subprocess.CompletedProcess:
-    """Headless Debian Chromium on a page, after 20 s of (virtual) time for the UI's scripts to run."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=20000"]
-    return subprocess.run([CHROMIUM, *flags, *output, url], capture_output=True, text=True, timeout=180)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium package (.ci/run installs it)")
-def test_the_mlflow_ui_shows_the_sweeps_runs_in_headless_chromium(mlflow_server, ray_session, tmp_path):
+def test_the_mlflow_ui_shows_the_sweeps_runs_in_headlesschromium(mlflow_server, ray_session, tmp_path):
     """The MLflow UI of a sweep's experiment, opened in headless Chromium: the page lists the sweep's
     parent run and counts its runs (parent + one per trial); its screenshot is kept in test-artifacts/."""
     url = mlflow_server.wait_healthy()
@@ -153,10 +141,10 @@ def test_the_mlflow_ui_shows_the_sweeps_runs_in_headless_chromium(mlflow_server,
     assert raysel.run_sweep(spec, progress=False).num_errors == 0
     experiment = Rest(url).experiment_by_name("ui-sweep")["experiment_id"]
     page = f"{url}/#/experiments/{experiment}/runs"
-    dom = _chromium(page, tmp_path / "profile-dom", "--dump-dom")
+    dom = chromium(page, tmp_path / "profile-dom", "--dump-dom")
     text = " ".join(re.sub(r"<[^>]+>", " ", dom.stdout).split())
     assert "ui-sweep" in text and f"{len(SEEDS) + 1} matching runs" in text, text[-2000:]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "mlflow-ui-experiment.png"
-    _chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}")
+    chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}")
     assert shot.is_file() and shot.stat().st_size > 20_000

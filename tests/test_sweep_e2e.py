@@ -61,6 +61,7 @@ def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
         assert tags["raysel.method"] == "standard" and tags["raysel.arm"] == "standard"
         assert tags["raysel.stage"] == "search" and tags["raysel.protocol"] == "search" and tags["raysel.seed"] == "3"
         assert tags["raysel.trial_id"] in set(result.trials["trial_id"])
+        assert run.info.run_name == f"standard-search-seed3-{tags['raysel.trial_id']}"  # arm-stage-seed-trial id
         assert run.data.params["params.max_steps"] == "6" and run.data.params["model.name"] == "tiny-gpt2-random"
         assert float(run.data.params["params.lr"]) in set(lrs)
         # the loop's own global step: evaluations at 0, 3, 6; training loss at every optimizer step
@@ -71,6 +72,11 @@ def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
             "report/importances.png"} <= artifacts
     assert "sweep.json" in {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert (result.storage_path / "report" / "summary.csv").exists()
+    # Tune's trial names (its tables and logs) are the same labels
+    from ray.tune import ExperimentAnalysis
+
+    names = {str(t) for t in ExperimentAnalysis(str(result.storage_path / "search-standard")).trials}
+    assert names == {f"standard-search-seed3-{i}" for i in result.trials["trial_id"]}
 
 
 def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec, capsys):
