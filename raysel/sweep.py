@@ -23,6 +23,7 @@ from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, 
 from raysel.results import SWEEP_FILE, table_row
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
+from raysel.storage import Storage
 from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, reopen_run,
                              resolve_uri, start_parent_run)
 from raysel.trial import TrialSettings, make_trainable, trial_label
@@ -81,7 +82,8 @@ class SweepResult:
     best_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per arm, from search phases
     parent_run_id: str | None = None
     tracking_uri: str | None = None
-    storage_path: Path = Path(".")
+    storage_path: Path = Path(".")  # the sweep's directory on this machine (a URI's local mirror)
+    storage_uri: str = ""  # where the sweep is stored: that directory, or its URI
     summary: pd.DataFrame | None = None
     report: "Report | None" = None  # tables and figures, written under storage_path/report
 
@@ -183,11 +185,17 @@ def paths_base() -> Path:
     return Path(submitted)
 
 
-def check_storage(storage: Path) -> None:
+def check_storage(storage: Storage) -> None:
     """Before Ray starts: the storage directory exists and is writable, or can be made (SpecError)."""
     import tempfile
 
-    existing = storage
+    if not storage.is_local:
+        why = storage.check_writable()
+        if why:
+            raise SpecError([f"storage_path: {storage} cannot be used ({why}); give a URI the filesystem's "
+                             "credentials let this machine write to (e.g. s3://bucket/prefix), or a local path"])
+        return
+    existing = Path(storage.root)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     why = None if existing.is_dir() else f"{existing} is not a directory"
@@ -260,7 +268,7 @@ def _wants_a_token(err: BaseException | None) -> bool:
     return False
 
 
-def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path, callbacks: list, resume: bool):
+def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Storage, callbacks: list, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -269,9 +277,9 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
 
     protocol = spec.protocol
     trainable = make_trainable(settings)
-    path = storage / spec.name / phase.label
-    if resume and tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=param_space(phase))
+    path = (storage / spec.name / phase.label).uri
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, param_space=param_space(phase))
     scheduler = None
     if spec.scheduler.kind == "asha":
         scheduler = ASHAScheduler(time_attr="step", grace_period=spec.scheduler.grace_period,
@@ -292,7 +300,7 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Path
             # in-process trials reuse their actor: no fresh interpreter importing torch per trial
             reuse_actors=spec.resources.workers == 0),
         run_config=tune.RunConfig(
-            name=f"{spec.name}/{phase.label}", storage_path=str(storage),
+            name=f"{spec.name}/{phase.label}", storage_path=storage.uri,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(**checkpoint_config(spec)),
             callbacks=callbacks, verbose=0 if callbacks else 1),
@@ -322,10 +330,11 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
     merged.update({k.replace("__", "."): v for k, v in more_overrides.items()})
     spec = load_spec(spec_or_path, merged, arms=arms)
     base = paths_base()
-    storage = (base / Path(spec.storage_path).expanduser()).resolve()
+    storage = Storage.parse(spec.storage_path, base)
+    check_storage(storage)
     sweep_dir = storage / spec.name
     state = _read_state(sweep_dir) if resume else None
-    if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
+    if not resume and sweep_dir.holds_files():
         raise SpecError([f"storage_path: {sweep_dir} already holds a sweep named {spec.name!r}; "
                          "continue it with --resume, or choose another name (--set name=...) or storage_path"])
     # what depends on the working directory is fixed now (paths made absolute, the directory noted)
@@ -334,7 +343,6 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
         update={"uri": resolve_uri(spec.tracking.uri, base)})})
     preflight(spec)
     check_services(spec)
-    check_storage(storage)
     if _starts_local_ray(spec):  # what a local Ray will have is known before it starts
         check_resources(spec, local_machine(spec.ray.num_cpus))
     with _driver_state(storage):
@@ -351,7 +359,7 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
 
 
 @contextlib.contextmanager
-def _driver_state(storage: Path) -> Iterator[None]:
+def _driver_state(storage: Storage) -> Iterator[None]:
     """What the driver process needs while the sweep runs, undone when it returns (the caller's
     environment and working directory are as they were)."""
     saved_env = {name: os.environ.get(name) for name in DRIVER_ENV}
@@ -361,8 +369,8 @@ def _driver_state(storage: Path) -> Iterator[None]:
     if "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
         # a `ray job submit --working-dir` driver: ray.init() may delete and re-extract the job's directory
         # under our feet (its first use on a node), so the driver waits outside it; trials still start there
-        storage.mkdir(parents=True, exist_ok=True)
-        os.chdir(storage)
+        storage.local.mkdir(parents=True, exist_ok=True)
+        os.chdir(storage.local)
     try:
         yield
     finally:
@@ -375,24 +383,24 @@ def _driver_state(storage: Path) -> Iterator[None]:
             os.chdir(saved_cwd)
 
 
-def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | None, resume: bool,
+def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: dict | None, resume: bool,
                 progress: bool, working_dir: str, wait_for_scaling: bool = False) -> SweepResult:
     from raysel.checkpoints import checkpoint_config, delete_finished, keeps_finished
     from raysel.progress import SweepProgress
     from raysel.telemetry import SweepMetrics
 
     tracking, parent = _open_tracking(spec, state)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir.local.mkdir(parents=True, exist_ok=True)
     # what `--resume` and `raysel report` need; the phases' own progress lives in their Tune experiments
     _write_state(sweep_dir, {"name": spec.name, "parent_run_id": parent, "spec": spec.model_dump(mode="json"),
                              "tracking_uri": tracking.uri if tracking else None})
     if tracking and parent:  # so that a report can be rebuilt from the tracking server alone
-        log_artifacts(tracking.uri, parent, [sweep_dir / SWEEP_FILE])
+        log_artifacts(tracking.uri, parent, [sweep_dir.local / SWEEP_FILE])
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
                              extra_per_worker=extra_per_worker(spec.resources),
-                             max_failures=spec.resources.max_failures, storage_path=str(sweep_dir),
+                             max_failures=spec.resources.max_failures, storage_path=sweep_dir.uri,
                              working_dir=working_dir, checkpoints=checkpoint_config(spec))
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
@@ -433,8 +441,9 @@ def _run_phases(spec: SweepSpec, storage: Path, sweep_dir: Path, state: dict | N
     result = SweepResult(name=spec.name, trials=trials, best_configs=best,
                          best_config=next(iter(best.values())) if len(best) == 1 else None,
                          parent_run_id=parent, tracking_uri=tracking.uri if tracking else None,
-                         storage_path=sweep_dir)
+                         storage_path=sweep_dir.local, storage_uri=sweep_dir.uri)
     _finish(result)
+    sweep_dir.upload("trials.csv", "best_configs.json", "report")
     return result
 
 
@@ -477,10 +486,11 @@ def _finish(result: SweepResult) -> None:
     result.summary = result.report.summary
 
 
-def _read_state(sweep_dir: Path) -> dict | None:
-    path = sweep_dir / SWEEP_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+def _read_state(sweep_dir: Storage) -> dict | None:
+    text = sweep_dir.read_text(SWEEP_FILE)
+    return json.loads(text) if text is not None else None
 
 
-def _write_state(sweep_dir: Path, state: dict) -> None:
-    (sweep_dir / SWEEP_FILE).write_text(json.dumps(state, indent=2, default=str))
+def _write_state(sweep_dir: Storage, state: dict) -> None:
+    (sweep_dir.local / SWEEP_FILE).write_text(json.dumps(state, indent=2, default=str))
+    sweep_dir.upload(SWEEP_FILE)

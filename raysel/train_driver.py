@@ -12,6 +12,7 @@ import torch
 from raysel.inputs import DataSpec, ModelSpec
 from raysel.methods import get_method
 from raysel.run_context import TrainRun, enter_working_dir, seed_everything
+from raysel.storage import Storage, trial_files
 from raysel.tracking import NullLogger, TrialLogger
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def fit_with_ray_train(variant: dict[str, Any], seed: int, settings: "TrialSettings", trial_id: str,
-                       run_id: str | None, artifact_dir: Path) -> None:
+                       run_id: str | None) -> None:
     """Run the trial's loop on ``settings.workers`` Ray Train workers (a restarted trial resumes its Train run)."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -32,7 +33,7 @@ def fit_with_ray_train(variant: dict[str, Any], seed: int, settings: "TrialSetti
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"variant": variant, "seed": seed, "run_id": run_id, "settings": settings,
-                           "artifact_dir": str(artifact_dir)},
+                           "trial_id": trial_id},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         # a stable name: a restarted trial resumes the same Train run from its checkpoint
@@ -59,17 +60,18 @@ def _worker_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(settings.cpus_per_worker)))
     seed_everything(seed)
     method = get_method(variant["method"])
-    run = TrainRun(seed=seed, device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
-                   model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
-                   artifact_dir=Path(config["artifact_dir"]), logger=logger)
-    run.set_tags(**{"raysel.world_size": str(world_size), "raysel.device": str(run.device)})
-    if rank == 0:
-        from raysel.telemetry import TrialMetrics
+    with trial_files(settings.storage_path, config["trial_id"], store=rank == 0) as artifact_dir:
+        run = TrainRun(seed=seed, device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
+                       model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
+                       artifact_dir=artifact_dir, logger=logger)
+        run.set_tags(**{"raysel.world_size": str(world_size), "raysel.device": str(run.device)})
+        if rank == 0:
+            from raysel.telemetry import TrialMetrics
 
-        run.telemetry = TrialMetrics(sweep=Path(settings.storage_path).name, arm=variant["arm"],
-                                     trial_id=Path(config["artifact_dir"]).name)
-    try:
-        run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
-    finally:
-        if run.telemetry is not None:
-            run.telemetry.close()
+            run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
+                                         trial_id=config["trial_id"])
+        try:
+            run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
+        finally:
+            if run.telemetry is not None:
+                run.telemetry.close()

@@ -19,6 +19,7 @@ from raysel.methods import get_method
 from raysel.resources import DRIVER_MEMORY, worker_bundle
 from raysel.run_context import TuneRun, enter_working_dir, pick_device, seed_everything
 from raysel.spec import RESERVED_TRIAL_KEYS, DataSpec, ModelSpec, TrackingSpec
+from raysel.storage import Storage, trial_files
 from raysel.tracking import NullLogger, TrackingInfo, TrialLogger, ensure_experiment, resolve_uri
 from raysel.train_driver import fit_with_ray_train
 
@@ -78,11 +79,13 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     if settings.tracking is not None:  # first: every trial that ran has its run, also one that fails at once
         logger = TrialLogger(settings.tracking, trial_id, trial_label(config, trial_id),
                              _tags(variant, seed, settings), {"seed": seed, **_loggable_variant(variant)})
-    artifact_dir = Path(settings.storage_path) / "artifacts" / trial_id
     with logger.lifecycle():
         method = get_method(variant["method"])
         params = method.Params.model_validate(variant["params"])
-        if settings.workers == 0:
+        if settings.workers > 0:
+            fit_with_ray_train(variant, seed, settings, trial_id, logger.run_id)
+            return
+        with trial_files(settings.storage_path, trial_id) as artifact_dir:
             torch.set_num_threads(max(1, int(settings.cpus_per_worker)))
             seed_everything(seed)
             run = TuneRun(seed=seed, device=pick_device(settings.gpus_per_worker > 0), rank=0, world_size=1,
@@ -91,13 +94,12 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             run.set_tags(**{"raysel.world_size": "1", "raysel.device": str(run.device)})
             from raysel.telemetry import TrialMetrics
 
-            run.telemetry = TrialMetrics(sweep=Path(settings.storage_path).name, arm=variant["arm"], trial_id=trial_id)
+            run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
+                                         trial_id=trial_id)
             try:
                 run.finish(method.train_loop(params, run))
             finally:
                 run.telemetry.close()
-        else:
-            fit_with_ray_train(variant, seed, settings, trial_id, logger.run_id, artifact_dir)
 
 
 def _loggable_variant(variant: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +151,7 @@ def trainable(method: str, *, model: "ModelSpec | dict | str | None" = None,
             info = TrackingInfo(uri=uri, experiment_id=ensure_experiment(uri, track.experiment or "raysel"),
                                 sweep=track.experiment or "raysel")
     settings = TrialSettings(tracking=info, protocol="user", workers=workers, cpus_per_worker=cpus_per_worker,
-                             gpus_per_worker=gpus_per_worker, storage_path=str(Path(storage_path).resolve()))
+                             gpus_per_worker=gpus_per_worker, storage_path=Storage.parse(storage_path).uri)
 
     def raysel_trainable(config: dict[str, Any]) -> None:
         params = {**fixed_params, **{k: v for k, v in config.items() if k not in RESERVED_TRIAL_KEYS}}

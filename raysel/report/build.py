@@ -18,6 +18,7 @@ import pandas as pd
 from raysel.report import stats
 from raysel.report.sources import ReportError, SweepRecord, load_frame, metric_columns, resolve
 from raysel.spec import ProtocolSpec, SweepSpec
+from raysel.storage import Storage
 from raysel.tracking import redact_uri
 
 DEFAULT_OUT = Path("raysel_reports")  # where reports of sweeps without a local storage directory go
@@ -92,6 +93,8 @@ def build(sweep: "str | Path", *, tracking_uri: str | None = None, source: str =
     if make_figures and record.sweep_dir:
         report.method_figures = method_figures(spec, record.sweep_dir, out)
     write(report, out, make_figures)
+    if record.storage_uri and not out_dir:  # read from a URI: the report is stored back beside the sweep
+        Storage.parse(record.storage_uri).upload("report")
     if log:
         log_report(report, record)
     return report

@@ -7,6 +7,7 @@ metrics it reported *at that step* (NaN where it reported nothing new).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -18,6 +19,7 @@ import pandas as pd
 
 from raysel import tracking
 from raysel.results import SWEEP_FILE, TrialResult
+from raysel.storage import Storage, is_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -36,11 +38,20 @@ class SweepRecord:
     spec: dict[str, Any]
     tracking_uri: str | None
     parent_run_id: str | None
-    sweep_dir: Path | None  # the storage directory, when it exists on this machine
+    sweep_dir: Path | None  # the storage directory, when it exists on this machine (a URI's local mirror)
+    storage_uri: str | None = None  # the sweep's storage URI, when it was read from one (the report goes back)
 
 
 def resolve(sweep: "str | Path", tracking_uri: str | None = None) -> SweepRecord:
-    """Find a sweep by storage directory, MLflow parent run id, or MLflow experiment name."""
+    """Find a sweep by storage directory (a local one, or a URI: its files are fetched into the local
+    mirror, checkpoints left out), MLflow parent run id, or MLflow experiment name."""
+    if is_uri(str(sweep)):
+        stored = Storage.parse(str(sweep))
+        if stored.read_text(SWEEP_FILE) is None:
+            raise ReportError(f"{sweep} holds no sweep (no {SWEEP_FILE}); give the sweep's storage URI "
+                              "(storage_path/name)")
+        record = resolve(stored.download(skip=("checkpoint_",)), tracking_uri)
+        return dataclasses.replace(record, storage_uri=stored.uri)
     path = Path(sweep).expanduser()
     if path.is_dir():
         state_file = path / SWEEP_FILE

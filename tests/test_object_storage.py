@@ -1,0 +1,157 @@
+"""A sweep whose storage_path is an S3 URI, on a real S3-compatible server on 127.0.0.1 (moto's standalone
+server, as Ray's own tests use): it runs, is interrupted, resumes and is reported from the bucket alone.
+The driver runs in a subprocess with its own local Ray; every process reaches the bucket through the AWS
+variables (AWS_ENDPOINT_URL: pyarrow, boto3 and MLflow honour it)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow_helpers import free_port
+
+pytestmark = pytest.mark.system
+
+BUCKET = "raysel-test"
+DRIVER = """
+import sys, raysel
+from raysel.sweep import SweepInterrupted
+try:
+    sys.exit(raysel.run_sweep({spec!r}, progress=False, resume={resume!r}).num_errors)
+except SweepInterrupted:
+    sys.exit(130)
+"""
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """A moto S3 server on a free port with an empty bucket; the environment that reaches it."""
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(env["AWS_ENDPOINT_URL"], timeout=2)
+                break
+            except requests.RequestException:
+                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        subprocess.run([sys.executable, "-c", f"import boto3; boto3.client('s3').create_bucket(Bucket={BUCKET!r})"],
+                       env=env, check=True, timeout=60)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def keys(env: dict[str, str], prefix: str) -> dict[str, bytes]:
+    """The bucket's objects under ``prefix`` (a fresh boto3 client in a subprocess: the test's own
+    environment stays as it is)."""
+    code = ("import boto3, json, sys; s3 = boto3.client('s3'); out = {}\n"
+            f"for page in s3.get_paginator('list_objects_v2').paginate(Bucket={BUCKET!r}, Prefix={prefix!r}):\n"
+            "    for o in page.get('Contents', []):\n"
+            f"        out[o['Key']] = s3.get_object(Bucket={BUCKET!r}, Key=o['Key'])['Body'].read().decode('latin-1')\n"
+            "json.dump(out, sys.stdout)")
+    listed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    return {k: v.encode("latin-1") for k, v in json.loads(listed.stdout).items()}
+
+
+def finished_trials(env: dict[str, str], prefix: str, last_step: int) -> int:
+    results = {k: v for k, v in keys(env, prefix).items() if k.endswith("/result.json")}
+    return sum(bool(v.strip()) and json.loads(v.splitlines()[-1]).get("step") == last_step for v in results.values())
+
+
+def test_a_sweep_on_s3_runs_is_interrupted_resumes_and_reports_from_the_bucket(tmp_path, s3):
+    started = time.monotonic()
+    spec = {"name": "on-s3", "method": "standard", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+            "params": {"max_steps": 4, "eval_every": 2, "context_len": 32, "batch_size": 8, "eval_examples": 32},
+            "protocol": {"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
+            "resources": {"max_concurrent_trials": 1}, "ray": {"num_cpus": 2},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": f"s3://{BUCKET}/sweeps"}
+    env = {**s3, "RAYSEL_CACHE": str(tmp_path / "driver-cache")}  # the driver's local mirror of the sweep
+    first = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], env=env, cwd=tmp_path,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while finished_trials(s3, "sweeps/on-s3/seeds/", 4) < 2:
+            assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before the interrupt"
+            time.sleep(1)
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(timeout=120) == 130
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert 2 <= finished_trials(s3, "sweeps/on-s3/seeds/", 4) < 4
+
+    # resumed from what the bucket holds: the driver's mirror is gone
+    env["RAYSEL_CACHE"] = str(tmp_path / "other-cache")
+    resumed = subprocess.run([sys.executable, "-c", DRIVER.format(spec=spec, resume=True)], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    stored = keys(s3, "sweeps/on-s3/")
+    assert {"sweeps/on-s3/sweep.json", "sweeps/on-s3/trials.csv", "sweeps/on-s3/report/report.md"} <= set(stored)
+    import io
+
+    import pandas as pd
+
+    trials = pd.read_csv(io.BytesIO(stored["sweeps/on-s3/trials.csv"]))
+    assert sorted(trials["seed"]) == [0, 1, 2, 3] and (trials["step"] == 4).all()
+    assert not [k for k in stored if "/checkpoint_" in k]  # finished trials keep no checkpoint (logged to MLflow)
+    assert not (tmp_path / "raysel_results").exists() and not (tmp_path / "sweeps").exists()
+
+    # the report, on another machine as it were: from the bucket alone (and the MLflow store)
+    env["RAYSEL_CACHE"] = str(tmp_path / "reader-cache")
+    before = stored["sweeps/on-s3/report/report.md"]
+    (tmp_path / "reader").mkdir()
+    report = subprocess.run([str(Path(sys.executable).parent / "raysel"), "report", f"s3://{BUCKET}/sweeps/on-s3"],
+                            env=env, cwd=tmp_path / "reader", capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "on-s3" in report.stdout and "seed" in report.stdout
+    assert keys(s3, "sweeps/on-s3/report/report.md")["sweeps/on-s3/report/report.md"].strip() == before.strip()
+    assert not list((tmp_path / "reader").iterdir())  # nothing written where the report was asked for
+    print(f"S3 sweep test: {time.monotonic() - started:.0f} s")
+
+
+def test_files_go_up_and_come_back_through_the_local_mirror(tmp_path, s3, monkeypatch):
+    """raysel.storage on S3: a trial's artifacts and the shared files go up when it ends (also when it
+    fails) and come back on another machine (another mirror), checkpoints left out when asked."""
+    from raysel import storage
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, s3[name])
+    monkeypatch.setattr(storage, "MIRRORS", tmp_path / "node-a")
+    sweep = storage.Storage.parse(f"s3://{BUCKET}/mirror/sweep")
+    assert sweep.check_writable() is None and not sweep.holds_files()
+    with pytest.raises(RuntimeError), storage.trial_files(sweep.uri, "trial_1") as artifacts:
+        (artifacts / "scores.csv").parent.mkdir(parents=True)
+        (artifacts / "scores.csv").write_text("a,b\n1,2\n")
+        (artifacts.parent / "shared" / "cache.pt").parent.mkdir(parents=True)
+        (artifacts.parent / "shared" / "cache.pt").write_bytes(b"x" * 1000)
+        (artifacts.parent / "shared" / "cache.pt.lock").write_text("")
+        raise RuntimeError("the trial failed")
+    (sweep.local / "seeds" / "trial_1" / "checkpoint_000001").mkdir(parents=True)
+    (sweep.local / "seeds" / "trial_1" / "checkpoint_000001" / "state.pt").write_bytes(b"y")
+    (sweep.local / "seeds" / "trial_1" / "result.json").write_text("{}")
+    sweep.upload("seeds")
+    assert sweep.holds_files() and sweep.read_text("artifacts/trial_1/scores.csv") == "a,b\n1,2\n"
+    assert sweep.read_text("artifacts/shared/cache.pt.lock") is None  # a node's lock stays on its node
+
+    monkeypatch.setattr(storage, "MIRRORS", tmp_path / "node-b")
+    with storage.trial_files(sweep.uri, "trial_2") as artifacts:
+        assert (artifacts.parent / "shared" / "cache.pt").read_bytes() == b"x" * 1000  # what trial_1 shared
+    copy = sweep.download(skip=("checkpoint_",))
+    assert copy == tmp_path / "node-b" / copy.name
+    assert (copy / "seeds" / "trial_1" / "result.json").is_file()
+    assert not (copy / "seeds" / "trial_1" / "checkpoint_000001").exists()
+    assert storage.Storage.parse(f"s3://{BUCKET}-missing/x").check_writable().startswith("OSError: ")
