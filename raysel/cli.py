@@ -171,11 +171,11 @@ def _print_result(result, metrics: list[str]) -> None:
     if result.best_configs:
         for arm, params in result.best_configs.items():
             console.print(f"best config [{arm}]: {params}", markup=False)
-    console.print(f"trials: {len(result.trials)} ({result.num_errors} failed) → {result.storage_path}")
+    console.print(f"trials: {len(result.trials)} ({result.num_errors} failed) → {result.storage_uri or result.storage_path}")
     if result.report is not None and result.report.files:
         shown = ", ".join(p.name for p in result.report.figures.values()) or "no figures"
         console.print(f"report: {result.report.files[0]} ({shown}); re-slice it with `raysel report "
-                      f"{result.storage_path} --step S --arms A,B`")
+                      f"{result.storage_uri or result.storage_path} --step S --arms A,B`")
     if result.parent_run_id:
         from raysel.tracking import redact_uri
 

@@ -89,7 +89,8 @@ class Storage:
                 stream.write(b"raysel")
             fs.delete_file(probe)
         except Exception as err:  # noqa: BLE001 - whatever the filesystem says, as one line
-            return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            said = re.sub(r"\s*\(Request ID: [^)]*\)", "", str(err).strip().split("\n")[0])
+            return f"{type(err).__name__}: {said}"
         return None
 
     def holds_files(self) -> bool:

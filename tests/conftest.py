@@ -14,14 +14,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
+import contextlib  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from mlflow_helpers import Server, free_port, mlflow_command  # noqa: E402
 
 
-SYSTEM_FIXTURES = {"ray_session", "lm_spec", "mlflow_server", "local_cluster"}
+SYSTEM_FIXTURES = {"ray_session", "lm_spec", "mlflow_server", "local_cluster", "s3"}
 TIERS = ("system", "slow", "gpu")
 
 
@@ -103,17 +106,24 @@ def tiny_lm_spec(tmp_path, **sections) -> dict:
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on 127.0.0.1:<free port>, started but not yet waited for (the test
     calls ``wait_healthy()`` after the other fixtures, so the server's ~30 s start-up overlaps them)."""
-    port = free_port()
     root = tmp_path / "mlflow-server"
-    root.mkdir()
+    with serve_mlflow(root, str(root / "artifacts"), os.environ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_mlflow(root: Path, artifacts_destination: str, env: "dict[str, str] | os._Environ"):
+    """``mlflow server`` with its SQLite store in ``root`` and its artifacts at ``artifacts_destination``
+    (a folder, or e.g. s3://bucket/mlflow with the AWS variables in ``env``); stopped afterwards."""
+    port = free_port()
+    root.mkdir(parents=True)
     log_path = root / "server.log"
     command = mlflow_command() + [
         "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts", "--artifacts-destination", artifacts_destination,
     ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
+    env = {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
@@ -132,3 +142,37 @@ def mlflow_server(tmp_path):
                 break
             except subprocess.TimeoutExpired:
                 continue
+
+
+S3_BUCKET = "raysel-test"
+
+
+@pytest.fixture
+def s3():
+    """A real S3-compatible server (moto's standalone server, as Ray's own tests use) on a free port with
+    an empty bucket ``S3_BUCKET``; the environment that reaches it (pyarrow, boto3 and MLflow honour
+    AWS_ENDPOINT_URL)."""
+    import time
+
+    import requests
+
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(env["AWS_ENDPOINT_URL"], timeout=2)
+                break
+            except requests.RequestException:
+                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        subprocess.run([sys.executable, "-c", f"import boto3; boto3.client('s3').create_bucket(Bucket={S3_BUCKET!r})"],
+                       env=env, check=True, timeout=60)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -176,6 +176,9 @@ CASES = [
          lambda t: spec(t, storage_path="/proc/raysel-nope")),
     Case("a storage path under a file", "is not a directory); give a writable directory",
          lambda t: spec(t, storage_path=str(write(t, "a-file", "x") / "results"))),
+    Case("a storage URI of a filesystem pyarrow does not know", "storage_path: ftp://host/results cannot be used "
+         "(ArrowInvalid: Unrecognized filesystem type in URI: ftp://host/results); give a URI",
+         lambda t: spec(t, storage_path="ftp://host/results")),
     # ---- resources the (local) cluster does not have: Ray would wait for them forever
     Case("more GPUs per worker than any node has", "resources.gpus_per_worker: a worker needs 64 GPU, but no node "
          "has that; a local Ray on this machine has node 1:", lambda t: spec(t, resources={"workers": 1, "gpus_per_worker": 64})),

@@ -6,17 +6,20 @@ Slow (about 2 minutes); the cluster has its own temp dir and `local-cluster.sh s
 processes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
 import yaml
 from browser_helpers import ARTIFACTS, CHROMIUM, chromium, token_proxy
+from conftest import S3_BUCKET, serve_mlflow
 from mlflow_helpers import Rest, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,9 +27,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def local_cluster(tmp_path):
+def local_cluster():
     """The two-node cluster of launch/local-cluster.sh, on free ports; stopped afterwards."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    with _local_cluster(os.environ) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def _local_cluster(base_env) -> Iterator[dict[str, str]]:
+    env = {**base_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "RAY_HEAD_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(free_port())}
     started = subprocess.run(["bash", str(ROOT / "launch" / "local-cluster.sh"), "start"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=180)
@@ -70,6 +79,39 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_to_mlflow(tm
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     assert len({t["raysel.node_id"] for t in trials}) == 2  # both nodes ran trials
     _look_at_the_dashboard(f"http://127.0.0.1:{local_cluster['RAY_DASHBOARD_PORT']}", tmp_path)
+
+
+def test_two_nodes_sharing_only_an_s3_bucket_and_the_mlflow_server(tmp_path, s3):
+    """The cluster example with storage_path on S3 and an MLflow server whose artifacts go to the same
+    bucket: the trials run on both nodes; the sweep's files, its report and the MLflow artifacts are in
+    the bucket; nothing lands in the directory submit.sh ran in."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "s3-sweep.yaml").write_text(yaml.safe_dump({
+        "name": "s3-sweep", "method": "standard", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+        "params": {"max_steps": 4, "eval_every": 2, "context_len": 32, "batch_size": 8, "eval_examples": 32},
+        "protocol": {"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
+        "resources": {"max_concurrent_trials": 2}, "storage_path": f"s3://{S3_BUCKET}/sweeps"}))
+    # the nodes get the bucket's endpoint and credentials where they start (as instance roles would give them)
+    with serve_mlflow(tmp_path / "mlflow", f"s3://{S3_BUCKET}/mlflow", s3) as mlflow_server, \
+            _local_cluster({**s3, "RAYSEL_CACHE": str(tmp_path / "node-cache")}) as cluster:
+        url = mlflow_server.wait_healthy()
+        env = {**cluster, "RAY_ADDRESS": f"http://127.0.0.1:{cluster['RAY_DASHBOARD_PORT']}",
+               "MLFLOW_TRACKING_URI": url, "HF_HUB_OFFLINE": "1"}
+        job = subprocess.run(["bash", str(ROOT / "launch" / "submit.sh"), "s3-sweep.yaml"], env=env, cwd=project,
+                             capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
+        rest = Rest(url)
+        runs = rest.search_runs(rest.experiment_by_name("s3-sweep")["experiment_id"])
+    assert sorted(p.name for p in project.iterdir()) == ["s3-sweep.yaml"]  # nothing written here
+    trials = [r for r in runs if {t["key"]: t["value"] for t in r["data"]["tags"]}.get("raysel.role") == "trial"]
+    assert len(trials) == 4 and all(r["info"]["status"] == "FINISHED" for r in trials)
+    assert len({{t["key"]: t["value"] for t in r["data"]["tags"]}["raysel.node_id"] for r in trials}) == 2
+    listed = subprocess.run([sys.executable, "-c", "import boto3, sys; print('\\n'.join(o['Key'] for o in boto3.client("
+                             f"'s3').list_objects_v2(Bucket={S3_BUCKET!r}).get('Contents', [])))"],
+                            env=s3, capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert {"sweeps/s3-sweep/sweep.json", "sweeps/s3-sweep/trials.csv", "sweeps/s3-sweep/report/report.md"} <= set(listed)
+    assert any(k.startswith("mlflow/") and k.endswith("report.md") for k in listed)  # MLflow's artifacts too
 
 
 def _look_at_the_dashboard(dashboard: str, tmp_path: Path) -> None:

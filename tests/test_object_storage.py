@@ -1,11 +1,12 @@
 """A sweep whose storage_path is an S3 URI, on a real S3-compatible server on 127.0.0.1 (moto's standalone
 server, as Ray's own tests use): it runs, is interrupted, resumes and is reported from the bucket alone.
 The driver runs in a subprocess with its own local Ray; every process reaches the bucket through the AWS
-variables (AWS_ENDPOINT_URL: pyarrow, boto3 and MLflow honour it)."""
+variables of the ``s3`` fixture (conftest.py)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
-from mlflow_helpers import free_port
+from conftest import S3_BUCKET
 
 pytestmark = pytest.mark.system
 
-BUCKET = "raysel-test"
+BUCKET = S3_BUCKET
 DRIVER = """
 import sys, raysel
 from raysel.sweep import SweepInterrupted
@@ -27,31 +27,6 @@ try:
 except SweepInterrupted:
     sys.exit(130)
 """
-
-
-@pytest.fixture
-def s3(tmp_path):
-    """A moto S3 server on a free port with an empty bucket; the environment that reaches it."""
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(env["AWS_ENDPOINT_URL"], timeout=2)
-                break
-            except requests.RequestException:
-                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.2)
-        subprocess.run([sys.executable, "-c", f"import boto3; boto3.client('s3').create_bucket(Bucket={BUCKET!r})"],
-                       env=env, check=True, timeout=60)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def keys(env: dict[str, str], prefix: str) -> dict[str, bytes]:
@@ -155,3 +130,21 @@ def test_files_go_up_and_come_back_through_the_local_mirror(tmp_path, s3, monkey
     assert (copy / "seeds" / "trial_1" / "result.json").is_file()
     assert not (copy / "seeds" / "trial_1" / "checkpoint_000001").exists()
     assert storage.Storage.parse(f"s3://{BUCKET}-missing/x").check_writable().startswith("OSError: ")
+
+
+def test_a_bucket_nothing_can_be_written_to_is_refused_before_ray_starts(tmp_path, s3):
+    spec = {"name": "nowhere", "method": "standard", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+            "params": {"max_steps": 2}, "protocol": {"kind": "seeds", "seeds": [0], "metric": "test_perplexity",
+                                                     "mode": "min"},
+            "storage_path": f"s3://{BUCKET}-missing/sweeps", "tracking": {"uri": "sqlite:///mlflow.db"}}
+    (tmp_path / "nowhere.yaml").write_text(json.dumps(spec))
+    refused = subprocess.run([str(Path(sys.executable).parent / "raysel"), "sweep", "nowhere.yaml"], env=s3,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    line = re.sub(r"raysel-check-[0-9a-f]{8}", "raysel-check-XXXXXXXX", refused.stderr.strip().splitlines()[-1])
+    assert line == (
+        f"error: invalid sweep spec: storage_path: s3://{BUCKET}-missing/sweeps cannot be used (OSError: When "
+        f"initiating multiple part upload for key 'sweeps/.raysel-check-XXXXXXXX' in bucket '{BUCKET}-missing': AWS "
+        "Error NO_SUCH_BUCKET during CreateMultipartUpload operation: The specified bucket does not exist); give a "
+        "URI the filesystem's credentials let this machine write to (e.g. s3://bucket/prefix), or a local path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nowhere.yaml"]  # no MLflow store, no results
