@@ -31,5 +31,5 @@ print(json.dumps({"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE"
                   "excludes": [".venv", "raysel_results", "mlflow.db", "mlflow-server", ".git"]}))')"
 name="$(basename "$spec" .yaml)"
 exec ray job submit --address "$address" --working-dir . --runtime-env-json "$runtime_env" \
-  --submission-id "raysel-$name-$(date +%Y%m%d-%H%M%S)" --metadata-json "{\"raysel.spec\": \"$name\"}" \
+  --submission-id "raysel-$name-$(date +%Y%m%d-%H%M%S)" --metadata-json "{\"job_name\": \"raysel $name\", \"raysel.spec\": \"$name\"}" \
   -- raysel sweep --no-progress "$spec" "${tracking[@]}" "$@"

@@ -241,7 +241,9 @@ def _init_ray(spec: SweepSpec) -> bool:
     address = ray_address(spec)
     kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": True}
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # a submitted job has its metadata (launch/submit.sh)
-        kwargs["job_config"] = ray.job_config.JobConfig(metadata={"raysel.sweep": spec.name})  # Ray's Jobs page
+        # job_name: the Name column of the dashboard's Jobs page
+        kwargs["job_config"] = ray.job_config.JobConfig(metadata={"job_name": f"raysel {spec.name}",
+                                                                  "raysel.sweep": spec.name})
     if not address:
         kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
                       include_dashboard=spec.resources.workers > 0 or spec.ray.dashboard,

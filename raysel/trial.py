@@ -109,18 +109,25 @@ def _loggable_variant(variant: dict[str, Any]) -> dict[str, Any]:
 
 def make_trainable(settings: TrialSettings) -> Callable[[dict[str, Any]], None]:
     """A Tune function trainable bound to a sweep's settings, with its resources attached."""
-    from ray import tune
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
     from ray.tune.trainable.function_trainable import wrap_function
 
     def raysel_trial(config: dict[str, Any]) -> None:
         run_trial(config, settings)
 
     class RayselTrial(wrap_function(raysel_trial)):
-        def __repr__(self) -> str:  # the actor's name in Ray's dashboard (Ray reads it once, at its creation)
+        """The trial's actor, as Ray's dashboard lists it: class RayselTrial, named after its trial."""
+
+        @classmethod
+        def default_resource_request(cls, config: dict[str, Any]):
+            return resource_dict_to_pg_factory(settings.resources())
+
+        def __repr__(self) -> str:  # Ray reads it once, when the actor is created
             config, trial_id = getattr(self, "config", None), getattr(self, "trial_id", "")
             return f"raysel_trial({trial_label(config, trial_id)})" if config and "variant" in config else "raysel_trial"
 
-    return tune.with_resources(RayselTrial, settings.resources())
+    RayselTrial.__qualname__ = RayselTrial.__name__  # the dashboard shows the qualified name
+    return RayselTrial
 
 
 # ---------------------------------------------------------------- for users' own Tune code

@@ -123,13 +123,16 @@ def _look_at_the_dashboard(dashboard: str, tmp_path: Path) -> None:
         jobs = requests.get(f"{url}/api/jobs/", timeout=60).json()
         (job,) = [j for j in jobs if (j.get("submission_id") or "").startswith("raysel-cluster-sweep-")]
         assert job["metadata"]["raysel.spec"] == "cluster-sweep"
+        assert job["metadata"]["job_name"] == "raysel cluster-sweep"  # the Jobs page's Name column
         actors = requests.get(f"{url}/api/v0/actors", params={"detail": "true", "limit": 1000}, timeout=60).json()
-        names = [a.get("repr_name", "") for a in actors["data"]["result"]["result"] if a["class_name"] == "RayselTrial"]
+        listed = actors["data"]["result"]["result"]
+        names = [a.get("repr_name", "") for a in listed if a["class_name"] == "RayselTrial"]
+        assert names, sorted({(a["class_name"], a.get("repr_name", "")) for a in listed})
         assert names and all(re.fullmatch(r"raysel_trial\(standard-seeds-seed[0-3]-\w+_\d{5}\)", n) for n in names), names
         if not Path(CHROMIUM).exists():
             return
         ARTIFACTS.mkdir(exist_ok=True)
-        for page, expected in (("jobs", job["submission_id"]), ("actors", names[0])):
+        for page, expected in (("jobs", "raysel cluster-sweep"), ("actors", names[0])):
             dom = chromium(f"{url}/#/{page}", tmp_path / f"profile-{page}", "--dump-dom")
             assert expected in dom.stdout, dom.stdout[-3000:]
             shot = ARTIFACTS / f"ray-dashboard-{page}.png"

@@ -31,11 +31,16 @@ except SweepInterrupted:
 
 def keys(env: dict[str, str], prefix: str) -> dict[str, bytes]:
     """The bucket's objects under ``prefix`` (a fresh boto3 client in a subprocess: the test's own
-    environment stays as it is)."""
+    environment stays as it is); an object deleted between the listing and its reading (a checkpoint
+    the sweep removed meanwhile) is left out."""
     code = ("import boto3, json, sys; s3 = boto3.client('s3'); out = {}\n"
             f"for page in s3.get_paginator('list_objects_v2').paginate(Bucket={BUCKET!r}, Prefix={prefix!r}):\n"
             "    for o in page.get('Contents', []):\n"
-            f"        out[o['Key']] = s3.get_object(Bucket={BUCKET!r}, Key=o['Key'])['Body'].read().decode('latin-1')\n"
+            "        try:\n"
+            f"            body = s3.get_object(Bucket={BUCKET!r}, Key=o['Key'])['Body'].read()\n"
+            "        except s3.exceptions.NoSuchKey:\n"
+            "            continue\n"
+            "        out[o['Key']] = body.decode('latin-1')\n"
             "json.dump(out, sys.stdout)")
     listed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
