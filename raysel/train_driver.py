@@ -4,7 +4,6 @@ through ``TuneReportCallback``; rank 0 logs to the trial's MLflow run).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch

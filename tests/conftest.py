@@ -14,14 +14,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
-import contextlib  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
-from mlflow_helpers import Server, free_port, mlflow_command  # noqa: E402
+from mlflow_helpers import serve_mlflow  # noqa: E402
+from s3_helpers import s3_server  # noqa: E402
 
 
 SYSTEM_FIXTURES = {"ray_session", "lm_spec", "mlflow_server", "local_cluster", "s3"}
@@ -111,68 +106,9 @@ def mlflow_server(tmp_path):
         yield server
 
 
-@contextlib.contextmanager
-def serve_mlflow(root: Path, artifacts_destination: str, env: "dict[str, str] | os._Environ"):
-    """``mlflow server`` with its SQLite store in ``root`` and its artifacts at ``artifacts_destination``
-    (a folder, or e.g. s3://bucket/mlflow with the AWS variables in ``env``); stopped afterwards."""
-    port = free_port()
-    root.mkdir(parents=True)
-    log_path = root / "server.log"
-    command = mlflow_command() + [
-        "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--serve-artifacts", "--artifacts-destination", artifacts_destination,
-    ]
-    env = {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        yield server
-    finally:
-        # uvicorn's worker is a child of the CLI process: stop the whole process group we started
-        for signal_number, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, signal_number)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-
-
-S3_BUCKET = "raysel-test"
-
-
 @pytest.fixture
 def s3():
-    """A real S3-compatible server (moto's standalone server, as Ray's own tests use) on a free port with
-    an empty bucket ``S3_BUCKET``; the environment that reaches it (pyarrow, boto3 and MLflow honour
-    AWS_ENDPOINT_URL)."""
-    import time
-
-    import requests
-
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(env["AWS_ENDPOINT_URL"], timeout=2)
-                break
-            except requests.RequestException:
-                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.2)
-        subprocess.run([sys.executable, "-c", f"import boto3; boto3.client('s3').create_bucket(Bucket={S3_BUCKET!r})"],
-                       env=env, check=True, timeout=60)
+    """A real S3-compatible server on a free port with an empty bucket (s3_helpers.S3_BUCKET); the
+    environment that reaches it."""
+    with s3_server() as env:
         yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

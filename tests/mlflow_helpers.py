@@ -1,7 +1,9 @@
 """A real ``mlflow server`` for tests (started on 127.0.0.1:<free port>) and the few REST calls they make."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,3 +85,36 @@ class Rest:
         return self._check(requests.get(f"{self.api}/metrics/get-history",
                                         params={"run_id": run_id, "metric_key": key, "max_results": 25000},
                                         timeout=30)).get("metrics", [])
+
+
+@contextlib.contextmanager
+def serve_mlflow(root: Path, artifacts_destination: str, env: "dict[str, str] | os._Environ"):
+    """``mlflow server`` with its SQLite store in ``root`` and its artifacts at ``artifacts_destination``
+    (a folder, or e.g. s3://bucket/mlflow with the AWS variables in ``env``); stopped afterwards."""
+    port = free_port()
+    root.mkdir(parents=True)
+    log_path = root / "server.log"
+    command = mlflow_command() + [
+        "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts", "--artifacts-destination", artifacts_destination,
+    ]
+    env = {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        yield server
+    finally:
+        # uvicorn's worker is a child of the CLI process: stop the whole process group we started
+        for signal_number, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, signal_number)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue

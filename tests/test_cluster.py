@@ -19,8 +19,8 @@ import pytest
 import requests
 import yaml
 from browser_helpers import ARTIFACTS, CHROMIUM, chromium, token_proxy
-from conftest import S3_BUCKET, serve_mlflow
-from mlflow_helpers import Rest, free_port
+from mlflow_helpers import Rest, free_port, serve_mlflow
+from s3_helpers import S3_BUCKET
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -130,7 +130,7 @@ def test_planted_secrets_never_reach_the_tracking_store(mlflow_server, ray_sessi
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium package (.ci/run installs it)")
-def test_the_mlflow_ui_shows_the_sweeps_runs_in_headlesschromium(mlflow_server, ray_session, tmp_path):
+def test_the_mlflow_ui_shows_the_sweeps_runs_in_headless_chromium(mlflow_server, ray_session, tmp_path):
     """The MLflow UI of a sweep's experiment, opened in headless Chromium: the page lists the sweep's
     parent run and counts its runs (parent + one per trial); its screenshot is kept in test-artifacts/."""
     url = mlflow_server.wait_healthy()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import S3_BUCKET
+from s3_helpers import S3_BUCKET
 
 pytestmark = pytest.mark.system
 
