@@ -7,7 +7,9 @@
 # Token authentication stays on (RAY_AUTH_MODE=token): the token is ~/.ray/auth_token (made once with
 # `ray get-auth-token --generate`), which `ray job submit` and `ray status` read. Everything binds to
 # 127.0.0.1. Each node gets a custom resource (node:head / node:worker counts) so that tests can see
-# where trials ran.
+# where trials ran. HEAD_NODE_ENV / WORKER_NODE_ENV add VAR=value pairs to one node's processes, e.g.
+# its own RAYSEL_CACHE, so that the two nodes keep raysel's files apart as machines without a shared
+# disk would (the sweep's files then meet only in its storage_path).
 set -euo pipefail
 head_port="${RAY_HEAD_PORT:-6390}"
 dashboard_port="${RAY_DASHBOARD_PORT:-8265}"
@@ -42,13 +44,13 @@ case "${1:-start}" in
     if [[ "$RAY_AUTH_MODE" == "token" && -z "${RAY_AUTH_TOKEN:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
       ray get-auth-token --generate > /dev/null
     fi
-    # shellcheck disable=SC2046  # node_ports is a list of flags
-    ray start --head --node-ip-address 127.0.0.1 --port "$head_port" --num-cpus "$head_cpus" \
+    # shellcheck disable=SC2046,SC2086  # node_ports is a list of flags, *_NODE_ENV a list of VAR=value
+    env ${HEAD_NODE_ENV:-} ray start --head --node-ip-address 127.0.0.1 --port "$head_port" --num-cpus "$head_cpus" \
       --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
       --ray-client-server-port "$(free_port)" $(node_ports) \
       --resources '{"raysel_head_node": 1}' --disable-usage-stats --temp-dir "$temp_dir"
-    # shellcheck disable=SC2046
-    ray start --address "127.0.0.1:$head_port" --node-ip-address 127.0.0.1 --num-cpus "$worker_cpus" \
+    # shellcheck disable=SC2046,SC2086
+    env ${WORKER_NODE_ENV:-} ray start --address "127.0.0.1:$head_port" --node-ip-address 127.0.0.1 --num-cpus "$worker_cpus" \
       $(node_ports) --resources '{"raysel_worker_node": 1}' --disable-usage-stats
     echo "cluster up: RAY_ADDRESS=127.0.0.1:$head_port (drivers), http://127.0.0.1:$dashboard_port (jobs, dashboard)"
     echo "for ray status and other ray commands in your shell: export RAY_AUTH_MODE=token"

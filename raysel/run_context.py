@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from raysel.inputs import DataSpec, ModelSpec
+from raysel.methods.collective import FileLockShares
 from raysel.results import LatestMetrics
 from raysel.tracking import NullLogger
 
@@ -26,7 +27,8 @@ class _Run:
     """The loop's view of its trial; subclasses say how metrics and checkpoints reach Ray."""
 
     def __init__(self, *, seed: int, device: torch.device, rank: int, world_size: int, model: ModelSpec,
-                 data: DataSpec, artifact_dir: Path, logger: Any, shared_dir: Path | None = None):
+                 data: DataSpec, artifact_dir: Path, logger: Any, shared_dir: Path | None = None,
+                 shared_files: Any = None):
         self.seed, self.device, self.rank, self.world_size = seed, device, rank, world_size
         self.model, self.data = model, data
         self.artifact_dir = artifact_dir
@@ -34,6 +36,8 @@ class _Run:
         # beside the trials' own directories: storage_path/NAME/artifacts/shared
         self.shared_dir = shared_dir or artifact_dir.parent / "shared"
         self.shared_dir.mkdir(parents=True, exist_ok=True)
+        # who builds a shared file: a file lock on one machine; the sweep's registry (raysel.shared_files)
+        self.shared_files = shared_files or FileLockShares()
         self._logger = logger
         self._pending_state: dict[str, Any] | None = None
         self._last: tuple[int, dict[str, float]] = (0, {})
@@ -144,11 +148,12 @@ class LocalRun(_Run):
 
     def __init__(self, *, seed: int = 0, model: ModelSpec | None = None, data: DataSpec | None = None,
                  artifact_dir: "Path | None" = None, device: torch.device | None = None, logger: Any = None,
-                 shared_dir: "Path | None" = None):
+                 shared_dir: "Path | None" = None, shared_files: Any = None):
         artifact_dir = artifact_dir or Path(tempfile.mkdtemp(prefix="raysel-"))
         super().__init__(seed=seed, device=device or pick_device(True), rank=0, world_size=1,
                          model=model or ModelSpec(), data=data or DataSpec(), artifact_dir=artifact_dir,
-                         logger=logger or NullLogger(), shared_dir=shared_dir or artifact_dir / "shared")
+                         logger=logger or NullLogger(), shared_dir=shared_dir or artifact_dir / "shared",
+                         shared_files=shared_files)
         self.results: list[dict[str, Any]] = []
         self.saved_state: dict[str, Any] | None = None
 

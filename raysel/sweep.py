@@ -389,6 +389,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                 progress: bool, working_dir: str, wait_for_scaling: bool = False) -> SweepResult:
     from raysel.checkpoints import checkpoint_config, delete_finished, keeps_finished
     from raysel.progress import SweepProgress
+    from raysel.shared_files import start_registry
     from raysel.telemetry import SweepMetrics
 
     tracking, parent = _open_tracking(spec, state)
@@ -398,12 +399,14 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                              "tracking_uri": tracking.uri if tracking else None})
     if tracking and parent:  # so that a report can be rebuilt from the tracking server alone
         log_artifacts(tracking.uri, parent, [sweep_dir.local / SWEEP_FILE])
+    registry, registry_actor = start_registry(spec.name)  # which trial builds a shared file, on any node
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
                              extra_per_worker=extra_per_worker(spec.resources),
                              max_failures=spec.resources.max_failures, storage_path=sweep_dir.uri,
-                             working_dir=working_dir, checkpoints=checkpoint_config(spec))
+                             working_dir=working_dir, checkpoints=checkpoint_config(spec),
+                             shared_registry=registry)
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
 
@@ -437,6 +440,9 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
         status = "KILLED"
         raise
     finally:
+        import ray
+
+        ray.kill(registry_actor)
         if tracking and parent:
             end_run(tracking.uri, parent, status)
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -62,7 +62,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     with trial_files(settings.storage_path, config["trial_id"], store=rank == 0) as artifact_dir:
         run = TrainRun(seed=seed, device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
                        model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
-                       artifact_dir=artifact_dir, logger=logger)
+                       artifact_dir=artifact_dir, logger=logger,
+                       shared_files=settings.shared_files(config["trial_id"]))
         run.set_tags(**{"raysel.world_size": str(world_size), "raysel.device": str(run.device)})
         if rank == 0:
             from raysel.telemetry import TrialMetrics

@@ -39,6 +39,15 @@ class TrialSettings:
     # to it, while Ray starts each trial in its own trial directory
     working_dir: str = field(default_factory=os.getcwd)
     checkpoints: dict[str, Any] = field(default_factory=lambda: {"num_to_keep": 1})  # raysel.checkpoints
+    shared_registry: str = ""  # the name of the sweep's raysel.shared_files registry actor ("": file locks)
+
+    def shared_files(self, trial_id: str) -> Any:
+        """Who builds the files the trials share: the sweep's registry, else a file lock (one machine)."""
+        if not self.shared_registry:
+            return None
+        from raysel.shared_files import RegistryShares
+
+        return RegistryShares(self.shared_registry, self.storage_path, trial_id)
 
     def worker_resources(self) -> dict[str, float]:
         """What each process running the loop reserves, as Ray names resources."""
@@ -90,7 +99,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             seed_everything(seed)
             run = TuneRun(seed=seed, device=pick_device(settings.gpus_per_worker > 0), rank=0, world_size=1,
                           model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
-                          artifact_dir=artifact_dir, logger=logger)
+                          artifact_dir=artifact_dir, logger=logger, shared_files=settings.shared_files(trial_id))
             run.set_tags(**{"raysel.world_size": "1", "raysel.device": str(run.device)})
             from raysel.telemetry import TrialMetrics
 

@@ -24,6 +24,11 @@ from s3_helpers import S3_BUCKET
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+# a small IGF run (the tiny random GPT-2): its secondary learner is the file the trials share
+IGF_PARAMS = {"context_len": 16, "size_objective_set": 8, "min_len": 64, "ig_contexts": 48, "ig_chunk_size": 16,
+              "secondary_learner_max_epochs": 3, "learner_lr": 1e-3, "eval_examples": 16, "max_batches": 6,
+              "batch_size": 4, "eval_every": 2, "switch_step": 2, "threshold_units": "learner", "lr": 1e-3,
+              "threshold_mode": "constant"}
 
 
 @pytest.fixture
@@ -83,18 +88,22 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_to_mlflow(tm
 
 def test_two_nodes_sharing_only_an_s3_bucket_and_the_mlflow_server(tmp_path, s3):
     """The cluster example with storage_path on S3 and an MLflow server whose artifacts go to the same
-    bucket: the trials run on both nodes; the sweep's files, its report and the MLflow artifacts are in
-    the bucket; nothing lands in the directory submit.sh ran in."""
+    bucket, each node keeping raysel's files in its own directory (RAYSEL_CACHE) as machines without a
+    shared disk would: an IGF sweep's trials run on both nodes, its secondary learner is built once (the
+    sweep's registry) and reaches the other node through the bucket; the sweep's files, its report and
+    the MLflow artifacts are in the bucket; nothing lands in the directory submit.sh ran in."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "s3-sweep.yaml").write_text(yaml.safe_dump({
-        "name": "s3-sweep", "method": "standard", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
-        "params": {"max_steps": 4, "eval_every": 2, "context_len": 32, "batch_size": 8, "eval_examples": 32},
+        "name": "s3-sweep", "method": "igf", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+        "params": IGF_PARAMS,
         "protocol": {"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
         "resources": {"max_concurrent_trials": 2}, "storage_path": f"s3://{S3_BUCKET}/sweeps"}))
+    disks = {"HEAD_NODE_ENV": f"RAYSEL_CACHE={tmp_path / 'head-disk'}",
+             "WORKER_NODE_ENV": f"RAYSEL_CACHE={tmp_path / 'worker-disk'}"}
     # the nodes get the bucket's endpoint and credentials where they start (as instance roles would give them)
     with serve_mlflow(tmp_path / "mlflow", f"s3://{S3_BUCKET}/mlflow", s3) as mlflow_server, \
-            _local_cluster({**s3, "RAYSEL_CACHE": str(tmp_path / "node-cache")}) as cluster:
+            _local_cluster({**s3, **disks}) as cluster:
         url = mlflow_server.wait_healthy()
         env = {**cluster, "RAY_ADDRESS": f"http://127.0.0.1:{cluster['RAY_DASHBOARD_PORT']}",
                "MLFLOW_TRACKING_URI": url, "HF_HUB_OFFLINE": "1"}
@@ -104,9 +113,14 @@ def test_two_nodes_sharing_only_an_s3_bucket_and_the_mlflow_server(tmp_path, s3)
         rest = Rest(url)
         runs = rest.search_runs(rest.experiment_by_name("s3-sweep")["experiment_id"])
     assert sorted(p.name for p in project.iterdir()) == ["s3-sweep.yaml"]  # nothing written here
-    trials = [r for r in runs if {t["key"]: t["value"] for t in r["data"]["tags"]}.get("raysel.role") == "trial"]
-    assert len(trials) == 4 and all(r["info"]["status"] == "FINISHED" for r in trials)
-    assert len({{t["key"]: t["value"] for t in r["data"]["tags"]}["raysel.node_id"] for r in trials}) == 2
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
+    trials = [(r, t) for r, t in zip(runs, tags) if t.get("raysel.role") == "trial"]
+    assert len(trials) == 4 and all(r["info"]["status"] == "FINISHED" for r, _ in trials)
+    assert len({t["raysel.node_id"] for _, t in trials}) == 2
+    (builder,) = [t["raysel.trial_id"] for _, t in trials if t["igf.learner"] == "built"]
+    assert sorted(t["igf.learner"] for _, t in trials) == ["built"] + [f"reused:{builder}"] * 3
+    for disk in ("head-disk", "worker-disk"):  # each node found the learner in its own directory
+        assert list((tmp_path / disk).glob("storage/*/artifacts/shared/igf-learner-*/learner.pt")), disk
     listed = subprocess.run([sys.executable, "-c", "import boto3, sys; print('\\n'.join(o['Key'] for o in boto3.client("
                              f"'s3').list_objects_v2(Bucket={S3_BUCKET!r}).get('Contents', [])))"],
                             env=s3, capture_output=True, text=True, timeout=120, check=True).stdout.split()

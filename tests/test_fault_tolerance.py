@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from sweep_helpers import DRIVER, finished_trials, interrupt_when
 
 import raysel
 
@@ -68,16 +69,6 @@ def test_a_killed_trial_restarts_from_its_checkpoint_and_logs_no_duplicates(lm_s
     assert sorted(logged) == list(range(1, 61))  # replayed steps are not logged twice
 
 
-DRIVER = """
-import sys, raysel
-from raysel.sweep import SweepInterrupted
-try:
-    raysel.run_sweep({spec!r}, progress=False)
-except SweepInterrupted:
-    sys.exit(130)
-"""
-
-
 @pytest.mark.parametrize("stop, exit_code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
                          ids=["ctrl-c", "driver-killed"])
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec, ray_session, stop, exit_code):
@@ -88,21 +79,11 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec,
                    protocol={"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
                    resources={"max_concurrent_trials": 1}, ray={"address": address})
     sweep_dir = Path(spec["storage_path"]) / "resume"
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec)], start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline and _finished_trials(sweep_dir) < 2:
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.5)
-        assert _finished_trials(sweep_dir) >= 2
-        # SIGINT is what Ctrl-C does: Tune returns normally, and raysel must notice (or it would start
-        # the next phase); SIGKILL ends the driver at once, in the middle of the next trial
-        os.killpg(driver.pid, stop)
-        assert driver.wait(timeout=120) == exit_code
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    before = _finished_trials(sweep_dir)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], start_new_session=True)
+    # SIGINT is what Ctrl-C does: Tune returns normally, and raysel must notice (or it would start the
+    # next phase); SIGKILL ends the driver at once, in the middle of the next trial
+    assert interrupt_when(driver, lambda: finished_trials(sweep_dir, 20) >= 2, stop) == exit_code
+    before = finished_trials(sweep_dir, 20)
     assert before < 4, "the sweep finished before the interrupt"
     parent_before = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
 
@@ -119,15 +100,6 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec,
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
         assert sorted(steps) == list(range(1, 21))
-
-
-def _finished_trials(sweep_dir: Path) -> int:
-    count = 0
-    for result_file in sweep_dir.glob("seeds/trial_*/result.json"):
-        lines = result_file.read_text().splitlines()
-        if lines and json.loads(lines[-1]).get("step") == 20:  # its last step (max_steps)
-            count += 1
-    return count
 
 
 def test_a_trial_whose_loss_diverges_fails_with_the_reason_and_the_sweep_goes_on(lm_spec):

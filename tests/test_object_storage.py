@@ -5,9 +5,7 @@ variables of the ``s3`` fixture (conftest.py)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,18 +13,11 @@ from pathlib import Path
 
 import pytest
 from s3_helpers import S3_BUCKET
+from sweep_helpers import DRIVER, interrupt_when
 
 pytestmark = pytest.mark.system
 
 BUCKET = S3_BUCKET
-DRIVER = """
-import sys, raysel
-from raysel.sweep import SweepInterrupted
-try:
-    sys.exit(raysel.run_sweep({spec!r}, progress=False, resume={resume!r}).num_errors)
-except SweepInterrupted:
-    sys.exit(130)
-"""
 
 
 def keys(env: dict[str, str], prefix: str) -> dict[str, bytes]:
@@ -62,16 +53,7 @@ def test_a_sweep_on_s3_runs_is_interrupted_resumes_and_reports_from_the_bucket(t
     env = {**s3, "RAYSEL_CACHE": str(tmp_path / "driver-cache")}  # the driver's local mirror of the sweep
     first = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], env=env, cwd=tmp_path,
                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 400
-        while finished_trials(s3, "sweeps/on-s3/seeds/", 4) < 2:
-            assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before the interrupt"
-            time.sleep(1)
-        os.killpg(first.pid, signal.SIGINT)
-        assert first.wait(timeout=120) == 130
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+    assert interrupt_when(first, lambda: finished_trials(s3, "sweeps/on-s3/seeds/", 4) >= 2) == 130
     assert 2 <= finished_trials(s3, "sweeps/on-s3/seeds/", 4) < 4
 
     # resumed from what the bucket holds: the driver's mirror is gone

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow_helpers import free_port
+from sweep_helpers import finished_trials, interrupt_when
 
 ROOT = Path(__file__).resolve().parents[1]
 IGF = {"context_len": 16, "size_objective_set": 8, "min_len": 64, "ig_contexts": 48, "ig_chunk_size": 16,
@@ -135,17 +135,8 @@ def test_the_finished_count_survives_resume(tmp_path):
             "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
     first = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], cwd=tmp_path,
                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 400
-        while _finished(tmp_path / "results" / "counts") < 2:
-            assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before the interrupt"
-            time.sleep(0.5)
-        os.killpg(first.pid, signal.SIGINT)
-        assert first.wait(timeout=120) == 130
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    before = _finished(tmp_path / "results" / "counts")
+    assert interrupt_when(first, lambda: finished_trials(tmp_path / "results" / "counts", 4) >= 2) == 130
+    before = finished_trials(tmp_path / "results" / "counts", 4)
     assert 2 <= before < 4
 
     port = free_port()
@@ -157,12 +148,6 @@ def test_the_finished_count_survives_resume(tmp_path):
     assert finished[-1] == 4 and finished == sorted(finished)
     assert min(finished) >= before, f"counted from 0 again after --resume: {finished}"
     assert set(values["ray_raysel_trials_failed"]) == {0.0}
-
-
-def _finished(sweep_dir: Path) -> int:
-    """Trials whose last result is at their last step (max_steps 4)."""
-    results = [path.read_text().splitlines() for path in sweep_dir.glob("seeds/trial_*/result.json")]
-    return sum(bool(lines) and json.loads(lines[-1]).get("step") == 4 for lines in results)
 
 
 class _Gauge:

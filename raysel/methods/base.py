@@ -40,6 +40,24 @@ class MethodParams(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SharedFiles(Protocol):
+    """How the sweep's trials agree on which of them builds a file they share (used through
+    ``raysel.methods.collective.shared_file``). On one machine a file lock decides; in a scheduled
+    sweep a registry every node reaches does, and the built file travels through the sweep's storage."""
+
+    def claim(self, path: Path) -> bool:
+        """Wait until ``path`` is here (False) or this trial is the one to build it (True)."""
+
+    def publish(self, path: Path) -> None:
+        """The claimed ``path`` (and the files beside it) is built: hand it to the other trials."""
+
+    def abandon(self, path: Path) -> None:
+        """Building the claimed ``path`` failed: another trial may claim it."""
+
+    def fetch(self, path: Path) -> bool:
+        """Bring a published ``path`` to this node if it is not here; whether it is here now."""
+
+
 @runtime_checkable
 class RunContext(Protocol):
     """What a training loop sees of the trial running it (in-process or on Ray Train workers)."""
@@ -52,6 +70,7 @@ class RunContext(Protocol):
     data: DataSpec
     artifact_dir: Path  # this trial's files
     shared_dir: Path  # files the sweep's trials share (caches one trial builds and the others reuse)
+    shared_files: SharedFiles  # who builds a shared file (collective.shared_file uses it)
 
     def report(self, step: int, **metrics: float) -> None:
         """Record metrics at the loop's own global step (and attach a pending checkpoint)."""

@@ -44,24 +44,55 @@ def gather(run: RunContext, value: Any) -> list[Any]:
     return values
 
 
+class FileLockShares:
+    """SharedFiles on one machine (or a mount every node shares): a file lock beside the file decides
+    who builds it; the others wait on the lock and then find it."""
+
+    def __init__(self) -> None:
+        self._held: dict[Path, Any] = {}
+
+    def claim(self, path: Path) -> bool:
+        from filelock import FileLock
+
+        lock = FileLock(str(path.with_name(path.name + ".lock")))
+        lock.acquire()
+        if path.exists():
+            lock.release()
+            return False
+        self._held[path] = lock
+        return True
+
+    def publish(self, path: Path) -> None:
+        self._held.pop(path).release()
+
+    def abandon(self, path: Path) -> None:
+        self._held.pop(path).release()
+
+    def fetch(self, path: Path) -> bool:
+        return path.exists()
+
+
 @contextlib.contextmanager
 def build_once(run: RunContext, path: Path) -> Iterator[bool]:
-    """Yields, on every rank, whether ``path`` is missing and this trial must build it.
+    """Yields, on every rank, whether this trial must build ``path`` (no other trial has).
 
-    Rank 0 holds a file lock beside ``path`` for the whole block, so that of several trials that
-    need the same file one builds it and the others wait and then find it."""
-    from filelock import FileLock
-
+    Rank 0 claims it through ``run.shared_files`` (one trial of the sweep gets to build it, the others
+    wait until it is published); after the block a claimed build is published, or abandoned when the
+    block raised, and every rank finds the file on its own node."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.with_name(path.name + ".lock")))
-    if run.rank == 0:
-        lock.acquire()
+    claimed = run.shared_files.claim(path) if run.rank == 0 else False
     try:
-        yield bool(from_rank0(run, not path.exists()))
-        from_rank0(run, True)  # the others wait until rank 0 has saved it
-    finally:
-        if run.rank == 0:
-            lock.release()
+        missing = bool(from_rank0(run, claimed))
+        yield missing
+    except BaseException:
+        if claimed:
+            run.shared_files.abandon(path)
+        raise
+    if claimed:
+        run.shared_files.publish(path)
+    from_rank0(run, True)  # the other ranks wait until rank 0 has saved and published it
+    if run.rank != 0 and not run.shared_files.fetch(path):
+        raise FileNotFoundError(f"{path}: rank 0 of this trial had it, but it did not reach rank {run.rank}'s node")
 
 
 @dataclass(frozen=True)
@@ -77,8 +108,8 @@ def shared_file(run: RunContext, path: Path, build: Callable[[], "dict[str, Any]
                 map_location: "str | torch.device" = "cpu") -> SharedFile:
     """The contents of ``path``, built by this trial if no trial has built it yet.
 
-    Of several trials (and their ranks) that need it, one builds it while the others wait (a file
-    lock beside it): ``build`` runs on every rank of that trial and returns, on rank 0, the dict to
+    Of several trials (and their ranks) that need it, one builds it while the others wait
+    (``run.shared_files`` decides): ``build`` runs on every rank of that trial and returns, on rank 0, the dict to
     save (its return value elsewhere is ignored); it is saved atomically with the building trial's
     name, and every rank then loads it."""
     with build_once(run, path) as missing:
