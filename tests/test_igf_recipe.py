@@ -21,12 +21,26 @@ SMALL = {"context_len": 16, "size_objective_set": 8, "min_len": 64, "ig_contexts
          "batch_size": 4, "eval_every": 2, "switch_step": 2, "threshold_units": "learner", "lr": 1e-3}
 
 
-def run_igf(tmp_path, seed: int = 0, **params) -> tuple[LocalRun, dict]:
+def run_igf(tmp_path, seed: int = 0, model: str = "tiny-gpt2-random", **params) -> tuple[LocalRun, dict]:
     method = get_method("igf")
-    run = LocalRun(seed=seed, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="pydocs"),
+    run = LocalRun(seed=seed, model=ModelSpec(name=model), data=DataSpec(name="pydocs"),
                    artifact_dir=tmp_path / "artifacts" / f"trial{seed}", shared_dir=tmp_path / "shared")
     final = method.train_loop(method.Params.model_validate({**SMALL, **params}), run)
     return run, final
+
+
+@pytest.mark.parametrize("engine", ["exact", "first_order"])
+def test_igf_runs_on_a_llama_model_with_either_ig_engine(tmp_path, engine):
+    """smollm2-135m's architecture (tiny-llama-random): IG, the learner on a copy of its embedding, filtering."""
+    import torch
+
+    run, final = run_igf(tmp_path, model="tiny-llama-random", threshold_mode="shifting", ig_engine=engine)
+    steps = {r["step"]: r for r in run.results}
+    assert set(steps) == {0, 1, 2, 3, 4} and 1 < final["test_perplexity"] < float("inf")
+    assert 0 < steps[4]["acceptance_rate"] <= 1 and steps[0]["ig_std"] > 0
+    (learner,) = (tmp_path / "shared").glob("igf-learner-*/learner.pt")
+    state = torch.load(learner, weights_only=False)["state"]
+    assert tuple(state["embed.weight"].shape) == (2000, 64)  # the LLaMA's vocabulary and hidden size
 
 
 def test_seed_flag_names_are_aliases():

@@ -15,15 +15,16 @@ from raysel.run_context import LocalRun
 standard = get_method("standard")
 
 
-def lm_run(seed: int = 0, **params):
-    run = _local(seed)
+def lm_run(seed: int = 0, model: str = "tiny-gpt2-random", **params):
+    run = _local(seed, model)
     defaults = dict(max_steps=8, eval_every=4, context_len=32, batch_size=8, eval_examples=32, lr=3e-3)
     final = standard.train_loop(standard.Params(**{**defaults, **params}), run)
     return run, final
 
 
-def test_causal_lm_perplexity_falls_and_steps_are_the_loops():
-    run, final = lm_run()
+@pytest.mark.parametrize("model", ["tiny-gpt2-random", "tiny-llama-random"])  # LLaMA: smollm2-135m's architecture
+def test_causal_lm_perplexity_falls_and_steps_are_the_loops(model):
+    run, final = lm_run(model=model)
     assert [r["step"] for r in run.results] == list(range(0, 9))
     first, last = run.results[0], run.results[-1]
     assert first["step"] == 0 and "train_loss" not in first  # the untrained model, before any step
@@ -74,8 +75,8 @@ def test_a_trial_restored_from_its_last_checkpoint_finishes_at_its_real_step():
     assert restarted.results[0]["test_perplexity"] == pytest.approx(final["test_perplexity"])
 
 
-def _local(seed: int) -> LocalRun:
-    return LocalRun(seed=seed, model=ModelSpec(name="tiny-gpt2-random"), data=DataSpec(name="pydocs"),
+def _local(seed: int, model: str = "tiny-gpt2-random") -> LocalRun:
+    return LocalRun(seed=seed, model=ModelSpec(name=model), data=DataSpec(name="pydocs"),
                     device=torch.device("cpu"))
 
 

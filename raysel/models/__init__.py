@@ -1,33 +1,37 @@
 """Models for raysel: load by built-in name, local path or hub name; build the offline built-ins.
 
 Public API: :func:`load_model`, :func:`check_model`, :data:`BUILTIN_MODELS`, :func:`is_builtin`, :class:`ModelError`,
-:func:`prepare_tiny_gpt2`, :func:`prepare_all`, :func:`cache_dir`, :data:`TASKS`.
+:func:`prepare_tiny_gpt2`, :func:`prepare_smollm2`, :func:`prepare_all`, :data:`OPTIONAL_BUILTINS`,
+:func:`prepared_state`, :func:`cache_dir`, :data:`TASKS`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from raysel.models.builtin import BUILTIN_MODELS, is_builtin, minilm_dir
+from raysel.models.builtin import BUILTIN_MODELS, OPTIONAL_BUILTINS, is_builtin, minilm_dir, prepared_state
 from raysel.models.cache import cache_dir
 from raysel.models.errors import ModelError
 from raysel.models.hf import TASKS
 from raysel.models.loading import check_model, load_model
+from raysel.models.smollm2 import prepare_smollm2
 from raysel.models.tiny_gpt2 import prepare_tiny_gpt2
 from raysel.models.tokenizers import builtin_tokenizer_path
 
-__all__ = ["BUILTIN_MODELS", "TASKS", "ModelError", "cache_dir", "check_model", "is_builtin", "load_model",
-           "prepare_all", "prepare_tiny_gpt2"]
+__all__ = ["BUILTIN_MODELS", "OPTIONAL_BUILTINS", "TASKS", "ModelError", "cache_dir", "check_model", "is_builtin",
+           "load_model", "prepare_all", "prepare_smollm2", "prepare_tiny_gpt2", "prepared_state"]
 
 
 def prepare_all(progress: bool = True) -> dict[str, Path]:
-    """Build and cache every built-in that needs it; return where each one lives.
+    """Build and cache every built-in that needs it but the optional ones (they download:
+    ``prepare_smollm2``); return where each one lives.
 
     The tiny random models' tokenizers are trained and cached (a second), tiny-gpt2 is
     pretrained (minutes, once; returns at once when cached), minilm is located in its package.
     """
     return {
         "tiny-gpt2-random": builtin_tokenizer_path("gpt2"),
+        "tiny-llama-random": builtin_tokenizer_path("gpt2"),
         "tiny-bert": builtin_tokenizer_path("bert"),
         "tiny-gpt2": prepare_tiny_gpt2(progress=progress),
         "minilm": minilm_dir(),

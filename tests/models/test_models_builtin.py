@@ -7,12 +7,14 @@ import torch
 from raysel.models import BUILTIN_MODELS, TASKS, ModelError, is_builtin, load_model
 
 TINY = [("tiny-gpt2-random", "causal_lm"), ("tiny-gpt2-random", "sequence_classification"),
+        ("tiny-llama-random", "causal_lm"), ("tiny-llama-random", "sequence_classification"),
         ("tiny-bert", "sequence_classification"), ("tiny-bert", "masked_lm")]
 TEXT = ["The for statement iterates over the items of a sequence.", "A short one."]
 
 
 def test_registry():
-    assert set(BUILTIN_MODELS) == {"tiny-gpt2-random", "tiny-bert", "tiny-gpt2", "minilm"}
+    assert set(BUILTIN_MODELS) == {"tiny-gpt2-random", "tiny-llama-random", "tiny-bert", "tiny-gpt2", "minilm",
+                                   "smollm2-135m"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in BUILTIN_MODELS.values())
     assert is_builtin("tiny-bert") and not is_builtin("gpt2")
     assert TASKS == ("causal_lm", "sequence_classification", "masked_lm")

@@ -34,21 +34,50 @@ def base_model_source(params: CamelsParams, run: RunContext) -> str:
 
 
 def save_weight_model(weight_model: TokenWeightModel, encoder_name: str, path: Path) -> None:
-    atomic_save({"encoder": encoder_name, "hidden_size": weight_model.head[0].in_features,
+    atomic_save({"encoder": encoder_name, "encoder_layers": encoder_layers(weight_model.encoder)[1],
+                 "hidden_size": weight_model.head[0].in_features,
                  "head_size": weight_model.head[0].out_features, "beta": weight_model.softplus.beta,
                  "state_dict": {k: v.detach().cpu() for k, v in weight_model.state_dict().items()}}, path)
 
 
-def build_weight_model(encoder_name: str, head_size: int = 128, beta: float = 3.0):
-    """A fresh weight model on ``encoder_name``'s transformer (the LM head dropped), and its tokenizer."""
+def encoder_layers(encoder: torch.nn.Module) -> tuple[str, int]:
+    """The attribute holding a Hugging Face transformer's blocks (``layers`` in LLaMA, ``h`` in GPT-2) and
+    how many there are."""
+    for name in ("layers", "h", "layer"):
+        blocks = getattr(encoder, name, None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            return name, len(blocks)
+    raise ValueError(f"camels: cannot find the transformer blocks of {type(encoder).__name__} (no layers / h / layer)")
+
+
+def keep_first_layers(encoder: torch.nn.Module, count: int) -> None:
+    """Cut ``encoder`` to its first ``count`` transformer blocks (its config follows)."""
+    name, total = encoder_layers(encoder)
+    if count > total:
+        raise ValueError(f"camels: weight_encoder_layers={count}, but the encoder has {total} layers")
+    setattr(encoder, name, getattr(encoder, name)[:count])
+    config = encoder.config
+    for field in ("num_hidden_layers", "n_layer"):
+        if hasattr(config, field):
+            setattr(config, field, count)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:count]
+
+
+def build_weight_model(encoder_name: str, head_size: int = 128, beta: float = 3.0, layers: int | None = None):
+    """A fresh weight model on ``encoder_name``'s transformer (the LM head dropped; its first ``layers``
+    blocks when given), and its tokenizer."""
     lm, tokenizer = load_model(encoder_name, "causal_lm")
     encoder = lm.base_model
+    if layers is not None:
+        keep_first_layers(encoder, layers)
     return TokenWeightModel(encoder, encoder.config.hidden_size, head_size, beta), tokenizer
 
 
 def load_weight_model(path: Path, device: torch.device):
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    weight_model, tokenizer = build_weight_model(saved["encoder"], saved["head_size"], saved["beta"])
+    weight_model, tokenizer = build_weight_model(saved["encoder"], saved["head_size"], saved["beta"],
+                                                 saved.get("encoder_layers"))
     weight_model.load_state_dict(saved["state_dict"])
     return weight_model.to(device).eval(), tokenizer
 

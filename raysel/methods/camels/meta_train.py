@@ -18,7 +18,7 @@ from raysel.methods.base import RunContext
 from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, logits_of, meta_step, outer_loss, qa_nll,
                                              trainable_params)
 from raysel.methods.camels.artifacts import (artifacts_dir, base_model_source, build_weight_model,
-                                             check_same_tokenizer, save_weight_model)
+                                             check_same_tokenizer, encoder_layers, save_weight_model)
 from raysel.methods.camels.params import WEIGHT_MODEL, CamelsParams
 from raysel.methods.camels.qa import encode_documents, encode_qa
 from raysel.methods.loop import fine_tune
@@ -50,7 +50,7 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
     for p in base.parameters():
         p.requires_grad_(False)
     encoder_name = params.weight_encoder or run.model.name
-    weight_model, weight_tokenizer = build_weight_model(encoder_name)
+    weight_model, weight_tokenizer = build_weight_model(encoder_name, layers=params.weight_encoder_layers)
     check_same_tokenizer(tokenizer, weight_tokenizer, f"weight encoder {encoder_name!r}")
     weight_model.to(device).train()
     locality = TokenWindows(tokenizer, lm_splits(DataSpec(name=params.locality_data))["train"], params.locality_tokens)
@@ -63,7 +63,8 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
                                                  for _, questions, _ in val_batches) / len(val_batches)}
     target = artifacts_dir(params, run) / WEIGHT_MODEL
     target.parent.mkdir(parents=True, exist_ok=True)
-    run.set_tags(**{"camels.weight_model": str(target), "camels.weight_encoder": encoder_name})
+    run.set_tags(**{"camels.weight_model": str(target), "camels.weight_encoder": encoder_name,
+                    "camels.weight_encoder_layers": str(encoder_layers(weight_model.encoder)[1])})
 
     def micro_step(step: int, micro: int, _: torch.Generator) -> dict[str, float]:
         generator = torch.Generator().manual_seed((run.seed * 1_000_003 + step) * 101 + micro)

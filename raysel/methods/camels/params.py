@@ -30,6 +30,8 @@ class CamelsParams(MethodParams):
     qa_eval_questions: int = Field(256, gt=0)
     # meta_train
     weight_encoder: str | None = None  # weight model's encoder (default: the spec's model), the base's tokenizer
+    # keep only the encoder's first k transformer layers (None: all): a small weight model on the base itself
+    weight_encoder_layers: int | None = Field(None, gt=0)
     update_batch_size: int = Field(6, gt=0)
     sequential_update: bool = True  # one SGD step per document (a tape of update_batch_size steps)
     inner_lr: float = Field(5e-4, gt=0)
