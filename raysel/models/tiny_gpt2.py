@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import platform
 import shutil
@@ -30,6 +29,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from raysel.models import tokenizers as toks
 from raysel.models.cache import cache_dir as default_cache_dir
+from raysel.models.cache import install_prepared, prepared_manifest
 from raysel.metrics import perplexity
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet
@@ -63,12 +63,7 @@ def model_dir(cache: str | Path | None = None) -> Path:
 
 def read_manifest(cache: str | Path | None = None) -> dict[str, Any] | None:
     """The manifest of a prepared tiny-gpt2, or None if it is not (completely) prepared."""
-    d = model_dir(cache)
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if (d / "model.safetensors").is_file() else None
+    return prepared_manifest(model_dir(cache))
 
 
 def pydocs_texts(part: str) -> list[str]:
@@ -229,13 +224,7 @@ def prepare_tiny_gpt2(
             with quiet():
                 model.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            for f in tmp.iterdir():  # mkdtemp and safetensors make owner-only files
-                f.chmod(0o644)
-            tmp.chmod(0o755)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            install_prepared(tmp, manifest, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
