@@ -71,6 +71,35 @@ def test_prepared_once_it_loads_by_name_and_a_second_prepare_returns_at_once(pre
     assert type(model).__name__ == "LlamaForCausalLM" and tokenizer.pad_token_id is not None
 
 
+def test_a_prepare_waiting_for_another_says_so_and_then_finds_its_model(prepared, tmp_path):
+    """Another process holds the lock until the waiting line has appeared (no timing involved)."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    directory, cache = prepared
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import pathlib, sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True)\nwhile not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.05)\nlock.release()"),
+        str(cache / f".{smollm2.NAME}.lock"), str(release)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    said, found = io.StringIO(), []
+    with contextlib.redirect_stderr(said):
+        waiter = threading.Thread(target=lambda: found.append(smollm2.prepare_smollm2(cache, progress=False)))
+        waiter.start()
+        deadline = time.monotonic() + 120
+        while "another process is preparing it" not in said.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        release.touch()
+        waiter.join(timeout=120)
+    assert holder.wait(timeout=60) == 0
+    assert said.getvalue().startswith("smollm2-135m: another process is preparing it") and found == [directory]
+
+
 def test_not_prepared_says_how_to_prepare_it(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path))
     with pytest.raises(ModelError, match=r"run `raysel prepare smollm2-135m`"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def cache_dir() -> Path:
@@ -35,3 +37,23 @@ def install_prepared(built: Path, manifest: dict[str, Any], final: Path) -> None
     if final.exists():
         shutil.rmtree(final)
     built.rename(final)
+
+
+@contextlib.contextmanager
+def preparing(final: Path, name: str) -> Iterator[None]:
+    """Hold the lock beside ``final`` while ``name`` is built; a line on stderr when another process
+    holds it (this one then waits, and finds the model that process made)."""
+    from filelock import FileLock, Timeout
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(final.parent / f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"{name}: another process is preparing it ({lock.lock_file}); waiting for it", file=sys.stderr,
+              flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

