@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from raysel.inputs import DataSpec, ModelSpec
+from raysel.methods.base import SharedFiles
 from raysel.methods.collective import FileLockShares
 from raysel.results import LatestMetrics
 from raysel.tracking import NullLogger
@@ -28,7 +29,7 @@ class _Run:
 
     def __init__(self, *, seed: int, device: torch.device, rank: int, world_size: int, model: ModelSpec,
                  data: DataSpec, artifact_dir: Path, logger: Any, shared_dir: Path | None = None,
-                 shared_files: Any = None):
+                 shared_files: SharedFiles | None = None):
         self.seed, self.device, self.rank, self.world_size = seed, device, rank, world_size
         self.model, self.data = model, data
         self.artifact_dir = artifact_dir
@@ -148,7 +149,7 @@ class LocalRun(_Run):
 
     def __init__(self, *, seed: int = 0, model: ModelSpec | None = None, data: DataSpec | None = None,
                  artifact_dir: "Path | None" = None, device: torch.device | None = None, logger: Any = None,
-                 shared_dir: "Path | None" = None, shared_files: Any = None):
+                 shared_dir: "Path | None" = None, shared_files: "SharedFiles | None" = None):
         artifact_dir = artifact_dir or Path(tempfile.mkdtemp(prefix="raysel-"))
         super().__init__(seed=seed, device=device or pick_device(True), rank=0, world_size=1,
                          model=model or ModelSpec(), data=data or DataSpec(), artifact_dir=artifact_dir,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -22,6 +22,9 @@ from raysel.spec import RESERVED_TRIAL_KEYS, DataSpec, ModelSpec, TrackingSpec
 from raysel.storage import Storage, trial_files
 from raysel.tracking import NullLogger, TrackingInfo, TrialLogger, ensure_experiment, resolve_uri
 from raysel.train_driver import fit_with_ray_train
+
+if TYPE_CHECKING:
+    from raysel.shared_files import RegistryShares
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -41,7 +44,7 @@ class TrialSettings:
     checkpoints: dict[str, Any] = field(default_factory=lambda: {"num_to_keep": 1})  # raysel.checkpoints
     shared_registry: str = ""  # the name of the sweep's raysel.shared_files registry actor ("": file locks)
 
-    def shared_files(self, trial_id: str) -> Any:
+    def shared_files(self, trial_id: str) -> "RegistryShares | None":
         """Who builds the files the trials share: the sweep's registry, else a file lock (one machine)."""
         if not self.shared_registry:
             return None
