@@ -100,6 +100,19 @@ def test_evaluation_from_a_missing_sweep_fails_before_ray_starts(tmp_path):
         preflight(spec)
 
 
+@pytest.mark.parametrize("model, layers", [("tiny-llama-random", 3), ("tiny-gpt2-random", 9)])
+def test_a_weight_encoder_cut_below_layers_it_lacks_fails_before_ray_starts(tmp_path, model, layers):
+    spec = train_spec(tmp_path)
+    spec["model"]["name"] = model
+    spec["arms"][1]["params"]["weight_encoder_layers"] = layers
+    with pytest.raises(DataError, match=rf"weight_encoder_layers={layers}, but the weight encoder '{model}' has 2 "
+                                        r"transformer layers; allowed: 1 to 2"):
+        preflight(load_spec(spec))
+    spec["arms"][1]["params"]["weight_encoder_layers"] = 2
+    preflight(load_spec(spec))
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s: s["protocol"].update(kind="seeds"), r"protocol.searcher: 'grid' is for the search phases"),
     (lambda s: s["arms"][0]["search_space"].update(lr={"distribution": "loguniform", "low": 1e-5, "high": 1e-3}),

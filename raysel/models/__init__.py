@@ -2,7 +2,8 @@
 
 Public API: :func:`load_model`, :func:`check_model`, :data:`BUILTIN_MODELS`, :func:`is_builtin`, :class:`ModelError`,
 :func:`prepare_tiny_gpt2`, :func:`prepare_smollm2`, :func:`prepare_all`, :data:`OPTIONAL_BUILTINS`,
-:func:`prepared_state`, :func:`cache_dir`, :data:`TASKS`.
+:func:`prepared_state`, :func:`cache_dir`, :data:`TASKS`, :func:`model_config` (an architecture without
+its weights), :func:`transformer_layers`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from raysel.models.builtin import BUILTIN_MODELS, OPTIONAL_BUILTINS, is_builtin,
 from raysel.models.cache import cache_dir
 from raysel.models.errors import ModelError
 from raysel.models.hf import TASKS
-from raysel.models.loading import check_model, load_model
+from raysel.models.loading import check_model, load_model, model_config, transformer_layers
 from raysel.models.smollm2 import prepare_smollm2
 from raysel.models.tiny_gpt2 import prepare_tiny_gpt2
 from raysel.models.tokenizers import builtin_tokenizer_path
 
 __all__ = ["BUILTIN_MODELS", "OPTIONAL_BUILTINS", "TASKS", "ModelError", "cache_dir", "check_model", "is_builtin",
-           "load_model", "prepare_all", "prepare_smollm2", "prepare_tiny_gpt2", "prepared_state"]
+           "load_model", "model_config", "prepare_all", "prepare_smollm2", "prepare_tiny_gpt2", "prepared_state", "transformer_layers"]
 
 
 def prepare_all(progress: bool = True) -> dict[str, Path]:

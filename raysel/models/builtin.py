@@ -141,6 +141,18 @@ def check_builtin(name: str, task: str) -> None:
             "RAYSEL_CACHE to choose where it goes)")
 
 
+def builtin_config(name: str) -> PretrainedConfig:
+    """Built-in ``name``'s architecture (its config) without loading its weights; ModelError if unprepared."""
+    check_builtin(name, BUILTINS[name].tasks[0])
+    if name in RANDOM_BUILTINS:
+        tok = builtin_tokenizer("bert" if name == "tiny-bert" else "gpt2")
+        return _random_config(name, len(tok), tok.pad_token_id)
+    from transformers import AutoConfig
+
+    source = {"tiny-gpt2": tiny_gpt2.model_dir, "smollm2-135m": smollm2.model_dir}.get(name, minilm_dir)()
+    return AutoConfig.from_pretrained(source, local_files_only=True)
+
+
 def load_builtin(name: str, task: str, *, num_labels: int | None = None,
                  dtype: DType = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load built-in ``name`` for ``task`` (see :data:`BUILTIN_MODELS`)."""

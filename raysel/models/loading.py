@@ -6,9 +6,9 @@ import difflib
 import os
 from pathlib import Path
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from raysel.models.builtin import BUILTINS, check_builtin, is_builtin, load_builtin
+from raysel.models.builtin import BUILTINS, builtin_config, check_builtin, is_builtin, load_builtin
 from raysel.models.errors import ModelError
 from raysel.models.hf import DType, check_task_name, load_pretrained, resolve_dtype
 
@@ -115,3 +115,27 @@ def check_model(name: str, task: str) -> None:
             AutoConfig.from_pretrained(name, local_files_only=offline)
         except OSError as e:
             raise _hub_error(name, offline, e) from e
+
+
+def model_config(name: str) -> PretrainedConfig:
+    """The architecture of model ``name`` (built-in, local directory or hub cache) without its weights."""
+    from transformers import AutoConfig
+
+    kind = locate(name)
+    if kind == "builtin":
+        return builtin_config(name)
+    if kind == "local":
+        return AutoConfig.from_pretrained(Path(name).expanduser(), local_files_only=True)
+    offline = hub_offline()
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=offline)
+    except OSError as e:
+        raise _hub_error(name, offline, e) from e
+
+
+def transformer_layers(config: PretrainedConfig) -> int | None:
+    """How many transformer blocks a config describes (None when it does not say)."""
+    for field in ("num_hidden_layers", "n_layer"):
+        if isinstance(getattr(config, field, None), int):
+            return getattr(config, field)
+    return None

@@ -168,9 +168,33 @@ def _notes(report: Report, record: SweepRecord) -> list[str]:
         notes.append(f"{len(failed)} failed trial(s) left out of every statistic: {'; '.join(listed)}")
     rules = report.protocol.rules
     notes += rules.notes(report.protocol, stats.BOOTSTRAP_RESAMPLES)
+    notes += comparison_notes(report.comparisons)
     if rules.searches and report.importances.empty:
         notes.append("no parameter importances: an arm needs at least two finished search trials, "
                      "a searched parameter and an objective that varied")
+    return notes
+
+
+def comparison_notes(comparisons: pd.DataFrame) -> list[str]:
+    """How the comparisons' p-values are adjusted, and the power lines: per comparison, the seeds per
+    arm a t-test would need to detect the observed effect at 80% power, against the seeds it had."""
+    if comparisons.empty:
+        return []
+    notes = [f"*_p_holm: Holm-adjusted over the {len(comparisons)} comparison(s) of the table (family-wise "
+             f"error); seeds_for_power / paired_seeds_for_power: seeds per arm (pairs) at which a two-sided "
+             f"t-test at {stats.ALPHA:g} detects the observed effect (Cohen's d / d_z) with {stats.POWER:.0%} power"]
+    for row in comparisons.itertuples():
+        paired = row.paired_n >= 2 and row.paired_n == row.n == row.n_vs
+        needed = row.paired_seeds_for_power if paired else row.seeds_for_power
+        if math.isnan(needed):
+            continue
+        had = row.paired_n if paired else min(row.n, row.n_vs)
+        test = "paired" if paired else "two-sample"
+        verdict = ("enough" if needed <= had else "an effect this size would go undetected most of the time"
+                   if math.isfinite(needed) else "no seed count would (no effect)")
+        shown = f"{needed:.0f}" if math.isfinite(needed) else "inf"
+        notes.append(f"power line, {row.arm} vs {row.vs}: the {test} t-test needs {shown} seeds for the observed "
+                     f"effect, this sweep has {had:.0f}: {verdict}")
     return notes
 
 

@@ -21,10 +21,12 @@ from raysel.protocols import SEARCH, best_per_seed
 from raysel.spec import ProtocolSpec
 
 SUMMARY_COLUMNS = ["arm", "metric", "step", "n", "mean", "se", "std", "median", "min", "max", "ci95_low",
-                   "ci95_high"]
+                   "ci95_high", "iqm", "iqm_ci95_low", "iqm_ci95_high"]
 STAT_COLUMNS = ["n", "mean", "se", "std", "median", "min", "max"]
 MIN_RUNS_FOR_TESTS = 5  # below this a t-test's p-value leans entirely on the normality assumption
 BOOTSTRAP_RESAMPLES = 9999
+POWER, ALPHA = 0.8, 0.05  # the power lines: seeds needed to detect the observed effect at 80%, two-sided 5%
+MAX_POWER_SEEDS = 100_000  # beyond this (or for no effect at all) the power line says inf
 
 
 def describe(values: "pd.Series | np.ndarray", *, ddof: int = 1) -> dict[str, float]:
@@ -95,8 +97,10 @@ def summarize(frame: pd.DataFrame, protocol: ProtocolSpec, metric: str | None = 
               arms: list[str] | None = None) -> pd.DataFrame:
     """One row per arm with the protocol's statistics of ``metric`` (default: the protocol's compared one).
 
-    seeds-like protocols: n, mean, SE, std, median, min, max and a bootstrap 95% CI of the mean;
-    search: the arm's best trial (on the protocol's metric) and its ``metric``."""
+    seeds-like protocols: n, mean, SE, std, median, min, max, a bootstrap 95% CI of the mean, and the
+    interquartile mean (IQM, the mean of the middle half of the runs) with its bootstrap 95% CI — the
+    rliable practice for many-seed protocols (its stratified bootstrap resamples runs within each task;
+    an arm is one task here); search: the arm's best trial (on the protocol's metric) and its ``metric``."""
     metric = metric or protocol.compared_metric
     if frame.empty or metric not in frame:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -108,8 +112,11 @@ def summarize(frame: pd.DataFrame, protocol: ProtocolSpec, metric: str | None = 
     for arm in _arm_order(values, arms):
         x = values.loc[values["arm"] == arm, "value"].to_numpy(dtype=float)
         low, high = bootstrap_ci((x,), _mean_statistic)
+        iqm_low, iqm_high = bootstrap_ci((x,), interquartile_mean)
         rows.append({"arm": arm, "metric": metric, "step": "last" if step is None else step,
-                     **describe(x, ddof=ddof), "ci95_low": low, "ci95_high": high})
+                     **describe(x, ddof=ddof), "ci95_low": low, "ci95_high": high,
+                     "iqm": float(interquartile_mean(x)) if len(x) else math.nan,
+                     "iqm_ci95_low": iqm_low, "iqm_ci95_high": iqm_high})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -154,8 +161,9 @@ def compare(frame: pd.DataFrame, protocol: ProtocolSpec, metric: str | None = No
 
     Each arm against ``baseline`` when given, else every pair. Columns: the two samples' n and mean,
     the difference of means with its bootstrap 95% CI, Cohen's d (pooled SD), Welch's t-test, the
-    paired t-test on the seeds both arms ran, Mann-Whitney U, and a note when n is too small for a
-    test to mean much."""
+    paired t-test on the seeds both arms ran, Mann-Whitney U, Holm-adjusted p-values over the table's
+    comparisons (the family), the power lines (seeds per arm a two-sample / paired t-test would need to
+    detect the observed effect at 80% power), and a note when n is too small for a test to mean much."""
     metric = metric or protocol.compared_metric
     if not protocol.rules.compares_arms or frame.empty or metric not in frame:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
@@ -168,14 +176,18 @@ def compare(frame: pd.DataFrame, protocol: ProtocolSpec, metric: str | None = No
     rows = [compare_samples(_sample(values, a), _sample(values, b), a, b)
             for a, b in pairs]
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    for test in HOLM_TESTS:  # one family: the comparisons of this table
+        table[f"{test}_p_holm"] = holm(table[f"{test}_p"].to_numpy(dtype=float))
     table.insert(2, "metric", metric)
     table.insert(3, "step", "last" if step is None else step)
     return table
 
 
 COMPARISON_COLUMNS = ["arm", "vs", "n", "n_vs", "mean", "mean_vs", "diff", "diff_ci95_low", "diff_ci95_high",
-                      "cohen_d", "welch_t", "welch_p", "paired_n", "paired_t", "paired_p", "mannwhitney_u",
-                      "mannwhitney_p", "note"]
+                      "cohen_d", "welch_t", "welch_p", "welch_p_holm", "paired_n", "paired_t", "paired_p",
+                      "paired_p_holm", "mannwhitney_u", "mannwhitney_p", "mannwhitney_p_holm", "seeds_for_power",
+                      "paired_seeds_for_power", "note"]
+HOLM_TESTS = ("welch", "paired", "mannwhitney")
 
 
 def _sample(values: pd.DataFrame, arm: str) -> pd.Series:
@@ -202,6 +214,9 @@ def compare_samples(a: pd.Series, b: pd.Series, name_a: str = "a", name_b: str =
         else:
             row["diff_ci95_low"], row["diff_ci95_high"] = bootstrap_ci((x, y), _mean_difference)
         row["cohen_d"] = cohen_d(x, y)
+        row["seeds_for_power"] = seeds_for_power(row["cohen_d"], paired=False)
+        row["paired_seeds_for_power"] = (seeds_for_power(cohen_dz(pa - pb), paired=True) if len(shared) >= 2
+                                         else math.nan)
         welch = stats.ttest_ind(x, y, equal_var=False) if min(len(x), len(y)) >= 2 else None
         row["welch_t"], row["welch_p"] = _test_values(welch)
         row["paired_n"] = len(shared)
@@ -220,6 +235,63 @@ def cohen_d(x: np.ndarray, y: np.ndarray) -> float:
         return math.nan
     pooled = math.sqrt(((nx - 1) * np.var(x, ddof=1) + (ny - 1) * np.var(y, ddof=1)) / (nx + ny - 2))
     return float((np.mean(x) - np.mean(y)) / pooled) if pooled > 0 else math.nan
+
+
+def cohen_dz(differences: np.ndarray) -> float:
+    """Mean paired difference over its standard deviation (the paired test's effect size)."""
+    if len(differences) < 2:
+        return math.nan
+    sd = float(np.std(differences, ddof=1))
+    mean = float(np.mean(differences))
+    return mean / sd if sd > 0 else (math.inf if mean != 0 else math.nan)
+
+
+def t_test_power(effect: float, n: int, *, paired: bool, alpha: float = ALPHA) -> float:
+    """Power of a two-sided t-test at level ``alpha`` to detect a standardised effect: ``n`` seeds per arm
+    (two-sample test, Cohen's d) or ``n`` pairs (paired test, Cohen's d_z), from the noncentral t."""
+    from scipy import stats
+
+    df = n - 1 if paired else 2 * n - 2
+    if df < 1:
+        return math.nan
+    noncentrality = abs(effect) * (math.sqrt(n) if paired else math.sqrt(n / 2))
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+
+
+def seeds_for_power(effect: float, *, paired: bool, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The fewest seeds per arm (pairs, if ``paired``) at which a two-sided t-test detects ``effect``
+    with ``power``: the power line (inf for no effect, or beyond MAX_POWER_SEEDS; NaN if undefined)."""
+    if effect is None or math.isnan(effect):
+        return math.nan
+    if math.isinf(effect):  # every paired difference the same non-zero value
+        return 2.0
+    if effect == 0 or t_test_power(effect, MAX_POWER_SEEDS, paired=paired, alpha=alpha) < power:
+        return math.inf
+    low, high = 1, 2  # power rises with n: double, then bisect (power(low) < target <= power(high))
+    while t_test_power(effect, high, paired=paired, alpha=alpha) < power:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if t_test_power(effect, middle, paired=paired, alpha=alpha) < power:
+            low = middle
+        else:
+            high = middle
+    return float(high)
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (family-wise error control; NaNs stay NaN
+    and are not counted in the family)."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    present = np.flatnonzero(~np.isnan(p))
+    m = len(present)
+    running = 0.0
+    for rank, index in enumerate(present[np.argsort(p[present], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def small_sample_note(n: int, n_vs: int, paired_n: int, x: np.ndarray, y: np.ndarray) -> str:
@@ -254,6 +326,13 @@ def bootstrap_ci(samples: tuple[np.ndarray, ...], statistic, level: float = 0.95
         result = stats.bootstrap(samples, statistic, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=level,
                                  method="percentile", vectorized=True, rng=np.random.default_rng(0))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def interquartile_mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The mean of the middle half of the runs (25% trimmed from each end; rliable's IQM)."""
+    from scipy import stats
+
+    return stats.trim_mean(x, 0.25, axis=axis)
 
 
 def _mean_statistic(x: np.ndarray, axis: int = -1) -> np.ndarray:
