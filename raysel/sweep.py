@@ -19,6 +19,7 @@ import pandas as pd
 
 from raysel.methods import get_method
 from raysel.protocols import Phase, expand
+from raysel.provenance import code_and_spec_tags, package_versions
 from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, local_machine, plan, wait_for_nodes
 from raysel.results import SWEEP_FILE, table_row
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
@@ -392,7 +393,8 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
     from raysel.shared_files import start_registry
     from raysel.telemetry import SweepMetrics
 
-    tracking, parent = _open_tracking(spec, state)
+    provenance = code_and_spec_tags(spec.model_dump(mode="json"))
+    tracking, parent = _open_tracking(spec, state, provenance)
     sweep_dir.local.mkdir(parents=True, exist_ok=True)
     # what `--resume` and `raysel report` need; the phases' own progress lives in their Tune experiments
     _write_state(sweep_dir, {"name": spec.name, "parent_run_id": parent, "spec": spec.model_dump(mode="json"),
@@ -406,7 +408,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                              extra_per_worker=extra_per_worker(spec.resources),
                              max_failures=spec.resources.max_failures, storage_path=sweep_dir.uri,
                              working_dir=working_dir, checkpoints=checkpoint_config(spec),
-                             shared_registry=registry)
+                             shared_registry=registry, provenance=provenance)
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
 
@@ -465,7 +467,8 @@ def _wait_for_nodes(spec: SweepSpec) -> None:
                                "continue it with --resume") from None
 
 
-def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | None, str | None]:
+def _open_tracking(spec: SweepSpec, state: dict | None,
+                   provenance: dict[str, str]) -> tuple[TrackingInfo | None, str | None]:
     if not spec.tracking.enabled:
         return None, None
     uri = spec.tracking.uri  # made absolute by run_sweep
@@ -473,7 +476,8 @@ def _open_tracking(spec: SweepSpec, state: dict | None) -> tuple[TrackingInfo | 
     experiment_id = ensure_experiment(uri, experiment)
     parent = (state or {}).get("parent_run_id")
     if parent is None:
-        parent = start_parent_run(uri, experiment_id, spec.name, {"raysel.protocol": spec.protocol.kind},
+        parent = start_parent_run(uri, experiment_id, spec.name,
+                                  {"raysel.protocol": spec.protocol.kind, **provenance, **package_versions()},
                                   {"protocol": spec.protocol.model_dump(mode="json"),
                                    "arms": ",".join(a.name for a in spec.resolved_arms())})
     else:

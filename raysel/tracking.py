@@ -10,6 +10,7 @@ second one. Values of keys that look like secrets are replaced before anything i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -17,7 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from raysel.provenance import Loaded
 
 SECRET_KEY = re.compile(r"(token|passw(or)?d|secret|credential|api[_-]?key|access[_-]?key|private[_-]?key|(^|[._-])key)$",
                         re.IGNORECASE)
@@ -295,6 +299,25 @@ class TrialLogger:
     def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None:
         _log_redacted(self.client, self.run_id, Path(path), artifact_path)
 
+    def log_loads(self, loads: "Iterable[Loaded]") -> None:
+        """The models and data the trial loaded (raysel.provenance): a digest tag each, and every data
+        split as an MLflow dataset input (the run's Datasets, with the split as its context)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from raysel.provenance import load_tags
+
+        loads = list(loads)
+        if not loads:
+            return
+        self.set_tags(load_tags(loads))
+        inputs = [DatasetInput(Dataset(name=item.name, digest=digest, source_type="raysel",
+                                       source=json.dumps({"data": item.name, "split": split, "from": item.source}),
+                                       profile=json.dumps({"num_rows": rows})),
+                               tags=[InputTag("mlflow.data.context", split)])
+                  for item in loads if item.kind == "data" for split, rows, digest in item.splits]
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
@@ -334,6 +357,7 @@ class NullLogger:
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None: ...
+    def log_loads(self, loads: "Iterable[Loaded]") -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
     def last_logged_step(self) -> int:
         return -1

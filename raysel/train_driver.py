@@ -10,6 +10,7 @@ import torch
 
 from raysel.inputs import DataSpec, ModelSpec
 from raysel.methods import get_method
+from raysel.provenance import recording_loads
 from raysel.run_context import TrainRun, enter_working_dir, seed_everything
 from raysel.storage import Storage, trial_files
 from raysel.tracking import NullLogger, TrialLogger
@@ -70,8 +71,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
                                          trial_id=config["trial_id"])
-        try:
-            run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
-        finally:
-            if run.telemetry is not None:
-                run.telemetry.close()
+        with recording_loads() as loads:
+            try:
+                run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
+            finally:
+                if run.telemetry is not None:
+                    run.telemetry.close()
+                logger.log_loads(loads)  # rank 0's (the others' logger logs nothing)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from raysel.methods import get_method
+from raysel.provenance import package_versions, recording_loads
 from raysel.resources import DRIVER_MEMORY, worker_bundle
 from raysel.run_context import TuneRun, enter_working_dir, pick_device, seed_everything
 from raysel.spec import RESERVED_TRIAL_KEYS, DataSpec, ModelSpec, TrackingSpec
@@ -43,6 +44,7 @@ class TrialSettings:
     working_dir: str = field(default_factory=os.getcwd)
     checkpoints: dict[str, Any] = field(default_factory=lambda: {"num_to_keep": 1})  # raysel.checkpoints
     shared_registry: str = ""  # the name of the sweep's raysel.shared_files registry actor ("": file locks)
+    provenance: dict[str, str] = field(default_factory=dict)  # the driver's code and spec tags (raysel.provenance)
 
     def shared_files(self, trial_id: str) -> "RegistryShares | None":
         """Who builds the files the trials share: the sweep's registry, else a file lock (one machine)."""
@@ -77,7 +79,8 @@ def _tags(variant: dict[str, Any], seed: int, settings: TrialSettings) -> dict[s
 
     return {"raysel.method": variant["method"], "raysel.arm": variant["arm"], "raysel.seed": str(seed),
             "raysel.stage": variant.get("stage", ""), "raysel.protocol": settings.protocol,
-            "raysel.node_id": ray.get_runtime_context().get_node_id()}  # where the trial ran, on a cluster
+            "raysel.node_id": ray.get_runtime_context().get_node_id(),  # where the trial ran, on a cluster
+            **settings.provenance, **package_versions()}  # the packages of the environment it ran in
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -108,10 +111,12 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
                                          trial_id=trial_id)
-            try:
-                run.finish(method.train_loop(params, run))
-            finally:
-                run.telemetry.close()
+            with recording_loads() as loads:
+                try:
+                    run.finish(method.train_loop(params, run))
+                finally:
+                    run.telemetry.close()
+                    logger.log_loads(loads)
 
 
 def _loggable_variant(variant: dict[str, Any]) -> dict[str, Any]:

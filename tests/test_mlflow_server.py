@@ -84,6 +84,8 @@ def test_sweep_logs_parent_and_child_runs_to_mlflow_server(mlflow_server, ray_se
         train_loss = rest.metric_history(run_id, "train_loss")
         assert sorted(m["step"] for m in train_loss) == [1, 2, 3, 4, 5, 6], train_loss
 
+    _check_provenance(parent, by_seed, result.storage_path)
+
     # the report is rebuilt from the tracking server alone, after the sweep's storage is gone
     import shutil
 
@@ -102,6 +104,38 @@ def test_sweep_logs_parent_and_child_runs_to_mlflow_server(mlflow_server, ray_se
     assert again.loc["standard", "mean"] == pytest.approx(sum(final) / len(final))
     by_name = report.load("server-sweep", tracking_uri=url)  # the experiment's newest sweep
     assert set(by_name["run_id"]) == {c["info"]["run_id"] for c in children}
+
+
+def _check_provenance(parent: dict, children: dict[int, dict], sweep_dir: Path) -> None:
+    """Every run names the commit, the spec's hash and the packages; each trial the digests of the model
+    and data it loaded, and its data splits as MLflow dataset inputs."""
+    import json
+
+    import torch
+
+    from raysel.data import lm_splits
+    from raysel.inputs import DataSpec
+    from raysel.provenance import content_digest, git_state, spec_sha256
+
+    spec_hash = spec_sha256(json.loads((sweep_dir / "sweep.json").read_text())["spec"])
+    commit, dirty = git_state()
+    splits = lm_splits(DataSpec(name="pydocs"))
+    for run in (parent, *children.values()):
+        tags = _kv(run["data"].get("tags"))
+        assert tags["raysel.spec_sha256"] == spec_hash and tags["mlflow.source.name"] == "raysel sweep"
+        assert tags["raysel.pkg.torch"] == torch.__version__ and tags["raysel.version"] == raysel.__version__
+        if commit is not None:  # a checkout (CI's is): MLflow's own tag links the run to its commit
+            assert tags["mlflow.source.git.commit"] == commit and tags["raysel.git.dirty"] == str(dirty).lower()
+    for child in children.values():
+        tags = _kv(child["data"].get("tags"))
+        assert tags["raysel.model.tiny-gpt2-random"].endswith("(built-in, random init)")
+        assert tags["raysel.data.pydocs"].endswith("(built-in)")
+        inputs = child.get("inputs", {}).get("dataset_inputs", [])
+        logged = {_kv(i.get("tags"))["mlflow.data.context"]: i["dataset"] for i in inputs}
+        assert set(logged) == {"train", "dev", "test"}, inputs
+        for split, dataset in logged.items():
+            assert dataset["name"] == "pydocs" and dataset["digest"] == content_digest(splits[split])
+            assert json.loads(dataset["profile"]) == {"num_rows": len(splits[split])}
 
 
 def test_planted_secrets_never_reach_the_tracking_store(mlflow_server, ray_session, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from raysel.data.loaders import (LabeledSplits, load_hf_dataset, load_jsonl, loa
 from raysel.data.pydocs import load_mixed_pool, load_pydocs, stable_hash
 from raysel.data.topics import LABELS as TOPIC_LABELS
 from raysel.data.topics import k_shot_split, load_topics
+from raysel.provenance import is_recording, loaded_data, record_load
 
 BUILTIN_DATA = {
     "pydocs": "LM corpus: Python's own documentation pages and stdlib docstrings (English prose)",
@@ -51,8 +52,22 @@ def _check_local_path(name: str) -> None:
         raise DataError(f"data.name {name!r} does not exist (a path; built-ins: {', '.join(BUILTIN_DATA)})")
 
 
+def _recorded(data, splits: dict[str, list], label: str | None = None) -> None:
+    """Note the loaded splits in the trial's provenance (raysel.provenance), when a trial records it."""
+    if is_recording():
+        source = "built-in" if data.name in BUILTIN_DATA else (
+            str(Path(data.name).expanduser().resolve()) if Path(data.name).expanduser().exists() else "hub")
+        record_load(loaded_data(label or data.name, source, splits))
+
+
 def lm_splits(data) -> dict[str, list[str]]:
     """Texts per split for causal-LM fine-tuning: {"train", "dev", "test"} → list of articles."""
+    splits = _lm_splits(data)
+    _recorded(data, splits)
+    return splits
+
+
+def _lm_splits(data) -> dict[str, list[str]]:
     _check_local_path(data.name)
     if data.name in ("pydocs", "pydocs-mixed"):
         train = load_mixed_pool() if data.name == "pydocs-mixed" else load_pydocs("finetune")
@@ -100,7 +115,10 @@ def classification_splits(data, seed: int) -> LabeledSplits:
     """Labelled examples per split; with ``data.k`` the LM-BFF k-shot split of ``seed``; with
     ``data.labels`` only those labels (after the k-shot split, so a label subset keeps the same examples)."""
     splits = _classification_splits(data, seed)
-    return select_labels(splits, data.labels) if getattr(data, "labels", None) else splits
+    splits = select_labels(splits, data.labels) if getattr(data, "labels", None) else splits
+    _recorded(data, {"train": splits.train, "dev": splits.dev, "test": splits.test},
+              f"{data.name} (k={data.k}, seed {seed})" if data.k else None)
+    return splits
 
 
 def select_labels(splits: LabeledSplits, names: list[str]) -> LabeledSplits:
@@ -162,6 +180,12 @@ def qa_splits(data) -> dict[str, list[dict]]:
     CSVs (one row per question: text, question, answers) train.csv, val.csv, test.csv and optionally
     qa_train.csv (without it QA pre-tuning uses train.csv, as the reference does). ``max_examples``
     caps the train documents."""
+    splits = _qa_splits(data)
+    _recorded(data, splits)
+    return splits
+
+
+def _qa_splits(data) -> dict[str, list[dict]]:
     _check_local_path(data.name)
     if data.name == "synthetic-facts":
         docs = generate_facts(sum(FACTS_SPLIT_SIZES.values()), seed=0)

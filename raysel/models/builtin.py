@@ -141,29 +141,31 @@ def check_builtin(name: str, task: str) -> None:
             "RAYSEL_CACHE to choose where it goes)")
 
 
+def builtin_dir(name: str) -> Path | None:
+    """Where a pretrained built-in's files are (None for the random ones, built from a config)."""
+    if name in RANDOM_BUILTINS:
+        return None
+    return {"tiny-gpt2": tiny_gpt2.model_dir, "smollm2-135m": smollm2.model_dir}.get(name, minilm_dir)()
+
+
 def builtin_config(name: str) -> PretrainedConfig:
     """Built-in ``name``'s architecture (its config) without loading its weights; ModelError if unprepared."""
     check_builtin(name, BUILTINS[name].tasks[0])
-    if name in RANDOM_BUILTINS:
+    folder = builtin_dir(name)
+    if folder is None:
         tok = builtin_tokenizer("bert" if name == "tiny-bert" else "gpt2")
         return _random_config(name, len(tok), tok.pad_token_id)
     from transformers import AutoConfig
 
-    source = {"tiny-gpt2": tiny_gpt2.model_dir, "smollm2-135m": smollm2.model_dir}.get(name, minilm_dir)()
-    return AutoConfig.from_pretrained(source, local_files_only=True)
+    return AutoConfig.from_pretrained(folder, local_files_only=True)
 
 
 def load_builtin(name: str, task: str, *, num_labels: int | None = None,
                  dtype: DType = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load built-in ``name`` for ``task`` (see :data:`BUILTIN_MODELS`)."""
     check_builtin(name, task)
-    if name in RANDOM_BUILTINS:
+    source = builtin_dir(name)
+    if source is None:
         return _load_random(name, task, num_labels, dtype)
-    if name == "tiny-gpt2":
-        source = tiny_gpt2.model_dir()
-    elif name == "smollm2-135m":
-        source = smollm2.model_dir()
-    else:
-        source = minilm_dir()
     return load_pretrained(source, task, label=name, num_labels=num_labels, dtype=dtype,
                            local_files_only=True, new_heads_expected=True)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from raysel.models.builtin import BUILTINS, builtin_config, check_builtin, is_builtin, load_builtin
+from raysel.models.builtin import (BUILTINS, RANDOM_SEED, builtin_config, builtin_dir, check_builtin, is_builtin,
+                                   load_builtin)
 from raysel.models.errors import ModelError
 from raysel.models.hf import DType, check_task_name, load_pretrained, resolve_dtype
+from raysel.provenance import Loaded, content_digest, directory_digest, is_recording, record_load
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -77,15 +79,32 @@ def load_model(
         raise ModelError(f"num_labels must be a positive integer, got {num_labels}")
     kind = locate(name)
     if kind == "builtin":
-        return load_builtin(name, task, num_labels=num_labels, dtype=dt)
-    if kind == "local":
-        return load_pretrained(Path(name).expanduser(), task, label=name, num_labels=num_labels, dtype=dt,
-                               local_files_only=True)
-    offline = hub_offline()
-    try:
-        return load_pretrained(name, task, label=name, num_labels=num_labels, dtype=dt, local_files_only=offline)
-    except OSError as e:
-        raise _hub_error(name, offline, e) from e
+        loaded = load_builtin(name, task, num_labels=num_labels, dtype=dt)
+    elif kind == "local":
+        loaded = load_pretrained(Path(name).expanduser(), task, label=name, num_labels=num_labels, dtype=dt,
+                                 local_files_only=True)
+    else:
+        offline = hub_offline()
+        try:
+            loaded = load_pretrained(name, task, label=name, num_labels=num_labels, dtype=dt,
+                                     local_files_only=offline)
+        except OSError as e:
+            raise _hub_error(name, offline, e) from e
+    if is_recording():
+        record_load(_model_record(name, kind, loaded[0]))
+    return loaded
+
+
+def _model_record(name: str, kind: str, model: PreTrainedModel) -> Loaded:
+    """What a trial's provenance says of a model it loaded: a digest of its files (a built-in's directory,
+    a local directory), the hub's commit, or a random built-in's config and seed."""
+    if kind == "hub":
+        return Loaded("model", name, getattr(model.config, "_commit_hash", None) or "unknown", "hub")
+    folder = Path(name).expanduser() if kind == "local" else builtin_dir(name)
+    if folder is None:
+        return Loaded("model", name, content_digest({"config": model.config.to_json_string(), "seed": RANDOM_SEED}),
+                      "built-in, random init")
+    return Loaded("model", name, directory_digest(folder), str(folder))
 
 
 def locate(name: str) -> str:
