@@ -131,6 +131,10 @@ class TrackingSpec(_Strict):
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"  # any MLflow tracking URI; relative sqlite paths → cwd
     experiment: str | None = None  # default: the sweep's name
+    # each trial's run gets MLflow's system metrics (system/cpu_utilization_percentage, memory, disk, network,
+    # GPU utilisation and memory where there is one), sampled every system_metrics_interval_s
+    system_metrics: bool = False
+    system_metrics_interval_s: float = Field(10.0, gt=0)
 
     @pydantic.field_validator("uri")
     @classmethod

@@ -7,6 +7,7 @@ finished ones without re-running or re-logging them.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -153,6 +154,9 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
         why = check_reachable(spec.tracking.uri, timeout_s)
         if why:
             problems.append(f"tracking.uri: {why}")
+        if spec.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
+            problems.append("tracking.system_metrics: needs psutil (and nvidia-ml-py for GPUs): "
+                            "pip install 'raysel[system-metrics]'")
     address = ray_address(spec)
     if address and address not in ("auto", "local") and not address.startswith(("http://", "https://")):
         host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -408,7 +412,9 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                              extra_per_worker=extra_per_worker(spec.resources),
                              max_failures=spec.resources.max_failures, storage_path=sweep_dir.uri,
                              working_dir=working_dir, checkpoints=checkpoint_config(spec),
-                             shared_registry=registry, provenance=provenance)
+                             shared_registry=registry, provenance=provenance,
+                             system_metrics_s=(spec.tracking.system_metrics_interval_s
+                                               if spec.tracking.system_metrics else None))
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
 

@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 if TYPE_CHECKING:
     from raysel.provenance import Loaded
 
+SYSTEM_METRICS_PREFIX = "system/"  # MLflow's system metrics: the machine's, not the loop's (no global step)
 SECRET_KEY = re.compile(r"(token|passw(or)?d|secret|credential|api[_-]?key|access[_-]?key|private[_-]?key|(^|[._-])key)$",
                         re.IGNORECASE)
 URI_PASSWORD = re.compile(r"(//[^/:@]+:)[^@/]+@")
@@ -194,12 +196,13 @@ def child_runs(uri: str, parent_run_id: str) -> list:
 
 
 def metric_histories(uri: str, runs: list, threads: int = 8) -> list[dict[str, list]]:
-    """Per run, every metric's full history ({key: [Metric]}), fetched in parallel (one request per
-    run × metric on a server)."""
+    """Per run, every metric's full history ({key: [Metric]}) but the system metrics (sampled on their
+    own clock, not at the loop's steps), fetched in parallel (one request per run × metric on a server)."""
     client = _client(uri)
 
     def histories(run) -> dict[str, list]:
-        return {key: client.get_metric_history(run.info.run_id, key) for key in run.data.metrics}
+        return {key: client.get_metric_history(run.info.run_id, key) for key in run.data.metrics
+                if not key.startswith(SYSTEM_METRICS_PREFIX)}
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(histories, runs))
@@ -318,6 +321,31 @@ class TrialLogger:
         if inputs:
             self.client.log_inputs(self.run_id, datasets=inputs)
 
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float | None) -> Iterator[None]:
+        """MLflow's system-metrics monitor on this run while the block runs (nothing if ``interval_s`` is
+        None): CPU, memory, disk, network, and GPU utilisation and memory where there is a GPU (pynvml),
+        as ``system/*`` metrics. A last sample is taken and logged at the end, so that even a trial
+        shorter than the interval has one."""
+        if interval_s is None:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, samples_before_logging=1,
+                                       resume_logging=True, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            try:
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+            except Exception as error:  # the trial's own outcome matters more than its last sample
+                warnings.warn(f"raysel: the last system-metrics sample of run {self.run_id} was not logged: {error}")
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
@@ -358,6 +386,10 @@ class NullLogger:
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None: ...
     def log_loads(self, loads: "Iterable[Loaded]") -> None: ...
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float | None) -> Iterator[None]:
+        yield
     def finish(self, status: str = "FINISHED") -> None: ...
     def last_logged_step(self) -> int:
         return -1

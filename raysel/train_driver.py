@@ -71,7 +71,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
                                          trial_id=config["trial_id"])
-        with recording_loads() as loads:
+        with logger.system_metrics(settings.system_metrics_s), recording_loads() as loads:
             try:
                 run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
             finally:

@@ -45,6 +45,7 @@ class TrialSettings:
     checkpoints: dict[str, Any] = field(default_factory=lambda: {"num_to_keep": 1})  # raysel.checkpoints
     shared_registry: str = ""  # the name of the sweep's raysel.shared_files registry actor ("": file locks)
     provenance: dict[str, str] = field(default_factory=dict)  # the driver's code and spec tags (raysel.provenance)
+    system_metrics_s: float | None = None  # sample MLflow's system metrics this often (None: off)
 
     def shared_files(self, trial_id: str) -> "RegistryShares | None":
         """Who builds the files the trials share: the sweep's registry, else a file lock (one machine)."""
@@ -111,7 +112,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
                                          trial_id=trial_id)
-            with recording_loads() as loads:
+            with logger.system_metrics(settings.system_metrics_s), recording_loads() as loads:
                 try:
                     run.finish(method.train_loop(params, run))
                 finally:

@@ -32,7 +32,7 @@ def test_sweep_logs_parent_and_child_runs_to_mlflow_server(mlflow_server, ray_se
         "data": {"name": "pydocs"},
         "params": dict(PARAMS),
         "protocol": {"kind": "seeds", "seeds": SEEDS, "metric": "test_perplexity", "mode": "min"},
-        "tracking": {"uri": url},
+        "tracking": {"uri": url, "system_metrics": True, "system_metrics_interval_s": 1.0},
         "ray": {"num_cpus": 2},
         "storage_path": str(tmp_path / "results"),
     }
@@ -83,6 +83,11 @@ def test_sweep_logs_parent_and_child_runs_to_mlflow_server(mlflow_server, ray_se
         assert all(float(m["value"]) > 1 for m in test_ppl)
         train_loss = rest.metric_history(run_id, "train_loss")
         assert sorted(m["step"] for m in train_loss) == [1, 2, 3, 4, 5, 6], train_loss
+        # tracking.system_metrics: MLflow's monitor sampled the machine at least once (a last sample at the end)
+        cpu = rest.metric_history(run_id, "system/cpu_utilization_percentage")
+        memory = rest.metric_history(run_id, "system/system_memory_usage_megabytes")
+        assert cpu and all(0 <= float(m["value"]) <= 100 for m in cpu)
+        assert memory and all(float(m["value"]) > 0 for m in memory)
 
     _check_provenance(parent, by_seed, result.storage_path)
 
@@ -95,6 +100,7 @@ def test_sweep_logs_parent_and_child_runs_to_mlflow_server(mlflow_server, ray_se
     shutil.rmtree(tmp_path / "results")
     rebuilt = report.build(parent_id, tracking_uri=url, out_dir=tmp_path / "rebuilt")
     assert rebuilt.source == "mlflow" and rebuilt.frame["trial_id"].nunique() == len(SEEDS)
+    assert not [c for c in rebuilt.frame if c.startswith("system/")]  # not on the loop's steps: not in the table
     again = rebuilt.summary.set_index("arm")
     assert again.loc["standard", "n"] == len(SEEDS)
     assert again.loc["standard", "mean"] == pytest.approx(summary.loc["standard", "mean"])
