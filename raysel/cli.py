@@ -207,6 +207,7 @@ def cmd_list(args) -> int:
     from raysel.data.sources import BUILTIN_DATA
     from raysel.methods import get_method, method_names
     from raysel.models import BUILTIN_MODELS, prepared_state
+    from raysel.searchers import SEARCHERS, setting_names
 
     def table(title: str, rows: list[tuple[str, str]]) -> None:
         t = Table(title=title, show_header=False, title_justify="left")
@@ -218,10 +219,13 @@ def cmd_list(args) -> int:
 
     table("methods", [(n, (get_method(n).__doc__ or "").strip().splitlines()[0] if get_method(n).__doc__ else "")
                       for n in method_names()])
-    table("protocols", [("search", "Optuna (seeded TPE) over the search space"),
+    table("protocols", [("search", "the searcher over the search space (seeded TPE by default)"),
                         ("seeds", "a fixed config on every seed (50-run: 0..49; 5-seed: 13 21 42 87 100)"),
-                        ("search+seeds", "Optuna on dev, then the best config on every seed"),
+                        ("search+seeds", "the searcher on dev, then the best config on every seed"),
                         ("per_seed_grid", "LM-BFF: grid per data seed, dev-best config's test score")])
+    table("searchers (protocol.searcher; settings: protocol.sampler)",
+          [(name, f"{s.description}; settings: {', '.join(setting_names(name)) or 'none'}")
+           for name, s in SEARCHERS.items()])
     table("configs", [(str(p.relative_to(CONFIG_DIR.parent)), _first_comment(p))
                       for p in sorted(CONFIG_DIR.glob("*.yaml"))])
     table("built-in models", [(name, " — ".join(filter(None, (text, prepared_state(name)))))

@@ -73,10 +73,13 @@ class Protocol:
     # -- the spec
     def check(self, spec: "SweepSpec") -> list[str]:
         """Problems with the protocol section as a whole (one line each)."""
+        searching = ", ".join(repr(n) for n, p in PROTOCOLS.items() if p.searches)
         if spec.protocol.searcher == "grid" and not self.searches:
-            searching = ", ".join(repr(n) for n, p in PROTOCOLS.items() if p.searches)
             return [f"protocol.searcher: 'grid' is for the search phases of {searching} (protocol {self.name!r} "
                     "has none; per_seed_grid always enumerates its grid)"]
+        if spec.protocol.sampler and not self.searches:
+            return [f"protocol.sampler: sets the searcher of the search phases of {searching}; protocol "
+                    f"{self.name!r} has none"]
         return []
 
     def check_space_value(self, value: Any, at: str, searcher: str | None) -> list[str]:

@@ -19,6 +19,7 @@ from pydantic import Field
 from raysel.inputs import DataSpec, ModelSpec
 from raysel.inputs import Strict as _Strict
 from raysel.methods import UnknownMethodError, get_method
+from raysel import searchers
 from raysel.protocols import PROTOCOLS, Protocol, UnknownProtocolError, arm_waves, get_protocol
 from raysel.space import (DISTRIBUTIONS, Categorical, Distribution, IntRange, LogUniform, Uniform,  # noqa: F401
                           distribution_bounds, grid_values, is_distribution, parse_space_value)
@@ -74,8 +75,9 @@ class ProtocolSpec(_Strict):
     num_samples: int = Field(8, gt=0)  # Optuna trials per arm (search, search+seeds)
     # search phases: Optuna's seeded TPE, or every point of the search space once (categorical / int
     # distributions; num_samples is then the grid's size), e.g. the CaMeLS paper's learning-rate grid
-    searcher: Literal["optuna", "grid"] = "optuna"
-    search_seed: int = 0  # the run seed of every search trial, and the TPE sampler's seed
+    searcher: str = "tpe"  # raysel.searchers: tpe (Optuna's TPE; "optuna" is its old name), random, cmaes, grid
+    sampler: dict[str, Any] = {}  # the searcher's settings, e.g. {n_startup_trials: 4, multivariate: true}
+    search_seed: int = 0  # the run seed of every search trial, and the sampler's seed (unless sampler.seed)
     seeds: Union[Literal["50-run", "5-seed"], list[int]] = "50-run"
 
     @pydantic.field_validator("kind")
@@ -83,6 +85,11 @@ class ProtocolSpec(_Strict):
     def _is_a_protocol(cls, v: str) -> str:
         get_protocol(v)  # UnknownProtocolError (a ValueError) lists the protocols
         return v
+
+    @pydantic.field_validator("searcher")
+    @classmethod
+    def _is_a_searcher(cls, v: str) -> str:
+        return searchers.canonical(v)  # ValueError listing the searchers
 
     @property
     def rules(self) -> Protocol:
@@ -368,6 +375,7 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
         problems.append("method/params/search_space: give either top-level method/params/search_space or arms, not both")
     if not spec.arms and not spec.method:
         problems.append("method: required (or give arms: [...]); see `raysel list` for the methods")
+    problems += searchers.sampler_problems(protocol.searcher, protocol.sampler)
     if isinstance(protocol.seeds, list) and (not protocol.seeds or len(set(protocol.seeds)) != len(protocol.seeds)):
         problems.append("protocol.seeds: must be a non-empty list of distinct integers, or '50-run' / '5-seed'")
     arms = spec.resolved_arms()

@@ -21,6 +21,7 @@ import pandas as pd
 from raysel.methods import get_method
 from raysel.protocols import Phase, expand
 from raysel.provenance import code_and_spec_tags, package_versions
+from raysel.searchers import make_sampler, missing_package
 from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, local_machine, plan, wait_for_nodes
 from raysel.results import SWEEP_FILE, table_row
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
@@ -154,6 +155,9 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
         why = check_reachable(spec.tracking.uri, timeout_s)
         if why:
             problems.append(f"tracking.uri: {why}")
+        missing = missing_package(spec.protocol.searcher) if spec.protocol.rules.searches else None
+        if missing:
+            problems.append(missing)
         if spec.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
             problems.append("tracking.system_metrics: needs psutil (and nvidia-ml-py for GPUs): "
                             "pip install 'raysel[system-metrics]'")
@@ -301,7 +305,8 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Stor
         tune_config=tune.TuneConfig(
             metric=protocol.metric, mode=protocol.mode,
             num_samples=phase.num_samples if phase.asks_searcher else 1,
-            search_alg=OptunaSearch(seed=protocol.search_seed) if phase.asks_searcher else None,
+            search_alg=(OptunaSearch(sampler=make_sampler(protocol.searcher, protocol.sampler, protocol.search_seed))
+                        if phase.asks_searcher else None),
             scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
             trial_name_creator=trial_name,
             # in-process trials reuse their actor: no fresh interpreter importing torch per trial

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 
 import mlflow
+import optuna
 import pandas as pd
 import pytest
 
@@ -34,7 +36,8 @@ def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
         search_space={"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2},
                       "warmup_steps": {"distribution": "categorical", "choices": [0, 2]}},
         protocol={"kind": "search", "num_samples": 3, "metric": "dev_perplexity", "mode": "min",
-                  "report_metric": "test_perplexity", "search_seed": 3},
+                  "report_metric": "test_perplexity", "search_seed": 3,
+                  "searcher": "tpe", "sampler": {"n_startup_trials": 2, "multivariate": True}},
     )
     cwd, strict = os.getcwd(), os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
     result = raysel.run_sweep(spec, progress=False)
@@ -71,6 +74,14 @@ def test_optuna_search_logs_every_trial_to_mlflow(lm_spec):
     assert {"report/summary.csv", "report/trials.csv", "report/best_configs.json", "report/search_history.png",
             "report/importances.png"} <= artifacts
     assert "sweep.json" in {a.path for a in client.list_artifacts(result.parent_run_id)}
+    # the spec's sampler settings reached Optuna (Tune's saved searcher state holds the study it used)
+    (state,) = (result.storage_path / "search-standard").glob("searcher-state-*.pkl")
+    with state.open("rb") as f:
+        sampler = pickle.load(f)["_ot_study"].sampler
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 2 and sampler._multivariate
+    assert ("searcher tpe: 2 of each arm's 3 search trials were drawn at random (n_startup_trials 2), the other 1 "
+            "by TPE's model") in " ".join(result.report.notes)
     assert (result.storage_path / "report" / "summary.csv").exists()
     # Tune's trial names (its tables and logs) are the same labels
     from ray.tune import ExperimentAnalysis

@@ -17,7 +17,8 @@ import pandas as pd
 
 from raysel.report import stats
 from raysel.report.sources import ReportError, SweepRecord, load_frame, metric_columns, resolve
-from raysel.spec import ProtocolSpec, SweepSpec
+from raysel.searchers import search_note
+from raysel.spec import Categorical, ProtocolSpec, SweepSpec
 from raysel.storage import Storage
 from raysel.tracking import redact_uri
 
@@ -125,6 +126,9 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
         search=search if search is not None else pd.DataFrame(),
         importances=importances if importances is not None else pd.DataFrame(), selection=selection)
     report.notes = _notes(report, record)
+    if rules.searches:
+        categorical = sorted({k for space in spaces.values() for k, v in space.items() if isinstance(v, Categorical)})
+        report.notes.append(search_note(protocol.searcher, protocol.sampler, protocol.num_samples, categorical))
     return report
 
 
