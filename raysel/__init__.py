@@ -32,6 +32,13 @@ def run_sweep(spec_or_path: Any, **kwargs: Any) -> "SweepResult":
     return _run(spec_or_path, **kwargs)
 
 
+def stop_sweep(sweep: str) -> Any:
+    """Ask a running sweep to stop gracefully; the same as ``raysel stop``. See raysel.stopping.stop_sweep."""
+    from raysel.stopping import stop_sweep as _stop
+
+    return _stop(sweep)
+
+
 def trainable(method: str, **kwargs: Any):
     """A Ray Tune trainable running ``method``; see raysel.trial.trainable."""
     from raysel.trial import trainable as _trainable
@@ -39,4 +46,4 @@ def trainable(method: str, **kwargs: Any):
     return _trainable(method, **kwargs)
 
 
-__all__ = ["load_spec", "run_sweep", "trainable", "__version__"]
+__all__ = ["load_spec", "run_sweep", "stop_sweep", "trainable", "__version__"]

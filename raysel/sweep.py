@@ -22,12 +22,14 @@ from raysel.methods import get_method
 from raysel.protocols import Phase, expand
 from raysel.provenance import code_and_spec_tags, package_versions
 from raysel.searchers import make_sampler, missing_package
+from raysel.stopping import clear_stop, stop_on_sigterm, stop_requested
 from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, local_machine, plan, wait_for_nodes
 from raysel.results import SWEEP_FILE, table_row
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
 from raysel.storage import Storage
 from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, reopen_run,
+                             set_run_tags,
                              resolve_uri, start_parent_run)
 from raysel.trial import TrialSettings, make_trainable, trial_label
 
@@ -72,6 +74,10 @@ DRIVER_ENV = {
 
 class SweepInterrupted(RuntimeError):
     """A phase ended before its trials did (Ctrl+C, SIGINT): Tune saved its state; --resume continues it."""
+
+
+class SweepStopped(SweepInterrupted):
+    """A graceful stop (raysel stop, SIGTERM): running trials finished, the others did not start."""
 
 
 # ---------------------------------------------------------------- results
@@ -422,13 +428,27 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                                                if spec.tracking.system_metrics else None))
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
+    if resume:
+        clear_stop(sweep_dir)  # a graceful stop's deferred trials run now
+
+    def check_stop(phase: Phase, grid) -> None:
+        """After a graceful stop was asked for: no phase starts, the one that ran says what it left."""
+        asked = stop_requested(sweep_dir)
+        if asked is None:
+            return
+        deferred = sum("TrialDeferred" in repr(r.error) for r in grid) if grid is not None else phase.num_trials
+        finished = grid.num_terminated if grid is not None else 0
+        raise SweepStopped(f"sweep {spec.name!r} stopped gracefully ({asked['requested_by']}) in phase {phase.label}: "
+                           f"{finished} trial(s) finished, {deferred} not started; continue it with --resume")
 
     def run_phase(phase: Phase) -> None:
+        check_stop(phase, None)
         reporter = SweepProgress(spec.name, phase.label, phase.num_trials, spec.protocol.metric, spec.protocol.mode,
                                  tracking_uri=tracking.uri if tracking else None, enabled=progress)
         with reporter:
             grid = _tuner(spec, phase, settings, storage, [reporter, metrics], resume).fit()
             reporter.count_results(grid)
+        check_stop(phase, grid)
         ended = grid.num_terminated + grid.num_errors
         if ended < phase.num_trials:  # Tune returns normally when interrupted: later phases must not start
             raise SweepInterrupted(f"sweep {spec.name!r} was interrupted in phase {phase.label} ({ended} of "
@@ -442,15 +462,19 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
 
     status = "FAILED"
     try:
-        if wait_for_scaling:
-            _wait_for_nodes(spec)
-        for phase in expand(spec):
-            run_phase(phase)
-        for phase in spec.protocol.rules.next_phases(spec, best):
-            run_phase(phase)
+        with stop_on_sigterm(sweep_dir, spec.name):
+            if wait_for_scaling:
+                _wait_for_nodes(spec)
+            for phase in expand(spec):
+                run_phase(phase)
+            for phase in spec.protocol.rules.next_phases(spec, best):
+                run_phase(phase)
         status = "FINISHED"
-    except SweepInterrupted:
+    except SweepInterrupted as stop:
         status = "KILLED"
+        if tracking and parent:
+            set_run_tags(tracking.uri, parent, {"raysel.stopped": str(stop)} if isinstance(stop, SweepStopped)
+                         else {"raysel.interrupted": str(stop)})
         raise
     finally:
         import ray

@@ -140,9 +140,20 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+def set_run_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    client = _client(uri)
+    for key, value in redact(dict(tags)).items():
+        client.set_tag(run_id, key, str(value))
+
+
 def reopen_run(uri: str, run_id: str) -> None:
-    """Mark a run running again (a resumed sweep's parent run)."""
-    _client(uri).update_run(run_id, status="RUNNING")
+    """Mark a run running again (a resumed sweep's parent run), without its former stop's tag."""
+    client = _client(uri)
+    client.update_run(run_id, status="RUNNING")
+    tags = client.get_run(run_id).data.tags
+    for key in ("raysel.stopped", "raysel.interrupted"):
+        if key in tags:
+            client.delete_tag(run_id, key)
 
 
 def end_run_if_running(uri: str, run_id: str, status: str) -> None:

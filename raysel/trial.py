@@ -20,6 +20,7 @@ from raysel.provenance import package_versions, recording_loads
 from raysel.resources import DRIVER_MEMORY, worker_bundle
 from raysel.run_context import TuneRun, enter_working_dir, pick_device, seed_everything
 from raysel.spec import RESERVED_TRIAL_KEYS, DataSpec, ModelSpec, TrackingSpec
+from raysel.stopping import check_not_stopping
 from raysel.storage import Storage, trial_files
 from raysel.tracking import NullLogger, TrackingInfo, TrialLogger, ensure_experiment, resolve_uri
 from raysel.train_driver import fit_with_ray_train
@@ -91,6 +92,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     enter_working_dir(settings.working_dir)
     variant, seed = config["variant"], int(config["seed"])
     trial_id = tune.get_context().get_trial_id()
+    check_not_stopping(settings.storage_path, trial_label(config, trial_id))  # before its run or any work
     logger: Any = NullLogger()
     if settings.tracking is not None:  # first: every trial that ran has its run, also one that fails at once
         logger = TrialLogger(settings.tracking, trial_id, trial_label(config, trial_id),

@@ -102,6 +102,56 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec,
         assert sorted(steps) == list(range(1, 21))
 
 
+@pytest.mark.parametrize("how", ["raysel-stop", "sigterm"])
+def test_a_graceful_stop_lets_running_trials_finish_starts_no_new_one_and_resumes(lm_spec, ray_session, how):
+    """`raysel stop` (or SIGTERM to the driver) once the first of four trials (one at a time) has reported:
+    the running trial finishes, the later ones are deferred without an MLflow run, the parent run is KILLED
+    and tagged; `--resume` runs exactly the deferred ones."""
+    from raysel.cli import main
+    from raysel.stopping import STOP_FILE
+
+    address = ray_session.get_runtime_context().gcs_address
+    spec = lm_spec(name="graceful", params={"max_steps": 20, "eval_every": 10},
+                   protocol={"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
+                   resources={"max_concurrent_trials": 1}, ray={"address": address})
+    sweep_dir = Path(spec["storage_path"]) / "graceful"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not any(p.stat().st_size for p in sweep_dir.glob("seeds/trial_*/result.json")):
+            assert driver.poll() is None and time.monotonic() < deadline, "the sweep ended before the stop"
+            time.sleep(0.5)
+        if how == "sigterm":
+            os.kill(driver.pid, signal.SIGTERM)
+        else:
+            assert main(["stop", str(sweep_dir)]) == 0
+        assert driver.wait(timeout=300) == 130
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    finished = finished_trials(sweep_dir, 20)
+    assert 1 <= finished < 4, "the running trial finishes; the ones after it do not start"
+    assert json.loads((sweep_dir / STOP_FILE).read_text())["requested_by"] == (
+        "SIGTERM to the driver" if how == "sigterm" else "raysel stop")
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    client = mlflow.MlflowClient(state["tracking_uri"])
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "KILLED"
+    assert f"{finished} trial(s) finished, {4 - finished} not started" in parent.data.tags["raysel.stopped"]
+    runs = client.search_runs([parent.info.experiment_id], filter_string="tags.`raysel.role` = 'trial'")
+    assert len(runs) == finished and all(r.info.status == "FINISHED" for r in runs)  # deferred: no run
+
+    result = raysel.run_sweep(spec, resume=True, progress=False)
+
+    assert result.num_errors == 0 and sorted(result.trials["seed"]) == [0, 1, 2, 3]
+    assert not (sweep_dir / STOP_FILE).exists()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and "raysel.stopped" not in parent.data.tags
+    runs = client.search_runs([parent.info.experiment_id], filter_string="tags.`raysel.role` = 'trial'")
+    assert sorted(int(r.data.tags["raysel.seed"]) for r in runs) == [0, 1, 2, 3]  # one run per trial
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
 def test_a_trial_whose_loss_diverges_fails_with_the_reason_and_the_sweep_goes_on(lm_spec):
     """SGD at lr 1e6 without clipping: the loss becomes inf/NaN within a few steps. That trial stops,
     is FAILED in MLflow with the reason as a tag, the other arm finishes, the report lists the failure."""
