@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from raysel.inputs import DataSpec, ModelSpec
+from raysel.cost import Stopwatch
 from raysel.methods import get_method
 from raysel.provenance import recording_loads
 from raysel.run_context import TrainRun, enter_working_dir, seed_everything
@@ -73,7 +74,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
                                          trial_id=config["trial_id"])
         with logger.system_metrics(settings.system_metrics_s), recording_loads() as loads:
             try:
-                run.finish(method.train_loop(method.Params.model_validate(variant["params"]), run))
+                watch = Stopwatch()
+                final = method.train_loop(method.Params.model_validate(variant["params"]), run)
+                run.finish({**(final or {}), **watch.metrics(world_size)})
             finally:
                 if run.telemetry is not None:
                     run.telemetry.close()

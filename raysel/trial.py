@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from raysel.cost import Stopwatch
 from raysel.methods import get_method
 from raysel.provenance import package_versions, recording_loads
 from raysel.resources import DRIVER_MEMORY, worker_bundle
@@ -116,7 +117,8 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                                          trial_id=trial_id)
             with logger.system_metrics(settings.system_metrics_s), recording_loads() as loads:
                 try:
-                    run.finish(method.train_loop(params, run))
+                    watch = Stopwatch()
+                    run.finish({**(method.train_loop(params, run) or {}), **watch.metrics()})
                 finally:
                     run.telemetry.close()
                     logger.log_loads(loads)

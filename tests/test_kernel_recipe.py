@@ -101,6 +101,7 @@ def test_asymmetric_signgd_on_a_binary_label_subset(tmp_path):
     final, rec = kernel_trial(tmp_path, "a", data={"labels": ["text", "math"]}, label_words=["string", "number"],
                               binary_classification=True, formula="asymmetric_signgd", solver="asym")
     assert final["n_train"] == 8 and final["n_test"] == 78 and 0 <= final["test_accuracy"] <= 1
+    assert final["params_trained"] == 0  # the compute columns: a kernel fit trains no weights
     (saved_file,) = (tmp_path / "shared").glob("kernel-*/kernels.pt")
     saved = torch.load(saved_file, weights_only=False)
     assert saved["k_train"].shape == (2, 8, 1, 8, 1) and saved["k_eval"].shape == (2, 8, 1, 8 + 78, 1)

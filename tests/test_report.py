@@ -61,12 +61,18 @@ def log_sweep(tmp_path, spec_dict: dict, trials: list[dict]) -> tuple[str, str]:
     return uri, parent
 
 
+def cost(arm: str, seed: int) -> dict[str, float]:
+    """What a trial's loop and clock report at its end (raysel.cost): IGF trains on less and takes longer."""
+    return {"train_flops_est": (2e12 if arm == "igf" else 6e12) + 1e9 * seed, "wall_s": (90.0 if arm == "igf" else 30.0) + seed}
+
+
 def seeds_trials(early_stop_seed: int | None = None, failed_seed: int | None = None) -> list[dict]:
     trials = []
     for arm in ("standard", "igf"):
         for seed in SEEDS:
             steps = STEPS[:2] if (arm == "igf" and seed == early_stop_seed) else STEPS
-            history = [(s, {"test_perplexity": perplexity(arm, seed, s), "train_loss": 1.0 / (s + 1)}) for s in steps]
+            history = [(s, {"test_perplexity": perplexity(arm, seed, s), "train_loss": 1.0 / (s + 1),
+                            **(cost(arm, seed) if s == steps[-1] else {})}) for s in steps]
             status = "FAILED" if (arm == "standard" and seed == failed_seed) else "FINISHED"
             trials.append({"arm": arm, "seed": seed, "history": history, "status": status})
     return trials
@@ -178,7 +184,11 @@ def test_build_writes_tables_and_readable_figures(seeds_sweep, tmp_path):
     uri, parent = seeds_sweep
     out = tmp_path / "report"
     built = report.build(parent, tracking_uri=uri, step=20, baseline="standard", out_dir=out, log=True)
-    assert set(built.figures) == {"curves", "box", "bars"}
+    assert set(built.figures) == {"curves", "box", "bars", "pareto"}  # pareto: the metric against compute
+    summary = built.summary.set_index("arm")
+    for arm in ("standard", "igf"):  # each arm's trials' compute, averaged, beside its metric
+        assert summary.loc[arm, "train_flops_est"] == pytest.approx(sum(cost(arm, s)["train_flops_est"] for s in SEEDS) / 6)
+        assert summary.loc[arm, "wall_s"] == pytest.approx(sum(cost(arm, s)["wall_s"] for s in SEEDS) / 6)
     for path in built.figures.values():
         with Image.open(path) as image:
             assert image.size == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
@@ -252,7 +262,7 @@ def test_cli_report_prints_tables_and_rejects_bad_options(seeds_sweep, tmp_path,
     assert table["arm"].tolist() == ["igf"] and table["welch_p"].iloc[0] < 0.05
     assert main(["report", parent, "--tracking-uri", uri, "--out", out, "--arms", "igf"]) == 0
     assert "| igf |" in capsys.readouterr().out
-    for bad, message in ((["--metric", "nope"], "reported: test_perplexity, train_loss"),
+    for bad, message in ((["--metric", "nope"], "reported: test_perplexity, train_flops_est, train_loss, wall_s"),
                          (["--step", "7"], "steps with it: 0, 10, 20"),
                          (["--arms", "igf,other"], "arms ['other'] have no trials"),
                          (["--baseline", "other"], "baseline 'other'")):

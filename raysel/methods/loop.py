@@ -28,6 +28,7 @@ import pydantic
 import torch
 from pydantic import Field
 
+from raysel.cost import TrainingCost
 from raysel.methods.base import MethodParams, RunContext, check_finite
 
 Batch = dict[str, torch.Tensor]
@@ -144,12 +145,14 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
         extra_state.load_state_dict(state["extra"])
     optimizer = make_optimizer(param_groups(plain) if param_groups else model.parameters(), params)
     schedule = make_schedule(optimizer, params)
+    cost = TrainingCost(plain)  # what the loop trained on, for the report's compute columns
     if state is not None:
         plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         start, evaluation = state["step"], state["evaluation"]
+        cost.load_state_dict(state.get("cost"))
     elif evaluate is not None:
         evaluation = evaluate(plain)
         if track:
@@ -166,7 +169,10 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
                 if micro_step is not None:
                     values = micro_step(step, micro, generator)
                 else:
-                    values = _default_micro_step(model, params, run, next_batch(step, micro, generator), loss)
+                    batch = next_batch(step, micro, generator)
+                    values = _default_micro_step(model, params, run, batch, loss)
+                    if batch is not None:
+                        cost.add(batch)
             if values is None:
                 continue
             for key, value in values.items():
@@ -181,6 +187,7 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         metrics.update({f"train_{key}": sum(values) / len(values) for key, values in parts.items()})
+        metrics.update(cost.metrics(run.world_size))
         if step_metrics is not None:
             metrics.update(step_metrics(step))
         evaluated = evaluate is not None and (step % params.eval_every == 0 or step == params.max_steps)
@@ -190,7 +197,7 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
             if track:
                 run.checkpoint({"model": plain.state_dict(), "optimizer": optimizer.state_dict(),
                                 "schedule": schedule.state_dict(), "step": step, "evaluation": evaluation,
-                                "rng": torch.get_rng_state(),
+                                "rng": torch.get_rng_state(), "cost": cost.state_dict(),
                                 "extra": extra_state.state_dict() if extra_state is not None else None})
         if track:
             run.report(step, **metrics)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from raysel.cost import COST_METRICS
 from raysel.report import stats
 from raysel.report.sources import ReportError, SweepRecord, load_frame, metric_columns, resolve
 from raysel.searchers import search_note
@@ -118,6 +119,10 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
     for column in spec.report.columns:  # e.g. a pruned subset's size beside its accuracy
         values = stats.values_at(frame, protocol, column, step, arms)
         summary[column] = summary["arm"].map(values.groupby("arm")["value"].mean())
+    if rules.compares_arms:  # what each arm's result cost (its trials' totals, averaged)
+        for column in (c for c in COST_METRICS if c in frame and c not in summary):
+            values = stats.values_at(frame, protocol, column, None, arms)
+            summary[column] = summary["arm"].map(values.groupby("arm")["value"].mean())
     report = Report(
         name=record.name, protocol=protocol, metric=metric, step=step, source=used, frame=frame,
         summary=summary,
@@ -235,6 +240,11 @@ def draw(report: Report, out: Path) -> dict[str, Path]:
     if not values.empty:
         drawn["box"] = figures.box(values, metric, f"{name}: {metric} at {at}", out / "box.png")
         drawn["bars"] = figures.bars(report.summary, metric, rules.error_bar, f"{name}: {metric} at {at}", out / "bars.png")
+        cost = next((c for c in ("train_flops_est", "wall_s") if c in report.summary
+                     and report.summary[c].notna().any()), None)
+        if cost is not None and report.summary["arm"].nunique() > 1:
+            drawn["pareto"] = figures.pareto(report.summary, metric, cost, report.protocol.mode,
+                                             f"{name}: {metric} at {at} against compute", out / "pareto.png")
     if not report.search.empty:
         drawn["search_history"] = figures.search_history(
             report.search, report.protocol.metric, report.protocol.mode,

@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from raysel.report.stats import pareto_front
+
 if TYPE_CHECKING:
     from raysel.methods.base import MethodFigure
 
@@ -202,3 +204,28 @@ def method_figure(figure: "MethodFigure", path: Path) -> Path:
     if figure.kind not in METHOD_FIGURES:
         raise ValueError(f"unknown method figure {figure.kind!r}; allowed: {', '.join(METHOD_FIGURES)}")
     return METHOD_FIGURES[figure.kind](**figure.data, title=figure.title, path=path)
+
+
+COST_LABELS = {"train_flops_est": "training FLOPs (estimate, log scale)", "wall_s": "wall seconds per trial (log scale)",
+               "train_tokens": "tokens trained on (log scale)", "cpu_s": "CPU seconds per trial (log scale)"}
+
+
+def pareto(summary: pd.DataFrame, metric: str, cost: str, mode: str, title: str, path: Path) -> Path:
+    """Each arm's mean ``metric`` (±1 SE) against its mean ``cost``; the arms no other arm beats on both
+    (cheaper or as cheap, and better) are joined: the Pareto front."""
+    figure, axes = _figure(title)
+    rows = summary.dropna(subset=["mean", cost]).sort_values(cost, kind="stable")
+    for _, row in rows.iterrows():
+        axes.errorbar(row[cost], row["mean"], yerr=np.nan_to_num(row.get("se", np.nan)), fmt="o", capsize=4,
+                      label=f"{row['arm']} (n={int(row['n'])})")
+        axes.annotate(row["arm"], (row[cost], row["mean"]), xytext=(6, 6), textcoords="offset points", fontsize=8)
+    front = rows.set_index("arm").loc[pareto_front(rows, cost, mode)]
+    if len(front) > 1:
+        xs, ys = front[cost].to_numpy(), front["mean"].to_numpy()
+        axes.plot(xs, ys, color="grey", linestyle="--", linewidth=1, label="Pareto front", zorder=0)
+    if (rows[cost] > 0).all() and len(rows):
+        axes.set_xscale("log")
+    axes.set_xlabel(COST_LABELS.get(cost, cost))
+    axes.set_ylabel(metric_label(metric) + " (mean ± 1 SE)")
+    axes.legend(title="arm")
+    return _save(figure, path)

@@ -358,6 +358,18 @@ def _arm_order(table: pd.DataFrame, arms: list[str] | None) -> list[str]:
     return [a for a in arms if a in present] if arms is not None else present
 
 
+def pareto_front(summary: pd.DataFrame, cost: str, mode: str) -> list[str]:
+    """The arms no other arm beats on both mean ``cost`` (lower) and mean metric (``mode``), cheapest first."""
+    rows = summary.dropna(subset=["mean", cost]).sort_values([cost, "mean"], ascending=[True, mode == "min"],
+                                                             kind="stable")
+    front, best = [], None
+    for _, row in rows.iterrows():  # cheapest first: on the front when better than everything cheaper
+        if best is None or (row["mean"] < best if mode == "min" else row["mean"] > best):
+            front.append(row["arm"])
+            best = row["mean"]
+    return front
+
+
 # ---------------------------------------------------------------- search sweeps
 def search_trials(frame: pd.DataFrame, protocol: ProtocolSpec, arms: list[str] | None = None) -> pd.DataFrame:
     """The search-stage trials in start order with their objective and the best value so far."""

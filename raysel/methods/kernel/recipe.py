@@ -174,7 +174,8 @@ class Kernel(Method):
         f0 = saved["f0"] if params.adjust_for_init else {}
         metrics = {"n_train": float(len(splits.train)), "n_dev": float(n_dev), "n_test": float(len(test)),
                    "kernel_seconds": saved["seconds"], "kernel_entries_per_s": saved["entries"] / saved["seconds"],
-                   "kernel_workers": float(saved["workers"])}
+                   "kernel_workers": float(saved["workers"]),
+                   "params_trained": 0.0}  # the kernel solver fits coefficients on examples, no weights
         task = _task(params, run.data)
         # one fit for dev and test: every solver predicts each eval column from that column alone
         f0_eval = torch.cat([f0["dev"], f0["test"]]) if f0 else None
