@@ -425,7 +425,8 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                              working_dir=working_dir, checkpoints=checkpoint_config(spec),
                              shared_registry=registry, provenance=provenance,
                              system_metrics_s=(spec.tracking.system_metrics_interval_s
-                                               if spec.tracking.system_metrics else None))
+                                               if spec.tracking.system_metrics else None),
+                             metric=spec.protocol.metric)
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
     if resume:
@@ -443,6 +444,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
 
     def run_phase(phase: Phase) -> None:
         check_stop(phase, None)
+        metrics.start_phase(phase.label, phase.num_trials)
         reporter = SweepProgress(spec.name, phase.label, phase.num_trials, spec.protocol.metric, spec.protocol.mode,
                                  tracking_uri=tracking.uri if tracking else None, enabled=progress)
         with reporter:

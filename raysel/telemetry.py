@@ -6,8 +6,13 @@ metrics agent to Ray's Prometheus endpoint (Ray prefixes the names with ``ray_``
 | ray_raysel_trials_running           | gauge | sweep                 | the sweep's driver (a Tune callback)   |
 | ray_raysel_trials_finished          | gauge | sweep                 | "                                      |
 | ray_raysel_trials_failed            | gauge | sweep                 | "                                      |
+| ray_raysel_phase_trials_done        | gauge | sweep, phase          | the driver: the phase's ended trials   |
+| ray_raysel_phase_trials_total       | gauge | sweep, phase          | the driver: the trials the phase runs  |
 | ray_raysel_trial_step               | gauge | sweep, arm, trial_id  | each trial, at every report            |
 | ray_raysel_trial_steps_per_second   | gauge | sweep, arm, trial_id  | "                                      |
+| ray_raysel_trial_tokens_per_second  | gauge | sweep, arm, trial_id  | " (train_tokens, raysel.cost)          |
+| ray_raysel_trial_train_loss         | gauge | sweep, arm, trial_id  | " (train_loss)                         |
+| ray_raysel_trial_metric             | gauge | + metric              | " (the protocol's metric)              |
 | ray_raysel_igf_acceptance_rate      | gauge | sweep, arm, trial_id  | IGF trials (their acceptance_rate)     |
 | ray_raysel_kernel_entries_per_second| gauge | sweep, arm, trial_id  | kernel trials (kernel_entries_per_s)   |
 
@@ -49,8 +54,16 @@ class SweepMetrics(Callback):
         self.tags = {"sweep": sweep}
         self.gauges = {name: _gauge(f"raysel_trials_{name}", f"trials of the sweep {name} now" if name == "running"
                                     else f"trials of the sweep {name}", ("sweep",)) for name in self.STATUSES}
+        self.phase_gauges = {name: _gauge(f"raysel_phase_trials_{name}", text, ("sweep", "phase")) for name, text in
+                             (("done", "trials of the phase that ended"), ("total", "trials the phase runs"))}
         self.status: dict[str, str] = {}  # trial id → its latest status, over every phase
+        self.phase: tuple[str, int] | None = None  # the running phase's label and number of trials
+        self.phase_trials: set[str] = set()
         self._exported = 0.0
+
+    def start_phase(self, label: str, total: int) -> None:
+        """The driver starts a phase of ``total`` trials (its trials are the ones Tune reports from now)."""
+        self.phase, self.phase_trials = (label, total), set()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -59,9 +72,16 @@ class SweepMetrics(Callback):
     def _export(self) -> None:
         for name, count in self.counts.items():
             self.gauges[name].set(count, tags=self.tags)
+        if self.phase is not None:
+            label, total = self.phase
+            done = sum(self.status.get(t) in ("TERMINATED", "ERROR") for t in self.phase_trials)
+            tags = {**self.tags, "phase": label}
+            self.phase_gauges["done"].set(done, tags=tags)
+            self.phase_gauges["total"].set(total, tags=tags)
         self._exported = time.monotonic()
 
     def _update(self, trials: list[Any], ended: Any = None, status: str | None = None) -> None:
+        self.phase_trials.update(t.trial_id for t in trials)
         self.status.update({t.trial_id: t.status for t in trials})
         if ended is not None:  # Tune calls back before it sets the ended trial's status
             self.status[ended.trial_id] = status
@@ -93,12 +113,19 @@ class TrialMetrics:
 
     RESET_EVERY_S = 1.0
 
-    def __init__(self, sweep: str, arm: str, trial_id: str):
+    def __init__(self, sweep: str, arm: str, trial_id: str, metric: str = ""):
         self.tags = {"sweep": sweep, "arm": arm, "trial_id": trial_id}
+        self.metric = metric  # the protocol's metric, shown as this trial's objective
         self.step = _gauge("raysel_trial_step", "the trial's latest reported step", TRIAL_TAGS)
         self.speed = _gauge("raysel_trial_steps_per_second", "the trial's optimizer steps per second", TRIAL_TAGS)
+        self.token_speed = _gauge("raysel_trial_tokens_per_second", "tokens the trial trained on per second",
+                                  TRIAL_TAGS)
         self.method = {key: _gauge(name, text, TRIAL_TAGS) for key, (name, text) in METHOD_GAUGES.items()}
+        self.method["train_loss"] = _gauge("raysel_trial_train_loss", "the trial's latest training loss", TRIAL_TAGS)
+        self.objective = _gauge("raysel_trial_metric", "the trial's latest value of the protocol's metric",
+                                (*TRIAL_TAGS, "metric"))
         self._last: tuple[int, float] | None = None
+        self._tokens: tuple[float, float] | None = None  # (train_tokens, when) at the previous report
         self._values: dict[Any, float] = {}  # gauge → its latest value
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -110,7 +137,14 @@ class TrialMetrics:
         if self._last is not None and step > self._last[0] and now > self._last[1]:
             values[self.speed] = (step - self._last[0]) / (now - self._last[1])
         self._last = (step, now)
+        tokens = metrics.get("train_tokens")
+        if tokens is not None:
+            if self._tokens is not None and tokens > self._tokens[0] and now > self._tokens[1]:
+                values[self.token_speed] = (tokens - self._tokens[0]) / (now - self._tokens[1])
+            self._tokens = (tokens, now)
         values.update({gauge: metrics[key] for key, gauge in self.method.items() if key in metrics})
+        if self.metric in metrics:
+            values[self.objective] = metrics[self.metric]
         with self._lock:
             self._values.update(values)
             self._set_all(values)
@@ -126,4 +160,4 @@ class TrialMetrics:
 
     def _set_all(self, values: dict[Any, float]) -> None:
         for gauge, value in values.items():
-            gauge.set(value, tags=self.tags)
+            gauge.set(value, tags={**self.tags, "metric": self.metric} if gauge is self.objective else self.tags)

@@ -71,7 +71,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             from raysel.telemetry import TrialMetrics
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
-                                         trial_id=config["trial_id"])
+                                         trial_id=config["trial_id"], metric=settings.metric)
         with logger.system_metrics(settings.system_metrics_s), recording_loads() as loads:
             try:
                 watch = Stopwatch()

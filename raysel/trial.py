@@ -48,6 +48,7 @@ class TrialSettings:
     shared_registry: str = ""  # the name of the sweep's raysel.shared_files registry actor ("": file locks)
     provenance: dict[str, str] = field(default_factory=dict)  # the driver's code and spec tags (raysel.provenance)
     system_metrics_s: float | None = None  # sample MLflow's system metrics this often (None: off)
+    metric: str = ""  # the protocol's metric (the dashboard's per-trial objective)
 
     def shared_files(self, trial_id: str) -> "RegistryShares | None":
         """Who builds the files the trials share: the sweep's registry, else a file lock (one machine)."""
@@ -114,7 +115,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             from raysel.telemetry import TrialMetrics
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
-                                         trial_id=trial_id)
+                                         trial_id=trial_id, metric=settings.metric)
             with logger.system_metrics(settings.system_metrics_s), recording_loads() as loads:
                 try:
                     watch = Stopwatch()

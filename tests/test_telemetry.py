@@ -82,13 +82,16 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert len(wanted) == 7
+    assert len(wanted) == 12
     assert wanted <= set(seen), f"missing on the endpoint: {sorted(wanted - set(seen))}"
     assert all(seen[name] == {"telemetry"} for name in wanted)
     # the sweep counts reached their final values (2 trials, none failed), and never went backwards
     finished = values["ray_raysel_trials_finished"]
     assert max(finished) == 2 and finished == sorted(finished)
     assert set(values["ray_raysel_trials_failed"]) == {0.0}
+    assert set(values["ray_raysel_phase_trials_total"]) == {2.0} and max(values["ray_raysel_phase_trials_done"]) == 2
+    assert all(v > 1 for v in values["ray_raysel_trial_metric"])  # IGF's test perplexity
+    assert all(v > 0 for v in values["ray_raysel_trial_tokens_per_second"] + values["ray_raysel_trial_train_loss"])
     # no gaps: a series, once on the endpoint, stays there at every scrape until its last one (the sweep's
     # gauges and a trial's are set again every second or two, also while a trial reports nothing)
     series = set().union(*present)
@@ -173,3 +176,26 @@ def test_the_sweep_counts_are_first_set_from_the_restored_trials_never_0_before(
     metrics.on_trial_start(0, restored + [SimpleNamespace(trial_id="3", status="PENDING")],
                            SimpleNamespace(trial_id="3"))
     assert metrics.gauges["finished"].values == [3, 3] and metrics.gauges["running"].values == [0, 1]
+
+
+def test_a_trials_tokens_per_second_loss_and_objective_and_a_phases_progress(monkeypatch):
+    from types import SimpleNamespace
+
+    from raysel import telemetry
+
+    monkeypatch.setattr(telemetry, "_gauge", _Gauge)
+    trial = telemetry.TrialMetrics("s", "a", "t1", metric="test_perplexity")
+    trial.record(1, {"train_tokens": 100.0, "train_loss": 2.5, "test_perplexity": 40.0})
+    trial.record(2, {"train_tokens": 300.0, "train_loss": 2.0})
+    trial.close()
+    assert trial.method["train_loss"].values[-1] == 2.0 and trial.objective.values[-1] == 40.0
+    assert len(trial.token_speed.values) >= 1 and trial.token_speed.values[-1] > 0  # 200 tokens since the last report
+
+    sweep = telemetry.SweepMetrics("s")
+    sweep.start_phase("search-a", 3)
+    running = [SimpleNamespace(trial_id=str(i), status="RUNNING") for i in range(2)]
+    sweep.on_trial_complete(0, running, running[0])
+    assert sweep.phase_gauges["done"].values[-1] == 1 and sweep.phase_gauges["total"].values[-1] == 3
+    sweep.start_phase("seeds", 5)  # the next phase counts its own trials
+    sweep.on_trial_start(0, [SimpleNamespace(trial_id="9", status="PENDING")], SimpleNamespace(trial_id="9"))
+    assert sweep.phase_gauges["done"].values[-1] == 0 and sweep.phase_gauges["total"].values[-1] == 5
