@@ -69,17 +69,23 @@ def test_a_killed_trial_restarts_from_its_checkpoint_and_logs_no_duplicates(lm_s
     assert sorted(logged) == list(range(1, 61))  # replayed steps are not logged twice
 
 
+def four_trials_in_a_driver(lm_spec, ray_session, name: str) -> tuple[dict, Path, subprocess.Popen]:
+    """A sweep of four 20-step trials, one at a time, driven by a subprocess on the test's Ray (its own
+    process group, so that a signal reaches the driver alone): the spec, its directory, the driver."""
+    spec = lm_spec(name=name, params={"max_steps": 20, "eval_every": 10},
+                   protocol={"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
+                   resources={"max_concurrent_trials": 1},
+                   ray={"address": ray_session.get_runtime_context().gcs_address})
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], start_new_session=True)
+    return spec, Path(spec["storage_path"]) / name, driver
+
+
 @pytest.mark.parametrize("stop, exit_code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
                          ids=["ctrl-c", "driver-killed"])
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec, ray_session, stop, exit_code):
     """Ctrl-C, or the driver SIGKILLed mid-trial (no chance to save anything): `--resume` finishes the
     sweep, finished trials are not run again, and MLflow has exactly one run per trial, all FINISHED."""
-    address = ray_session.get_runtime_context().gcs_address
-    spec = lm_spec(name="resume", params={"max_steps": 20, "eval_every": 10},
-                   protocol={"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
-                   resources={"max_concurrent_trials": 1}, ray={"address": address})
-    sweep_dir = Path(spec["storage_path"]) / "resume"
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], start_new_session=True)
+    spec, sweep_dir, driver = four_trials_in_a_driver(lm_spec, ray_session, "resume")
     # SIGINT is what Ctrl-C does: Tune returns normally, and raysel must notice (or it would start the
     # next phase); SIGKILL ends the driver at once, in the middle of the next trial
     assert interrupt_when(driver, lambda: finished_trials(sweep_dir, 20) >= 2, stop) == exit_code
@@ -110,12 +116,7 @@ def test_a_graceful_stop_lets_running_trials_finish_starts_no_new_one_and_resume
     from raysel.cli import main
     from raysel.stopping import STOP_FILE
 
-    address = ray_session.get_runtime_context().gcs_address
-    spec = lm_spec(name="graceful", params={"max_steps": 20, "eval_every": 10},
-                   protocol={"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
-                   resources={"max_concurrent_trials": 1}, ray={"address": address})
-    sweep_dir = Path(spec["storage_path"]) / "graceful"
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], start_new_session=True)
+    spec, sweep_dir, driver = four_trials_in_a_driver(lm_spec, ray_session, "graceful")
     try:
         deadline = time.monotonic() + 400
         while not any(p.stat().st_size for p in sweep_dir.glob("seeds/trial_*/result.json")):
