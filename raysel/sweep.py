@@ -21,16 +21,15 @@ import pandas as pd
 from raysel.methods import get_method
 from raysel.protocols import Phase, expand
 from raysel.provenance import code_and_spec_tags, package_versions
-from raysel.searchers import make_sampler, missing_package
-from raysel.stopping import clear_stop, stop_on_sigterm, stop_requested
 from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, local_machine, plan, wait_for_nodes
 from raysel.results import SWEEP_FILE, table_row
+from raysel.searchers import make_sampler, missing_package
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
+from raysel.stopping import clear_stop, stop_on_sigterm, stop_requested
 from raysel.storage import Storage
 from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, reopen_run,
-                             set_run_tags,
-                             resolve_uri, start_parent_run)
+                             resolve_uri, set_run_tags, start_parent_run)
 from raysel.trial import TrialSettings, make_trainable, trial_label
 
 if TYPE_CHECKING:
@@ -154,19 +153,20 @@ def preflight(spec: SweepSpec) -> None:
 
 
 def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
-    """Before Ray starts: the tracking store and the Ray cluster the spec names can be reached
-    (SpecError naming the field otherwise, instead of minutes of retries and a traceback)."""
+    """Before Ray starts: the tracking store and the Ray cluster the spec names can be reached, and the
+    packages the spec's searcher and system metrics need are installed (SpecError naming the field
+    otherwise, instead of minutes of retries and a traceback)."""
     problems = []
     if spec.tracking.enabled:
         why = check_reachable(spec.tracking.uri, timeout_s)
         if why:
             problems.append(f"tracking.uri: {why}")
-        missing = missing_package(spec.protocol.searcher) if spec.protocol.rules.searches else None
-        if missing:
-            problems.append(missing)
         if spec.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
             problems.append("tracking.system_metrics: needs psutil (and nvidia-ml-py for GPUs): "
                             "pip install 'raysel[system-metrics]'")
+    missing = missing_package(spec.protocol.searcher) if spec.protocol.rules.searches else None
+    if missing:
+        problems.append(missing)
     address = ray_address(spec)
     if address and address not in ("auto", "local") and not address.startswith(("http://", "https://")):
         host, _, port = address.removeprefix("ray://").rpartition(":")

@@ -80,3 +80,18 @@ def test_spec_errors_name_the_searcher_and_its_settings():
                    "protocol": {"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min",
                                 "sampler": {"seed": 1}}})
     assert set(SEARCHERS) == {"tpe", "random", "cmaes", "grid"}
+
+
+def test_cma_es_without_its_package_is_one_line_before_anything_starts(monkeypatch, tmp_path):
+    import importlib.util
+
+    from raysel import searchers
+    from raysel.sweep import check_services
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(searchers.importlib.util, "find_spec", lambda name: None if name == "cmaes" else real(name))
+    spec = load_spec({**search_spec(searcher="cmaes"), "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    with pytest.raises(SpecError, match=r"protocol.searcher: 'cmaes' needs the cmaes package: pip install "
+                                        r"'raysel\[cmaes\]'"):
+        check_services(spec)
+    assert searchers.missing_package("tpe") is None
