@@ -398,10 +398,12 @@ class NullLogger:
     def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None: ...
     def log_loads(self, loads: "Iterable[Loaded]") -> None: ...
 
+    def finish(self, status: str = "FINISHED") -> None: ...
+
     @contextlib.contextmanager
     def system_metrics(self, interval_s: float | None) -> Iterator[None]:
         yield
-    def finish(self, status: str = "FINISHED") -> None: ...
+
     def last_logged_step(self) -> int:
         return -1
 

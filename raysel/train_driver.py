@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from raysel.inputs import DataSpec, ModelSpec
 from raysel.cost import Stopwatch
+from raysel.inputs import DataSpec, ModelSpec
 from raysel.methods import get_method
 from raysel.provenance import recording_loads
 from raysel.run_context import TrainRun, enter_working_dir, seed_everything
