@@ -69,11 +69,13 @@ class _Run:
             self._send(result, Checkpoint.from_directory(tmp))
 
     def finish(self, final: dict[str, float]) -> None:
-        """Report the loop's returned metrics as the trial's last result."""
+        """Report the loop's returned metrics as the trial's last result: at the last step, only what
+        is new (e.g. the trial's wall and CPU seconds), so nothing is logged twice at that step; Tune's
+        result carries every metric's latest value anyway."""
         step, last = self._last
         new = {k: v for k, v in (final or {}).items() if last.get(k) != v}
         if new or self._pending_state is not None or not last:
-            self.report(step, **{**last, **new})
+            self.report(step, **(new if last else dict(final or {})))
 
     def restore(self) -> dict[str, Any] | None:
         """The state of the trial's last checkpoint (None for a fresh trial)."""

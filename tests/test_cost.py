@@ -92,3 +92,28 @@ def test_the_pareto_front_keeps_the_arms_nothing_cheaper_beats():
                             "train_flops_est": [1.0, 2.0, 3.0, 4.0]})
     assert pareto_front(summary, "train_flops_est", "min") == ["a", "b", "d"]  # c costs more than b and is worse
     assert pareto_front(summary, "train_flops_est", "max") == ["a"]
+
+
+class _RecordingLogger:
+    """The trial logger's interface, recording what would be logged (MLflow itself is in the e2e tests)."""
+
+    run_id = "r"
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def last_logged_step(self) -> int:
+        return -1
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+def test_the_trials_clock_is_logged_at_the_last_step_without_logging_that_step_again():
+    logger = _RecordingLogger()
+    run = LocalRun(logger=logger)
+    run.report(6, train_loss=1.5, test_perplexity=40.0)
+    run.finish({"test_perplexity": 40.0, **Stopwatch().metrics()})
+    assert [step for step, _ in logger.logged] == [6, 6]
+    assert set(logger.logged[1][1]) == {"wall_s", "cpu_s"}  # only what is new: train_loss is not logged twice
+    assert run.results[-1]["train_loss"] == 1.5 and "wall_s" in run.results[-1]  # Tune's result has everything
