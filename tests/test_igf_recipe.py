@@ -122,7 +122,7 @@ def test_three_arm_protocol_sweep_and_its_report(tmp_path, ray_session):
     assert (comparisons["vs"] == "standard").all()
     welch = scipy_stats.ttest_ind(final["igf-shifting"], final["standard"], equal_var=False)
     assert comparisons.loc["igf-shifting", "welch_p"] == pytest.approx(welch.pvalue)
-    assert set(result.report.figures) == {"curves", "box", "bars"}
+    assert set(result.report.figures) == {"curves", "box", "bars", "pareto"}  # pareto: arms against compute
     steps = result.report.steps
     assert set(steps["step"]) == {0, 2, 4} and (steps["n"] == 3).all()
     tags = pd.Series({r.data.tags["raysel.arm"]: r.data.tags.get("igf.learner", "")

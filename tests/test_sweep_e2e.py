@@ -122,7 +122,7 @@ def test_seeds_protocol_compares_arms_on_the_same_seeds(lm_spec, capsys):
     assert len(merged) == len(from_mlflow) == len(from_tune) == 4 * 7  # steps 0..6
     for metric in metrics:
         pd.testing.assert_series_equal(merged[metric], merged[f"{metric}_tune"], check_names=False)
-    assert set(result.report.figures) == {"curves", "box", "bars"}
+    assert set(result.report.figures) == {"curves", "box", "bars", "pareto"}  # pareto: arms against compute
 
 
 def test_per_seed_grid_selects_on_dev_per_data_seed(tmp_path, lm_spec):
