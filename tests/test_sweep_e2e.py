@@ -186,8 +186,13 @@ def test_asha_stops_trials_early_and_their_runs_are_closed(lm_spec):
     assert set(result.trials["step"]) <= {2, 4, 6, 8}
     runs = children(result)
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
-    stopped = {r.data.tags["raysel.trial_id"] for r in runs if r.data.tags.get("raysel.stopped_by_scheduler") == "true"}
-    assert stopped >= set(result.trials.loc[result.trials["step"] < 8, "trial_id"])
+    # every run that MLflow shows ending before max_t was stopped by the scheduler and says so (what a run
+    # logged, not Tune's last processed result: a trial may train on past the stop ASHA decided at step 2,
+    # to its end, before the stop reaches it; it then finished, untagged)
+    for run in runs:
+        last = max(m.step for m in mlflow.MlflowClient(result.tracking_uri).get_metric_history(run.info.run_id, "train_loss"))
+        if last < 8:
+            assert run.data.tags.get("raysel.stopped_by_scheduler") == "true", (run.data.tags, last)
     assert (result.trials["step"] == 8).any()
 
 
