@@ -72,7 +72,6 @@ class TrainingCost:
         self.model = model
         self.examples = self.tokens = 0
         self.flops = 0.0
-        self._matmul = matmul_parameters(model)
 
     def add(self, batch: dict[str, torch.Tensor]) -> None:
         """Count one micro-batch trained on (forward and backward)."""

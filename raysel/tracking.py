@@ -141,6 +141,7 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 
 def set_run_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """Tags on a run, secret-looking values redacted."""
     client = _client(uri)
     for key, value in redact(dict(tags)).items():
         client.set_tag(run_id, key, str(value))
@@ -307,8 +308,7 @@ class TrialLogger:
             self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in redact(dict(tags)).items():
-            self.client.set_tag(self.run_id, key, str(value))
+        set_run_tags(self.uri, self.run_id, tags)
 
     def log_artifact(self, path: "str | os.PathLike", artifact_path: str | None = None) -> None:
         _log_redacted(self.client, self.run_id, Path(path), artifact_path)

@@ -4,6 +4,8 @@ through ``TuneReportCallback``; rank 0 logs to the trial's MLflow run).
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -72,7 +74,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
                                          trial_id=config["trial_id"], metric=settings.metric)
-        with logger.system_metrics(settings.system_metrics_s), recording_loads() as loads:
+        recording = recording_loads() if rank == 0 else contextlib.nullcontext([])  # only rank 0 logs them
+        with logger.system_metrics(settings.system_metrics_s), recording as loads:
             try:
                 watch = Stopwatch()
                 final = method.train_loop(method.Params.model_validate(variant["params"]), run)

@@ -116,13 +116,12 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
         keep = ["arm", "seed", "trial_id", *params, protocol.metric, metric]
         selection = chosen[chosen["arm"].isin(arms)][list(dict.fromkeys(keep))].reset_index(drop=True)
     summary = stats.summarize(frame, protocol, metric, step, arms)
-    for column in spec.report.columns:  # e.g. a pruned subset's size beside its accuracy
-        values = stats.values_at(frame, protocol, column, step, arms)
+    # the spec's columns at the report's step (e.g. a pruned subset's size beside its accuracy), then what each
+    # arm's result cost: its trials' totals at their end, averaged
+    costs = [c for c in COST_METRICS if c in frame and c not in spec.report.columns] if rules.compares_arms else []
+    for column, at in [*((c, step) for c in spec.report.columns), *((c, None) for c in costs)]:
+        values = stats.values_at(frame, protocol, column, at, arms)
         summary[column] = summary["arm"].map(values.groupby("arm")["value"].mean())
-    if rules.compares_arms:  # what each arm's result cost (its trials' totals, averaged)
-        for column in (c for c in COST_METRICS if c in frame and c not in summary):
-            values = stats.values_at(frame, protocol, column, None, arms)
-            summary[column] = summary["arm"].map(values.groupby("arm")["value"].mean())
     report = Report(
         name=record.name, protocol=protocol, metric=metric, step=step, source=used, frame=frame,
         summary=summary,
