@@ -205,13 +205,18 @@ def variant(arm: "ArmSpec", stage: str, params: dict[str, Any]) -> dict[str, Any
             "model": arm.model.model_dump(), "data": arm.data.model_dump()}
 
 
+def search_label(arm: str) -> str:
+    """The label of an arm's search phase (its Tune experiment, its Optuna study)."""
+    return f"{SEARCH}-{arm}"
+
+
 def search_phases(spec: "SweepSpec") -> list[Phase]:
     """Per arm one search phase on the search seed: Optuna's, or every grid point once (searcher: grid)."""
     protocol = spec.protocol
     if protocol.searcher == "grid":
-        return [Phase(label=f"search-{arm.name}", stage=SEARCH, seeds=[protocol.search_seed], grid=True,
+        return [Phase(label=search_label(arm.name), stage=SEARCH, seeds=[protocol.search_seed], grid=True,
                       variants=grid_variants(spec, arm, SEARCH)) for arm in spec.resolved_arms()]
-    return [Phase(label=f"search-{arm.name}", stage=SEARCH, seeds=[protocol.search_seed],
+    return [Phase(label=search_label(arm.name), stage=SEARCH, seeds=[protocol.search_seed],
                   num_samples=protocol.num_samples,
                   variants=[variant(arm, SEARCH, {**arm.params, **spec.parsed_search_space(arm)})])
             for arm in spec.resolved_arms()]

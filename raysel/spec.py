@@ -78,6 +78,9 @@ class ProtocolSpec(_Strict):
     searcher: str = "tpe"  # raysel.searchers: tpe (Optuna's TPE; "optuna" is its old name), random, cmaes, grid
     sampler: dict[str, Any] = {}  # the searcher's settings, e.g. {n_startup_trials: 4, multivariate: true}
     search_seed: int = 0  # the run seed of every search trial, and the sampler's seed (unless sampler.seed)
+    # raysel.studies: where the Optuna searchers keep each search phase's study (an SQLAlchemy URL);
+    # default: the SQLite file optuna.db in the sweep's directory
+    study_storage: str | None = None
     seeds: Union[Literal["50-run", "5-seed"], list[int]] = "50-run"
 
     @pydantic.field_validator("kind")
@@ -376,6 +379,10 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
     if not spec.arms and not spec.method:
         problems.append("method: required (or give arms: [...]); see `raysel list` for the methods")
     problems += searchers.sampler_problems(protocol.searcher, protocol.sampler)
+    if protocol.study_storage and (protocol.searcher == "grid" or not protocol.rules.searches):
+        problems.append(f"protocol.study_storage: only the Optuna searchers (tpe, random, cmaes) of a protocol "
+                        f"that searches keep a study; this spec has searcher {protocol.searcher!r} and protocol "
+                        f"{protocol.kind!r}")
     if isinstance(protocol.seeds, list) and (not protocol.seeds or len(set(protocol.seeds)) != len(protocol.seeds)):
         problems.append("protocol.seeds: must be a non-empty list of distinct integers, or '50-run' / '5-seed'")
     arms = spec.resolved_arms()

@@ -27,9 +27,10 @@ from raysel.searchers import make_sampler, missing_package
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
 from raysel.stopping import clear_stop, stop_on_sigterm, stop_requested
+from raysel import studies
 from raysel.storage import Storage
-from raysel.tracking import (TrackingInfo, check_reachable, end_run, ensure_experiment, log_artifacts, reopen_run,
-                             resolve_uri, set_run_tags, start_parent_run)
+from raysel.tracking import (TrackingInfo, check_reachable, close_abandoned_runs, end_run, ensure_experiment,
+                             log_artifacts, redact_uri, reopen_run, resolve_uri, set_run_tags, start_parent_run)
 from raysel.trial import TrialSettings, make_trainable, trial_label
 
 if TYPE_CHECKING:
@@ -167,6 +168,10 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
     missing = missing_package(spec.protocol.searcher) if spec.protocol.rules.searches else None
     if missing:
         problems.append(missing)
+    if spec.protocol.study_storage:
+        why = studies.url_problem(spec.protocol.study_storage)
+        if why:
+            problems.append(f"protocol.study_storage: {why}")
     address = ray_address(spec)
     if address and address not in ("auto", "local") and not address.startswith(("http://", "https://")):
         host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -181,6 +186,20 @@ def check_services(spec: SweepSpec, timeout_s: float = 5.0) -> None:
                             "unset for a local Ray")
     if problems:
         raise SpecError(problems)
+
+
+def check_new_studies(spec: SweepSpec, sweep_dir: Storage) -> None:
+    """A new sweep's search phases must not fall into studies an earlier sweep left in a shared
+    ``protocol.study_storage`` (Optuna would go on in them, their trials mixed with this sweep's)."""
+    if not spec.protocol.study_storage:
+        return  # the default storage lies in the sweep's own (new) directory
+    url = studies.storage_url(spec.protocol.study_storage, sweep_dir.local)
+    taken = [name for phase in expand(spec) if phase.asks_searcher
+             if studies.load_study(url, name := studies.study_name(spec.name, phase.label)) is not None]
+    if taken:
+        raise SpecError([f"protocol.study_storage: {redact_uri(url)} already holds the stud{'ies' if len(taken) > 1 else 'y'} "
+                         f"{', '.join(map(repr, taken))} of an earlier sweep named {spec.name!r}; continue that sweep "
+                         "with --resume, or choose another name (--set name=...)"])
 
 
 SUBMIT_DIR = "RAYSEL_SUBMIT_DIR"  # set by launch/submit.sh: the directory the user ran it in
@@ -288,7 +307,6 @@ def _wants_a_token(err: BaseException | None) -> bool:
 def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Storage, callbacks: list, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from raysel.checkpoints import checkpoint_config
 
@@ -302,6 +320,14 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Stor
         scheduler = ASHAScheduler(time_attr="step", grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor,
                                   max_t=spec.scheduler.max_t or 10**9)
+    search = None
+    if phase.asks_searcher:  # a persistent study (raysel.studies): optuna-dashboard shows it live
+        url = studies.storage_url(protocol.study_storage, (storage / spec.name).local)
+        name = studies.study_name(spec.name, phase.label)
+        if resume and (earlier := studies.load_study(url, name)) is not None:
+            studies.close_abandoned(earlier, known=set())  # Tune saved nothing of this phase: it starts afresh
+        search = studies.StudySearch(sampler=make_sampler(protocol.searcher, protocol.sampler, protocol.search_seed),
+                                     storage=studies.open_storage(url), study_name=name)
     concurrency = spec.resources.max_concurrent_trials
     if spec.resources.workers > 0 and concurrency is None:
         concurrency = 1  # Train-in-Tune trials compete for CPUs with their own workers
@@ -311,8 +337,7 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Stor
         tune_config=tune.TuneConfig(
             metric=protocol.metric, mode=protocol.mode,
             num_samples=phase.num_samples if phase.asks_searcher else 1,
-            search_alg=(OptunaSearch(sampler=make_sampler(protocol.searcher, protocol.sampler, protocol.search_seed))
-                        if phase.asks_searcher else None),
+            search_alg=search,
             scheduler=scheduler, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
             trial_name_creator=trial_name,
             # in-process trials reuse their actor: no fresh interpreter importing torch per trial
@@ -357,10 +382,14 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
                          "continue it with --resume, or choose another name (--set name=...) or storage_path"])
     # what depends on the working directory is fixed now (paths made absolute, the directory noted)
     working_dir = os.getcwd()
-    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
-        update={"uri": resolve_uri(spec.tracking.uri, base)})})
+    spec = spec.model_copy(update={
+        "tracking": spec.tracking.model_copy(update={"uri": resolve_uri(spec.tracking.uri, base)}),
+        "protocol": spec.protocol.model_copy(update={"study_storage": spec.protocol.study_storage
+                                                     and resolve_uri(spec.protocol.study_storage, base)})})
     preflight(spec)
     check_services(spec)
+    if not resume:
+        check_new_studies(spec, sweep_dir)
     if _starts_local_ray(spec):  # what a local Ray will have is known before it starts
         check_resources(spec, local_machine(spec.ray.num_cpus))
     with _driver_state(storage):
@@ -431,6 +460,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
     if resume:
         clear_stop(sweep_dir)  # a graceful stop's deferred trials run now
+        sweep_dir.download(studies.STUDY_FILE)  # a URI storage's default study, into the local mirror
 
     def check_stop(phase: Phase, grid) -> None:
         """After a graceful stop was asked for: no phase starts, the one that ran says what it left."""
@@ -450,6 +480,8 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
         with reporter:
             grid = _tuner(spec, phase, settings, storage, [reporter, metrics], resume).fit()
             reporter.count_results(grid)
+        if phase.asks_searcher and not spec.protocol.study_storage:
+            sweep_dir.upload(studies.STUDY_FILE)  # a URI storage's: the study kept in its local mirror
         check_stop(phase, grid)
         ended = grid.num_terminated + grid.num_errors
         if ended < phase.num_trials:  # Tune returns normally when interrupted: later phases must not start
@@ -471,6 +503,8 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                 run_phase(phase)
             for phase in spec.protocol.rules.next_phases(spec, best):
                 run_phase(phase)
+        if tracking and parent:
+            close_abandoned_runs(tracking.uri, tracking.experiment_id, parent)
         status = "FINISHED"
     except SweepInterrupted as stop:
         status = "KILLED"

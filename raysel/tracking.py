@@ -164,6 +164,24 @@ def end_run_if_running(uri: str, run_id: str, status: str) -> None:
         client.set_terminated(run_id, status=status)
 
 
+ABANDONED_TAG = "raysel.abandoned"
+
+
+def close_abandoned_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[str]:
+    """At the end of a sweep, its trial runs still RUNNING: a killed driver's trials that Tune's saved state
+    did not know (started after it last saved), so ``--resume`` never went on with them. They are ended
+    KILLED with the tag ``raysel.abandoned`` (reports leave them out); their trial ids."""
+    client = _client(uri)
+    query = (f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`raysel.role` = 'trial' "
+             "and attributes.status = 'RUNNING'")
+    runs = client.search_runs([experiment_id], filter_string=query)
+    for run in runs:
+        client.set_tag(run.info.run_id, ABANDONED_TAG, "its driver was killed before Ray Tune saved this trial; "
+                       "the resumed sweep did not continue it")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.data.tags.get("raysel.trial_id", run.info.run_id) for run in runs]
+
+
 def failure_reason(error: BaseException) -> str:
     """One line for a failed trial's ``raysel.failure`` tag and the report: the error's type and message."""
     message = " ".join(str(error).split()) or "(no message)"

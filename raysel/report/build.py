@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from raysel import studies
 from raysel.cost import COST_METRICS
 from raysel.report import stats
 from raysel.report.sources import ReportError, SweepRecord, load_frame, metric_columns, resolve
@@ -107,7 +108,10 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
     rules = protocol.rules
     search = stats.search_trials(frame, protocol, arms) if rules.searches else None
     spaces = {a.name: spec.parsed_search_space(a) for a in spec.resolved_arms()}
-    importances = (stats.param_importances(search, spaces, protocol.metric, protocol.mode)
+    study_url, study_trials, study_problem = _studies(record, spec, arms)
+    if search is not None and study_trials:  # each search trial's number and state in its Optuna study
+        search = search.merge(studies.trial_table(study_trials).drop(columns="arm"), on="trial_id", how="left")
+    importances = (stats.param_importances(search, spaces, protocol.metric, protocol.mode, study_trials)
                    if search is not None else None)
     selection = None
     if rules.selects_per_seed:
@@ -133,7 +137,27 @@ def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: Prot
     if rules.searches:
         categorical = sorted({k for space in spaces.values() for k, v in space.items() if isinstance(v, Categorical)})
         report.notes.append(search_note(protocol.searcher, protocol.sampler, protocol.num_samples, categorical))
+    if study_trials:
+        report.notes.append(studies.studies_note(redact_uri(study_url), study_trials))
+    if study_problem:
+        report.notes.append(study_problem)
     return report
+
+
+def _studies(record: SweepRecord, spec: SweepSpec, arms: list[str]) -> tuple[str | None, dict[str, list], str | None]:
+    """The sweep's Optuna studies (raysel.studies), when its searcher kept them: their storage URL, per arm
+    their trials, and why they could not be read here (None when they could)."""
+    protocol = spec.protocol
+    if not protocol.rules.searches or protocol.searcher == "grid":
+        return None, {}, None
+    if not protocol.study_storage and record.sweep_dir is None:
+        return None, {}, None
+    url = studies.storage_url(protocol.study_storage, record.sweep_dir)
+    try:
+        return url, studies.arm_trials(url, spec.name, arms), None
+    except Exception as err:  # a database this machine cannot reach: the report goes on from MLflow
+        return url, {}, (f"the Optuna studies in {redact_uri(url)} could not be read here ({type(err).__name__}); "
+                         "the search table and importances come from the logged trials")
 
 
 def _check_options(frame: pd.DataFrame, metric: str, step: int | None, requested: list[str] | None,
@@ -174,6 +198,11 @@ def _notes(report: Report, record: SweepRecord) -> list[str]:
         listed = [f"{row.trial_id} ({row.arm}, seed {row.seed}" + (f": {reason})" if isinstance(reason, str) else ")")
                   for row, reason in zip(failed.itertuples(), reasons)]
         notes.append(f"{len(failed)} failed trial(s) left out of every statistic: {'; '.join(listed)}")
+    abandoned = trials[trials["status"] == "KILLED"] if "status" in trials else trials.iloc[0:0]
+    if len(abandoned):
+        notes.append(f"{len(abandoned)} trial run(s) abandoned by a killed driver (started after Ray Tune last saved "
+                     f"the sweep's state; --resume ran other trials instead) left out: "
+                     f"{', '.join(map(str, abandoned['trial_id']))}")
     rules = report.protocol.rules
     notes += rules.notes(report.protocol, stats.BOOTSTRAP_RESAMPLES)
     notes += comparison_notes(report.comparisons)

@@ -58,10 +58,10 @@ def per_trial(frame: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
 
 
 def usable(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials that did not fail (a failed trial's numbers are partial)."""
+    """Trials that did not fail or were not abandoned by a killed driver (their numbers are partial)."""
     keep = pd.Series(True, index=trials.index)
     if "status" in trials:
-        keep &= trials["status"] != "FAILED"
+        keep &= ~trials["status"].isin(["FAILED", "KILLED"])
     if "error" in trials:
         keep &= trials["error"].isna()
     return trials[keep]
@@ -399,26 +399,33 @@ def search_trials(frame: pd.DataFrame, protocol: ProtocolSpec, arms: list[str] |
 
 
 def param_importances(search: pd.DataFrame, spaces: dict[str, dict[str, Any]], metric: str,
-                      mode: str) -> pd.DataFrame:
+                      mode: str, studies: dict[str, list] | None = None) -> pd.DataFrame:
     """Optuna's fANOVA importance of each searched parameter, per arm (columns arm, param, importance).
 
-    The study is rebuilt from the logged trials and the spec's distributions; arms with fewer than
-    two finished trials, no searched parameter, or an objective that never varied (fANOVA has nothing to
-    split) are left out."""
+    An arm's trials come from its Optuna study when ``studies`` has it (raysel.studies: its COMPLETE
+    trials), else the study is rebuilt from the logged trials and the spec's distributions; arms with
+    fewer than two finished trials, no searched parameter, or an objective that never varied (fANOVA has
+    nothing to split) are left out."""
     import optuna
+
+    from raysel.studies import searched
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
-    for arm, group in search.groupby("arm", sort=False):
-        distributions = {k: _optuna_distribution(v) for k, v in spaces.get(arm, {}).items()
-                         if _optuna_distribution(v) is not None and f"params.{k}" in group}
-        if len(group) < 2 or not distributions or group[metric].nunique() < 2:
+    for arm in dict.fromkeys([*search["arm"], *(studies or {})]):
+        if arm in (studies or {}):
+            finished = [searched(t) + (t.value,) for t in studies[arm] if t.state.name == "COMPLETE"]
+        else:
+            group = search[search["arm"] == arm]
+            distributions = {k: _optuna_distribution(v) for k, v in spaces.get(arm, {}).items()
+                             if _optuna_distribution(v) is not None and f"params.{k}" in group}
+            finished = [({k: _plain(trial[f"params.{k}"]) for k in distributions}, distributions, float(trial[metric]))
+                        for _, trial in group.iterrows()]
+        if len(finished) < 2 or not finished[0][1] or len({value for *_, value in finished}) < 2:
             continue
         study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
-        for _, trial in group.iterrows():
-            params = {k: _plain(trial[f"params.{k}"]) for k in distributions}
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
-                                                      value=float(trial[metric])))
+        for params, distributions, value in finished:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
