@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STUDY_FILE = "optuna.db"
 TRIAL_ID_ATTR = "raysel.trial_id"
@@ -169,12 +172,11 @@ def arm_trials(url: str, sweep: str, arms: list[str]) -> dict[str, list]:
 
 def searched(trial: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """A study trial's searched params and their distributions, named as the spec names them."""
-    strip = lambda name: name.removeprefix(PARAM_PREFIX)  # noqa: E731
-    return ({strip(k): v for k, v in trial.params.items()},
-            {strip(k): v for k, v in trial.distributions.items()})
+    return ({k.removeprefix(PARAM_PREFIX): v for k, v in trial.params.items()},
+            {k.removeprefix(PARAM_PREFIX): v for k, v in trial.distributions.items()})
 
 
-def trial_table(trials_by_arm: dict[str, list]) -> "pd.DataFrame":
+def trial_table(trials_by_arm: dict[str, list]) -> pd.DataFrame:
     """One row per study trial: arm, trial_id (Tune's), optuna_trial (its number), optuna_state."""
     import pandas as pd
 
