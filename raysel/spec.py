@@ -109,10 +109,23 @@ class ProtocolSpec(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    kind: Literal["none", "asha"] = "none"
-    grace_period: int = Field(1, gt=0)  # in the loop's global steps
-    reduction_factor: float = Field(3.0, gt=1)
-    max_t: int | None = Field(None, gt=0)
+    """Early stopping of a phase's trials, in the loop's global steps. asha: Ray Tune's ASHA (its rungs
+    from grace_period, reduction_factor, max_t); median: Ray Tune's median stopping rule (a trial whose best
+    value by step t is worse than the median of the other trials' running means up to t is stopped, once
+    t >= grace_period and min_samples_required other trials have reached t)."""
+
+    kind: Literal["none", "asha", "median"] = "none"
+    grace_period: int = Field(1, gt=0)
+    reduction_factor: float = Field(3.0, gt=1)  # asha
+    max_t: int | None = Field(None, gt=0)  # asha
+    min_samples_required: int = Field(3, gt=0)  # median
+
+    def problems(self) -> list[str]:
+        """Settings given that the chosen kind does not read (misplaced, or the wrong kind)."""
+        reads = {"none": set(), "asha": {"grace_period", "reduction_factor", "max_t"},
+                 "median": {"grace_period", "min_samples_required"}}[self.kind]
+        return [f"scheduler.{key}: not a setting of scheduler {self.kind!r}; its settings: "
+                f"{', '.join(sorted(reads)) or 'none'}" for key in sorted(self.model_fields_set - reads - {"kind"})]
 
 
 class ResourcesSpec(_Strict):
@@ -379,6 +392,7 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
     if not spec.arms and not spec.method:
         problems.append("method: required (or give arms: [...]); see `raysel list` for the methods")
     problems += searchers.sampler_problems(protocol.searcher, protocol.sampler)
+    problems += spec.scheduler.problems()
     if protocol.study_storage and (protocol.searcher == "grid" or not protocol.rules.searches):
         problems.append(f"protocol.study_storage: only the Optuna searchers (tpe, random, cmaes) of a protocol "
                         f"that searches keep a study; this spec has searcher {protocol.searcher!r} and protocol "

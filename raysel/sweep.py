@@ -25,7 +25,7 @@ from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, 
 from raysel.results import SWEEP_FILE, table_row
 from raysel.searchers import make_sampler, missing_package
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
-from raysel.spec import SpecError, SweepSpec, load_spec, parse_overrides
+from raysel.spec import SchedulerSpec, SpecError, SweepSpec, load_spec, parse_overrides
 from raysel.stopping import clear_stop, stop_on_sigterm, stop_requested
 from raysel import studies
 from raysel.storage import Storage
@@ -306,7 +306,6 @@ def _wants_a_token(err: BaseException | None) -> bool:
 
 def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Storage, callbacks: list, resume: bool):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from raysel.checkpoints import checkpoint_config
 
@@ -315,11 +314,7 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Stor
     path = (storage / spec.name / phase.label).uri
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, param_space=param_space(phase))
-    scheduler = None
-    if spec.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="step", grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor,
-                                  max_t=spec.scheduler.max_t or 10**9)
+    scheduler = make_scheduler(spec.scheduler)
     search = None
     if phase.asks_searcher:  # a persistent study (raysel.studies): optuna-dashboard shows it live
         url = studies.storage_url(protocol.study_storage, (storage / spec.name).local)
@@ -348,6 +343,19 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Stor
             checkpoint_config=tune.CheckpointConfig(**checkpoint_config(spec)),
             callbacks=callbacks, verbose=0 if callbacks else 1),
     )
+
+
+def make_scheduler(settings: SchedulerSpec):
+    """Ray Tune's scheduler for ``scheduler:`` (None: FIFO); time is the loop's global step."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    if settings.kind == "asha":
+        return ASHAScheduler(time_attr="step", grace_period=settings.grace_period,
+                             reduction_factor=settings.reduction_factor, max_t=settings.max_t or 10**9)
+    if settings.kind == "median":
+        return MedianStoppingRule(time_attr="step", grace_period=settings.grace_period,
+                                  min_samples_required=settings.min_samples_required)
+    return None
 
 
 def trial_dirname(trial) -> str:

@@ -196,6 +196,29 @@ def test_asha_stops_trials_early_and_their_runs_are_closed(lm_spec):
     assert (result.trials["step"] == 8).any()
 
 
+def test_the_median_stopping_rule_stops_a_clearly_worse_trial_and_lets_the_others_finish(lm_spec):
+    """A grid of four learning rates, one trial at a time: three that learn, then lr 1e-7 (its perplexity
+    stays at the untrained model's). With min_samples_required 3 only that last trial is judged: its best
+    dev perplexity by step 4 is worse than the median of the others' running means, so it is stopped (long
+    before its 200 steps: the stop comes with its step-4 result), and its run says so."""
+    spec = lm_spec(
+        name="median", params={"max_steps": 200, "eval_every": 4},
+        search_space={"lr": {"distribution": "categorical", "choices": [4e-3, 3e-3, 5e-3, 1e-7]}},
+        protocol={"kind": "search", "searcher": "grid", "metric": "dev_perplexity", "mode": "min"},
+        resources={"max_concurrent_trials": 1},
+        scheduler={"kind": "median", "grace_period": 4, "min_samples_required": 3},
+    )
+    result = raysel.run_sweep(spec, progress=False)
+
+    assert result.num_errors == 0
+    steps = dict(zip(result.trials["params.lr"], result.trials["step"]))
+    assert steps[4e-3] == steps[3e-3] == steps[5e-3] == 200, steps
+    runs = {float(r.data.params["params.lr"]): r for r in children(result)}
+    assert runs[1e-7].data.tags.get("raysel.stopped_by_scheduler") == "true"
+    assert steps[1e-7] < 200 and all("raysel.stopped_by_scheduler" not in runs[lr].data.tags
+                                     for lr in (4e-3, 3e-3, 5e-3))
+
+
 def test_cli_sweep_prints_trials_summary_best_config_and_report(lm_spec, tmp_path, capsys):
     import yaml
 
