@@ -14,7 +14,8 @@ step (forward, backward, AdamW step) is timed, median of ``--steps`` after two u
   order (a matrix-chain dynamic programme), same-shaped layers together in one batched contraction
   (MPOBank), then one matmul — what the recipe runs on CUDA;
 - opf-layerwise: the same, each layer on its own — what the recipe runs on the CPU;
-- opf-cores: MPOLinear ``mode="cores"``: the input pushed through the cores, W never formed;
+- opf-cores: MPOLinear ``mode="cores"``: the input pushed through the cores, W never formed (only when
+  ``--variants`` names it; refused when its estimated activations exceed half the free memory);
 - reference: W rebuilt from the cores on every forward by contracting left to right (OPF's code).
 
 Also an evaluation forward (no_grad): MPOLinear keeps W while the cores do not change; the reference
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
@@ -46,6 +48,7 @@ from raysel.methods.opf.algorithm import (MPOLinear, auto_shapes, matrix_candida
 from raysel.models import load_model  # noqa: E402
 
 VARIANTS = ("dense", "opf", "opf-layerwise", "opf-cores", "reference")
+DEFAULT_VARIANTS = ("dense", "opf", "opf-layerwise", "reference")  # the README's table; opf-cores on request
 
 
 class ReferenceMPO(nn.Module):
@@ -68,7 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-n", type=int, default=3, help="layers per weight type in MPO form (3)")
     parser.add_argument("--middle", type=int, default=13, help="size-1 middle cores of the shapes (13)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (5)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
+                        help="default: %(default)s; opf-cores (the input through the cores) only when named: its "
+                             "activations grow with every core (22 GB and > 16 min at 32 x 128 on minilm)")
+    parser.add_argument("--force", action="store_true",
+                        help="run opf-cores even when its estimated activations exceed half the free memory")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "opf.json")
@@ -87,6 +94,27 @@ def build(base: nn.Module, variant: str, names: list[str], middle: int) -> nn.Mo
     if variant == "opf":
         share_contractions(model, on_cpu=True)  # banked everywhere here; the recipe banks on CUDA only
     return model
+
+
+def cores_activation_bytes(base: nn.Module, names: list[str], middle: int, tokens: int) -> int:
+    """What opf-cores' forward keeps for the backward, estimated: after core k of a layer the input is
+    [tokens, j_1..j_k, i_k+1..i_n, r_k+1] floats, held twice (the moved copy and tensordot's result)."""
+    total = 0
+    for name in names:
+        layer = base.get_submodule(name)
+        in_shape, out_shape = auto_shapes(layer.in_features, layer.out_features, middle)
+        modes = [i * j for i, j in zip(in_shape, out_shape)]
+        for k in range(len(in_shape)):
+            bond = min(math.prod(modes[:k + 1]), math.prod(modes[k + 1:]))  # an exact decomposition's rank
+            total += tokens * math.prod(out_shape[:k + 1]) * math.prod(in_shape[k + 1:]) * bond
+    return 2 * 4 * total
+
+
+def free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    with open("/proc/meminfo") as info:
+        return next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:"))
 
 
 def sync(device: torch.device) -> None:
@@ -141,6 +169,12 @@ def main() -> None:
     batch = {k: v.to(device) for k, v in batch.items()}
     with torch.no_grad():
         reference_logits = base.to(device)(**batch).logits
+    if "opf-cores" in args.variants and not args.force:
+        need, free = cores_activation_bytes(base, names, args.middle, args.batch * args.seq_len), free_bytes(device)
+        if need > free / 2:
+            sys.exit(f"opf-cores: its training step would keep about {need / 2**30:.1f} GiB of activations, more "
+                     f"than half of the {free / 2**30:.1f} GiB free on {device}; give a smaller --batch/--seq-len, "
+                     "leave opf-cores out, or --force")
     results, agreement, parameters = {}, {}, {}
     for variant in args.variants:
         model = build(base, variant, names, args.middle).to(device).eval()
