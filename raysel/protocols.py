@@ -200,8 +200,9 @@ def expand(spec: "SweepSpec") -> list[Phase]:
 
 
 def variant(arm: "ArmSpec", stage: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One config of an arm as a trial receives it (``config["variant"]``)."""
-    return {"arm": arm.name, "method": arm.method, "stage": stage, "params": params,
+    """One config of an arm as a trial receives it (``config["variant"]``), the stage's own params
+    (``stage_params``) over ``params``."""
+    return {"arm": arm.name, "method": arm.method, "stage": stage, "params": {**params, **arm.stage_params.get(stage, {})},
             "model": arm.model.model_dump(), "data": arm.data.model_dump()}
 
 

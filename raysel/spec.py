@@ -65,6 +65,9 @@ class ArmSpec(_Strict):
     # trials all finish before this arm's start (e.g. pruning: the scoring runs whose records it reads)
     seeds: Union[Literal["50-run", "5-seed"], list[int], None] = None
     after: list[str] = []
+    # params one stage of the protocol sets over the others, e.g. a cheaper evaluation while searching:
+    # {search: {splits: [val]}, seeds: {splits: [test]}} (they win over the search's best config too)
+    stage_params: dict[Literal["search", "seeds", "grid"], dict[str, Any]] = {}
 
 
 class ProtocolSpec(_Strict):
@@ -121,11 +124,14 @@ class SchedulerSpec(_Strict):
     min_samples_required: int = Field(3, gt=0)  # median
 
     def problems(self) -> list[str]:
-        """Settings given that the chosen kind does not read (misplaced, or the wrong kind)."""
+        """Settings the chosen kind does not read, given other than their defaults (misplaced, or the
+        wrong kind; a dumped spec carries every default)."""
         reads = {"none": set(), "asha": {"grace_period", "reduction_factor", "max_t"},
                  "median": {"grace_period", "min_samples_required"}}[self.kind]
+        unread = [key for key, field in type(self).model_fields.items()
+                  if key not in reads | {"kind"} and getattr(self, key) != field.default]
         return [f"scheduler.{key}: not a setting of scheduler {self.kind!r}; its settings: "
-                f"{', '.join(sorted(reads)) or 'none'}" for key in sorted(self.model_fields_set - reads - {"kind"})]
+                f"{', '.join(sorted(reads)) or 'none'}" for key in unread]
 
 
 class ResourcesSpec(_Strict):
@@ -527,6 +533,13 @@ def _check_arm(arm: ArmSpec, where: str, rules: Protocol | None, searcher: str |
             for bound in distribution_bounds(value):
                 problems += _check_params(method, {**arm.params, key: bound}, _join(where, "search_space"),
                                           only=key, value_note=f" (search-space value {bound!r})")
+    fixed = {**arm.params, **{k: v for k, v in space.items() if not is_distribution(v)}}
+    for stage, overrides in arm.stage_params.items():
+        at = _join(where, "stage_params", stage)
+        searched = sorted(k for k in overrides if is_distribution(space.get(k)))
+        if searched:
+            problems.append(f"{at}: {', '.join(searched)} searched (search_space); a stage cannot also fix it")
+        problems += _check_params(method, {**fixed, **overrides}, at)
     if not problems:
         problems += _check_space_points(method, arm, space, _join(where, "search_space"))
     return list(dict.fromkeys(problems))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -70,6 +71,30 @@ def test_search_then_seeds_uses_each_arms_best_config():
             "b": {"task": "classification", "lr": 3e-4, "max_steps": 40}})
     assert phase.stage == "seeds" and phase.seeds == [5, 6] and phase.num_trials == 4
     assert phase.variants[0]["params"]["lr"] == 1e-4 and phase.variants[1]["params"]["max_steps"] == 40
+
+
+def test_stage_params_set_a_stages_own_params_over_the_arms_and_the_searchs_best():
+    raw = spec("search+seeds", seeds=[5]).model_dump(mode="json")
+    raw["arms"][0]["stage_params"] = {"search": {"eval_examples": 8}, "seeds": {"eval_examples": 64}}
+    s = load_spec(raw)
+    search_a = expand(s)[0]
+    assert search_a.variants[0]["params"]["eval_examples"] == 8
+    (seeds,) = get_protocol("search+seeds").next_phases(
+        s, {"a": {"task": "classification", "lr": 1e-4, "eval_examples": 8}, "b": {"task": "classification"}})
+    a, b = seeds.variants
+    assert a["params"]["eval_examples"] == 64 and a["params"]["lr"] == 1e-4 and "eval_examples" not in b["params"]
+
+
+@pytest.mark.parametrize("stage_params, expected", [
+    ({"seeds": {"lr": -1}}, "arms.0.stage_params.seeds.lr: Input should be greater than 0"),
+    ({"search": {"warmup_steps": 1}}, "arms.0.stage_params.search: warmup_steps searched (search_space)"),
+    ({"tests": {"lr": 1e-4}}, "arms.0.stage_params.tests"),
+])
+def test_bad_stage_params_are_named(stage_params, expected):
+    raw = spec("search+seeds").model_dump(mode="json")
+    raw["arms"][0]["stage_params"] = stage_params
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        load_spec(raw)
 
 
 def test_search_then_seeds_needs_a_best_config_of_every_arm():
