@@ -45,6 +45,7 @@ class _Run:
         self._carry = LatestMetrics()
         self._logged_up_to = logger.last_logged_step()
         self.telemetry: Any = None  # raysel.telemetry.TrialMetrics in a scheduled trial (rank 0)
+        self.best_model: Any = None  # raysel.best_models.BestModelOffer when the sweep logs best models (rank 0)
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         self._pending_state = state
@@ -105,6 +106,10 @@ class _Run:
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
+
+    def offer_model(self, model: torch.nn.Module) -> None:
+        if self.best_model is not None and self.rank == 0:
+            self.best_model.offer(model, self._carry.latest.get(self.best_model.metric))
 
     def _send(self, result: dict[str, Any], checkpoint: Any) -> None:
         raise NotImplementedError

@@ -164,6 +164,9 @@ class TrackingSpec(_Strict):
     # GPU utilisation and memory where there is one), sampled every system_metrics_interval_s
     system_metrics: bool = False
     system_metrics_interval_s: float = Field(10.0, gt=0)
+    # the best trial's trained model per arm (by the protocol metric), saved with save_pretrained, logged into
+    # the parent run under best_model/ARM (raysel.best_models; OPF's: the merged model)
+    log_best_model: bool = False
 
     @pydantic.field_validator("uri")
     @classmethod
@@ -399,6 +402,8 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
         problems.append("method: required (or give arms: [...]); see `raysel list` for the methods")
     problems += searchers.sampler_problems(protocol.searcher, protocol.sampler)
     problems += spec.scheduler.problems()
+    if spec.tracking.log_best_model and not spec.tracking.enabled:
+        problems.append("tracking.log_best_model: the best models are logged to MLflow; set tracking.enabled: true")
     if protocol.study_storage and (protocol.searcher == "grid" or not protocol.rules.searches):
         problems.append(f"protocol.study_storage: only the Optuna searchers (tpe, random, cmaes) of a protocol "
                         f"that searches keep a study; this spec has searcher {protocol.searcher!r} and protocol "

@@ -27,9 +27,9 @@ from raysel.searchers import make_sampler, missing_package
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SchedulerSpec, SpecError, SweepSpec, load_spec, parse_overrides
 from raysel.stopping import clear_stop, stop_on_sigterm, stop_requested
-from raysel import studies
+from raysel import best_models, studies
 from raysel.storage import Storage
-from raysel.tracking import (TrackingInfo, check_reachable, close_abandoned_runs, end_run, ensure_experiment,
+from raysel.tracking import (TrackingInfo, check_reachable, close_abandoned_runs, end_run, ensure_experiment, get_run,
                              log_artifacts, redact_uri, reopen_run, resolve_uri, set_run_tags, start_parent_run)
 from raysel.trial import TrialSettings, make_trainable, trial_label
 
@@ -454,6 +454,10 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
     if tracking and parent:  # so that a report can be rebuilt from the tracking server alone
         log_artifacts(tracking.uri, parent, [sweep_dir.local / SWEEP_FILE])
     registry, registry_actor = start_registry(spec.name)  # which trial builds a shared file, on any node
+    board, board_actor, best_logged = "", None, {}
+    if spec.tracking.log_best_model:  # which trial's model is its arm's best so far (raysel.best_models)
+        best_logged = best_models.logged_before(get_run(tracking.uri, parent).data.tags)
+        board, board_actor = best_models.start_board(spec.name, spec.protocol.mode, best_logged)
     settings = TrialSettings(tracking=tracking, protocol=spec.protocol.kind, workers=spec.resources.workers,
                              cpus_per_worker=spec.resources.cpus_per_worker,
                              gpus_per_worker=spec.resources.gpus_per_worker,
@@ -463,7 +467,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
                              shared_registry=registry, provenance=provenance,
                              system_metrics_s=(spec.tracking.system_metrics_interval_s
                                                if spec.tracking.system_metrics else None),
-                             metric=spec.protocol.metric)
+                             metric=spec.protocol.metric, best_models=board)
     frames, best = [], {}
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
     if resume:
@@ -499,6 +503,9 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
         frames.append(frame)
         if not keeps_finished(spec):
             delete_finished(grid)
+        if board_actor is not None:
+            best_logged.update(best_models.log_staged(board_actor, sweep_dir, tracking.uri, parent,
+                                                      spec.protocol.metric, best_logged))
         if phase.is_search:
             best.update(best_params(frame, spec.protocol.metric, spec.protocol.mode))
 
@@ -524,6 +531,8 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
         import ray
 
         ray.kill(registry_actor)
+        if board_actor is not None:
+            ray.kill(board_actor)
         if tracking and parent:
             end_run(tracking.uri, parent, status)
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -72,6 +72,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             from raysel.telemetry import TrialMetrics
 
+            run.best_model = settings.best_model_offer(variant["arm"], config["trial_id"])
+
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],
                                          trial_id=config["trial_id"], metric=settings.metric)
         recording = recording_loads() if rank == 0 else contextlib.nullcontext([])  # only rank 0 logs them

@@ -27,6 +27,7 @@ from raysel.tracking import NullLogger, TrackingInfo, TrialLogger, ensure_experi
 from raysel.train_driver import fit_with_ray_train
 
 if TYPE_CHECKING:
+    from raysel.best_models import BestModelOffer
     from raysel.shared_files import RegistryShares
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class TrialSettings:
     provenance: dict[str, str] = field(default_factory=dict)  # the driver's code and spec tags (raysel.provenance)
     system_metrics_s: float | None = None  # sample MLflow's system metrics this often (None: off)
     metric: str = ""  # the protocol's metric (the dashboard's per-trial objective)
+    best_models: str = ""  # the name of the sweep's raysel.best_models board actor ("": not logged)
 
     def shared_files(self, trial_id: str) -> "RegistryShares | None":
         """Who builds the files the trials share: the sweep's registry, else a file lock (one machine)."""
@@ -57,6 +59,14 @@ class TrialSettings:
         from raysel.shared_files import RegistryShares
 
         return RegistryShares(self.shared_registry, self.storage_path, trial_id)
+
+    def best_model_offer(self, arm: str, trial_id: str) -> "BestModelOffer | None":
+        """How a trial offers its trained model (tracking.log_best_model), else None."""
+        if not self.best_models:
+            return None
+        from raysel.best_models import BestModelOffer
+
+        return BestModelOffer(self.best_models, self.storage_path, arm, trial_id, self.metric)
 
     def worker_resources(self) -> dict[str, float]:
         """What each process running the loop reserves, as Ray names resources."""
@@ -112,6 +122,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                           model=ModelSpec(**variant["model"]), data=DataSpec(**variant["data"]),
                           artifact_dir=artifact_dir, logger=logger, shared_files=settings.shared_files(trial_id))
             run.set_tags(**{"raysel.world_size": "1", "raysel.device": str(run.device)})
+            run.best_model = settings.best_model_offer(variant["arm"], trial_id)
             from raysel.telemetry import TrialMetrics
 
             run.telemetry = TrialMetrics(sweep=Storage.parse(settings.storage_path).name, arm=variant["arm"],

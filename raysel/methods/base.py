@@ -90,6 +90,10 @@ class RunContext(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Keep a file with the trial's tracking run (rank 0; a no-op when tracking is off)."""
 
+    def offer_model(self, model: torch.nn.Module) -> None:
+        """The trained model at the loop's end (a ``save_pretrained`` model): kept as its arm's best when the
+        sweep logs best models and this trial's protocol metric is the arm's best so far; else a no-op."""
+
 
 @dataclass(frozen=True)
 class MethodFigure:

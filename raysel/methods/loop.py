@@ -122,7 +122,7 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
               param_groups: Callable[[torch.nn.Module], list[dict[str, Any]]] | None = None,
               before_step: Callable[[int], bool] | None = None,
               stop: Callable[[int, dict[str, float]], bool] | None = None,
-              track: bool = True, seed_dropout: bool = True) -> dict[str, float]:
+              track: bool = True, seed_dropout: bool = True, offer_model: bool = True) -> dict[str, float]:
     """Train ``model`` for ``params.max_steps`` optimizer steps (fewer when ``stop`` says so); return
     the last evaluation.
 
@@ -134,7 +134,8 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
     parameters (OPF decomposes matrices) and returns True when it did: the optimizer is then rebuilt
     over the new parameters, keeping the state of those that remain and the schedule's position.
     ``seed_dropout=False`` leaves the dropout RNG as the caller left it (CaMeLS's phases, whose
-    results predate the shared loop)."""
+    results predate the shared loop). At the end the model is offered as its arm's best
+    (``run.offer_model``) unless ``offer_model=False`` (OPF offers its merged model itself)."""
     model = run.prepare_model(model)
     plain = getattr(model, "module", model)  # unwrapped from DDP for evaluation and state
     start, evaluation = 0, {}
@@ -203,6 +204,8 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
             run.report(step, **metrics)
         if evaluated and stop is not None and stop(step, evaluation):
             break
+    if track and offer_model:
+        run.offer_model(plain)
     return dict(evaluation)
 
 

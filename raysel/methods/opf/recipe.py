@@ -136,8 +136,9 @@ class OPF(Method):
         run.set_tags(**{"opf.rounds": ",".join(f"{e}:{n}" for e, n in sorted(rounds.items())),
                         "opf.steps_per_epoch": str(steps_per_epoch)})
         final = fine_tune(model, params.loop(), run, task.next_batch, task.evaluate, step_metrics=step_metrics,
-                          extra_state=done, param_groups=groups, before_step=before_step)
+                          extra_state=done, param_groups=groups, before_step=before_step, offer_model=False)
         final.update(self._merge(model, task, params, run, done))
+        run.offer_model(model)  # merged back: a plain checkpoint of the original architecture
         run.set_tags(**{"opf.decomposed": ",".join(done.names)[:4000]})
         return final
 
