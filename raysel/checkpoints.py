@@ -21,8 +21,12 @@ CHECKPOINT_PREFIX = "checkpoint_"  # how Ray Tune and Ray Train name a checkpoin
 
 
 def checkpoint_config(spec: SweepSpec) -> dict[str, Any]:
-    """Keyword arguments of ``ray.tune.CheckpointConfig`` and ``ray.train.CheckpointConfig`` (the same)."""
+    """Keyword arguments of ``ray.tune.CheckpointConfig`` and ``ray.train.CheckpointConfig`` (the same).
+    Under PBT every checkpoint stays while its phase runs: an exploit loads another trial's checkpoint,
+    which that trial would otherwise delete when it writes its next one."""
     section = spec.checkpoints
+    if spec.scheduler.kind == "pbt":
+        return {"num_to_keep": None}
     if section.keep_best_by is None:
         return {"num_to_keep": section.keep}
     return {"num_to_keep": section.keep, "checkpoint_score_attribute": section.keep_best_by,

@@ -22,6 +22,7 @@ from raysel.results import LatestMetrics
 from raysel.tracking import NullLogger
 
 CHECKPOINT_FILE = "state.pt"  # the loop's state inside a Ray checkpoint directory
+WRITER_KEY = "written_by_run"  # in a checkpoint's state: the MLflow run of the trial that saved it
 
 
 class _Run:
@@ -64,7 +65,8 @@ class _Run:
             self._send(result, None)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+            # whose state it is: a trial that restores another's (PBT's exploit) says so in its run
+            torch.save({**state, WRITER_KEY: self._logger.run_id}, Path(tmp) / CHECKPOINT_FILE)
             from ray.tune import Checkpoint
 
             self._send(result, Checkpoint.from_directory(tmp))
@@ -83,7 +85,13 @@ class _Run:
         state = self._load_state()
         if state is None:
             return None
-        self.set_tags(**{"raysel.restored_from_step": str(state.get("step", "unknown"))})
+        step = state.get("step", "unknown")
+        writer = state.get(WRITER_KEY)
+        if writer and self._logger.run_id and writer != self._logger.run_id:  # PBT: another trial's checkpoint
+            self.set_tags(**{f"raysel.exploited_at.{max(0, self._logged_up_to)}":
+                             f"took the checkpoint of run {writer} at step {step}"})
+        else:
+            self.set_tags(**{"raysel.restored_from_step": str(step)})
         # a trial restored from its last checkpoint may have no step left to run: finish() reports there
         self._last = (int(state.get("step", 0)), {})
         # The results after a restart carry the checkpoint's evaluation until the next one: a searcher

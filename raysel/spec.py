@@ -115,23 +115,36 @@ class SchedulerSpec(_Strict):
     """Early stopping of a phase's trials, in the loop's global steps. asha: Ray Tune's ASHA (its rungs
     from grace_period, reduction_factor, max_t); median: Ray Tune's median stopping rule (a trial whose best
     value by step t is worse than the median of the other trials' running means up to t is stopped, once
-    t >= grace_period and min_samples_required other trials have reached t)."""
+    t >= grace_period and min_samples_required other trials have reached t); pbt: Ray Tune's population
+    based training (every perturbation_interval steps a trial in the bottom quantile_fraction takes the
+    checkpoint of one in the top and perturbs the searched params: x0.8/x1.2, or resampled with
+    resample_probability; synch: the population waits for its slowest at each interval)."""
 
-    kind: Literal["none", "asha", "median"] = "none"
+    kind: Literal["none", "asha", "median", "pbt"] = "none"
     grace_period: int = Field(1, gt=0)
     reduction_factor: float = Field(3.0, gt=1)  # asha
     max_t: int | None = Field(None, gt=0)  # asha
     min_samples_required: int = Field(3, gt=0)  # median
+    perturbation_interval: int | None = Field(None, gt=0)  # pbt (required): a multiple of the arms' eval_every
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt
+    resample_probability: float = Field(0.25, ge=0, le=1)  # pbt
+    synch: bool = False  # pbt
 
     def problems(self) -> list[str]:
         """Settings the chosen kind does not read, given other than their defaults (misplaced, or the
         wrong kind; a dumped spec carries every default)."""
         reads = {"none": set(), "asha": {"grace_period", "reduction_factor", "max_t"},
-                 "median": {"grace_period", "min_samples_required"}}[self.kind]
+                 "median": {"grace_period", "min_samples_required"},
+                 "pbt": {"perturbation_interval", "quantile_fraction", "resample_probability", "synch"}}[self.kind]
         unread = [key for key, field in type(self).model_fields.items()
                   if key not in reads | {"kind"} and getattr(self, key) != field.default]
-        return [f"scheduler.{key}: not a setting of scheduler {self.kind!r}; its settings: "
-                f"{', '.join(sorted(reads)) or 'none'}" for key in unread]
+        problems = [f"scheduler.{key}: not a setting of scheduler {self.kind!r}; its settings: "
+                    f"{', '.join(sorted(reads)) or 'none'}" for key in unread]
+        if self.kind == "pbt" and self.perturbation_interval is None:
+            problems.append("scheduler.perturbation_interval: pbt needs it (in loop steps; a multiple of the arms' "
+                            "eval_every, when they checkpoint)")
+        return problems
+
 
 
 class ResourcesSpec(_Strict):
@@ -402,12 +415,17 @@ def _check_semantics(spec: SweepSpec) -> list[str]:
         problems.append("method: required (or give arms: [...]); see `raysel list` for the methods")
     problems += searchers.sampler_problems(protocol.searcher, protocol.sampler)
     problems += spec.scheduler.problems()
+    if spec.scheduler.kind == "pbt" and not (protocol.rules.searches and protocol.searcher == "random"):
+        problems.append(f"scheduler.kind: pbt draws its population itself and perturbs the searched params: it needs "
+                        f"a protocol that searches with searcher 'random' (this spec: protocol {protocol.kind!r}, "
+                        f"searcher {protocol.searcher!r})")
     if spec.tracking.log_best_model and not spec.tracking.enabled:
         problems.append("tracking.log_best_model: the best models are logged to MLflow; set tracking.enabled: true")
-    if protocol.study_storage and (protocol.searcher == "grid" or not protocol.rules.searches):
+    if protocol.study_storage and (protocol.searcher == "grid" or not protocol.rules.searches
+                                   or spec.scheduler.kind == "pbt"):
         problems.append(f"protocol.study_storage: only the Optuna searchers (tpe, random, cmaes) of a protocol "
-                        f"that searches keep a study; this spec has searcher {protocol.searcher!r} and protocol "
-                        f"{protocol.kind!r}")
+                        f"that searches keep a study (not under scheduler pbt); this spec has searcher "
+                        f"{protocol.searcher!r}, protocol {protocol.kind!r}, scheduler {spec.scheduler.kind!r}")
     if isinstance(protocol.seeds, list) and (not protocol.seeds or len(set(protocol.seeds)) != len(protocol.seeds)):
         problems.append("protocol.seeds: must be a non-empty list of distinct integers, or '50-run' / '5-seed'")
     arms = spec.resolved_arms()

@@ -314,18 +314,23 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Stor
     path = (storage / spec.name / phase.label).uri
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, param_space=param_space(phase))
-    scheduler = make_scheduler(spec.scheduler)
+    scheduler = make_scheduler(spec.scheduler, phase)
+    concurrency = spec.resources.max_concurrent_trials
+    if spec.resources.workers > 0 and concurrency is None:
+        concurrency = 1  # Train-in-Tune trials compete for CPUs with their own workers
     search = None
-    if phase.asks_searcher:  # a persistent study (raysel.studies): optuna-dashboard shows it live
+    if phase.asks_searcher and spec.scheduler.kind == "pbt":  # its population: Tune's own seeded random draws
+        from ray.tune.search import BasicVariantGenerator
+
+        search = BasicVariantGenerator(random_state=protocol.search_seed, max_concurrent=concurrency or 0)
+        concurrency = None  # the generator limits it (Tune's own limit needs a Searcher)
+    elif phase.asks_searcher:  # a persistent study (raysel.studies): optuna-dashboard shows it live
         url = studies.storage_url(protocol.study_storage, (storage / spec.name).local)
         name = studies.study_name(spec.name, phase.label)
         if resume and (earlier := studies.load_study(url, name)) is not None:
             studies.close_abandoned(earlier, known=set())  # Tune saved nothing of this phase: it starts afresh
         search = studies.StudySearch(sampler=make_sampler(protocol.searcher, protocol.sampler, protocol.search_seed),
                                      storage=studies.open_storage(url), study_name=name)
-    concurrency = spec.resources.max_concurrent_trials
-    if spec.resources.workers > 0 and concurrency is None:
-        concurrency = 1  # Train-in-Tune trials compete for CPUs with their own workers
     return tune.Tuner(
         trainable,
         param_space=param_space(phase),
@@ -345,9 +350,10 @@ def _tuner(spec: SweepSpec, phase: Phase, settings: TrialSettings, storage: Stor
     )
 
 
-def make_scheduler(settings: SchedulerSpec):
-    """Ray Tune's scheduler for ``scheduler:`` (None: FIFO); time is the loop's global step."""
-    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+def make_scheduler(settings: SchedulerSpec, phase: Phase):
+    """Ray Tune's scheduler for ``scheduler:`` (None: FIFO); time is the loop's global step. PBT perturbs
+    the phase's searched params (search phases; later phases run FIFO)."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, PopulationBasedTraining
 
     if settings.kind == "asha":
         return ASHAScheduler(time_attr="step", grace_period=settings.grace_period,
@@ -355,6 +361,12 @@ def make_scheduler(settings: SchedulerSpec):
     if settings.kind == "median":
         return MedianStoppingRule(time_attr="step", grace_period=settings.grace_period,
                                   min_samples_required=settings.min_samples_required)
+    if settings.kind == "pbt" and phase.asks_searcher:
+        searched = {k: _tune_domain(v) for k, v in phase.variants[0]["params"].items() if is_distribution(v)}
+        return PopulationBasedTraining(time_attr="step", perturbation_interval=settings.perturbation_interval,
+                                       hyperparam_mutations={"variant": {"params": searched}},
+                                       quantile_fraction=settings.quantile_fraction,
+                                       resample_probability=settings.resample_probability, synch=settings.synch)
     return None
 
 

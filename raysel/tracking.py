@@ -302,6 +302,16 @@ class TrialLogger:
             _log_params(self.client, self.run_id, loggable_params(params))
         else:
             self.client.update_run(self.run_id, status="RUNNING")
+            self._note_changed_params(loggable_params(params))
+
+    def _note_changed_params(self, params: Mapping[str, str]) -> None:
+        """A restarted trial whose config changed (PBT perturbed it; MLflow's params cannot change): a tag
+        at the last step it logged, ``raysel.params_changed_at.STEP``, with the old and new values."""
+        logged = self.client.get_run(self.run_id).data.params
+        changed = {k: (logged[k], str(v)) for k, v in params.items() if k in logged and logged[k] != str(v)}
+        if changed:
+            self.set_tags({f"raysel.params_changed_at.{max(0, self.last_logged_step())}":
+                           "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in sorted(changed.items()))})
 
     @classmethod
     def attach(cls, info: TrackingInfo, run_id: str) -> "TrialLogger":

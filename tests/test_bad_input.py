@@ -181,6 +181,12 @@ CASES = [
     Case("an ASHA setting given to the median stopping rule",
          "scheduler.max_t: not a setting of scheduler 'median'; its settings: grace_period, min_samples_required",
          lambda t: spec(t, scheduler={"kind": "median", "max_t": 10})),
+    Case("population based training under the TPE searcher",
+         "scheduler.kind: pbt draws its population itself and perturbs the searched params: it needs a protocol "
+         "that searches with searcher 'random' (this spec: protocol 'search', searcher 'tpe')",
+         lambda t: {**spec(t), "protocol": {"kind": "search", "metric": "test_perplexity", "mode": "min"},
+                    "search_space": {"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2}},
+                    "scheduler": {"kind": "pbt", "perturbation_interval": 2}}),
     Case("an Optuna study storage without its database driver",
          "protocol.study_storage: 'postgresql://u:***@127.0.0.1:1/db': no database driver for it on this machine",
          lambda t: {**spec(t), "protocol": {"kind": "search", "metric": "test_perplexity", "mode": "min",

@@ -219,6 +219,43 @@ def test_the_median_stopping_rule_stops_a_clearly_worse_trial_and_lets_the_other
                                      for lr in (4e-3, 3e-3, 5e-3))
 
 
+def test_pbt_exploits_copy_a_better_trials_checkpoint_and_the_run_records_from_whom_and_its_new_lr(lm_spec):
+    """Population based training, 4 trials at once, synchronous: every 4 steps the bottom half takes the
+    checkpoint of the top half and perturbs its lr (x0.8 or x1.2, never resampled). Each exploit is in the
+    exploited trial's run: whose checkpoint at which step, the lr before and after, and the loop then trains
+    at the new lr from the checkpoint's schedule position."""
+    import re
+
+    spec = lm_spec(
+        name="pbt", params={"max_steps": 12, "eval_every": 4},
+        search_space={"lr": {"distribution": "loguniform", "low": 1e-6, "high": 1e-2}},
+        protocol={"kind": "search", "searcher": "random", "num_samples": 4, "metric": "dev_perplexity", "mode": "min"},
+        resources={"max_concurrent_trials": 4, "cpus_per_worker": 0.5},
+        scheduler={"kind": "pbt", "perturbation_interval": 4, "quantile_fraction": 0.5, "resample_probability": 0.0,
+                   "synch": True},
+    )
+    result = raysel.run_sweep(spec, progress=False)
+
+    assert result.num_errors == 0 and len(result.trials) == 4 and set(result.trials["step"]) == {12}
+    client = mlflow.MlflowClient(result.tracking_uri)
+    runs = {r.info.run_id: r for r in children(result)}
+    exploits = 0
+    for run in runs.values():
+        for key, value in run.data.tags.items():
+            if not key.startswith("raysel.exploited_at."):
+                continue
+            exploits += 1
+            donor, step = re.fullmatch(r"took the checkpoint of run (\w+) at step (\d+)", value).groups()
+            assert donor in runs and donor != run.info.run_id
+            changed = run.data.tags[f"raysel.params_changed_at.{key.rsplit('.', 1)[1]}"]
+            old, new = map(float, re.search(r"params\.lr: (\S+) -> (\S+)", changed).groups())
+            assert new != old
+            if int(step) < 12:  # (an exploit at the last step has nothing left to train)
+                lr_after = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}[int(step) + 1]
+                assert lr_after == pytest.approx(new * (12 - int(step)) / 12, rel=1e-9)  # the linear decay's position
+    assert exploits >= 2, "synchronous PBT with quantile 0.5 exploits the bottom two trials at step 4"
+
+
 def test_cli_sweep_prints_trials_summary_best_config_and_report(lm_spec, tmp_path, capsys):
     import yaml
 

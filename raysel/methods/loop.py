@@ -149,8 +149,10 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
     cost = TrainingCost(plain)  # what the loop trained on, for the report's compute columns
     if state is not None:
         plain.load_state_dict(state["model"])
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        _configured_hyperparameters_win(optimizer, schedule, configured)
         torch.set_rng_state(state["rng"])
         start, evaluation = state["step"], state["evaluation"]
         cost.load_state_dict(state.get("cost"))
@@ -207,6 +209,17 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
     if track and offer_model:
         run.offer_model(plain)
     return dict(evaluation)
+
+
+def _configured_hyperparameters_win(optimizer: torch.optim.Optimizer, schedule: Any,
+                                    configured: list[dict[str, Any]]) -> None:
+    """After a restore, the optimizer's hyperparameters are the trial's config's, not the checkpoint's: the
+    same for a restart, a perturbed lr (or weight decay) for a PBT exploit, at the schedule's position."""
+    schedule.base_lrs = [wanted["initial_lr"] for wanted in configured]
+    for group, wanted, base, factor in zip(optimizer.param_groups, configured, schedule.base_lrs, schedule.lr_lambdas):
+        group.update({k: v for k, v in wanted.items() if k != "lr"})
+        group["lr"] = base * factor(schedule.last_epoch)
+    schedule._last_lr = [group["lr"] for group in optimizer.param_groups]  # get_last_lr(): the loop logs it
 
 
 def _default_micro_step(model: torch.nn.Module, params: LoopParams, run: RunContext, batch: Batch | None,
