@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 
+from raysel import best_models, studies
 from raysel.methods import get_method
 from raysel.protocols import Phase, expand
 from raysel.provenance import code_and_spec_tags, package_versions
@@ -27,7 +28,6 @@ from raysel.searchers import make_sampler, missing_package
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SchedulerSpec, SpecError, SweepSpec, load_spec, parse_overrides
 from raysel.stopping import clear_stop, stop_on_sigterm, stop_requested
-from raysel import best_models, studies
 from raysel.storage import Storage
 from raysel.tracking import (TrackingInfo, check_reachable, close_abandoned_runs, end_run, ensure_experiment, get_run,
                              log_artifacts, redact_uri, reopen_run, resolve_uri, set_run_tags, start_parent_run)
@@ -484,7 +484,8 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
     metrics = SweepMetrics(spec.name)  # trials running / finished / failed, for the Grafana dashboard
     if resume:
         clear_stop(sweep_dir)  # a graceful stop's deferred trials run now
-        sweep_dir.download(studies.STUDY_FILE)  # a URI storage's default study, into the local mirror
+        if not (sweep_dir.local / studies.STUDY_FILE).exists():  # this machine's copy is the newest one
+            sweep_dir.download(studies.STUDY_FILE)  # a URI storage's default study, into the local mirror
 
     def check_stop(phase: Phase, grid) -> None:
         """After a graceful stop was asked for: no phase starts, the one that ran says what it left."""
