@@ -135,3 +135,32 @@ def test_a_bucket_nothing_can_be_written_to_is_refused_before_ray_starts(tmp_pat
         "Error NO_SUCH_BUCKET during CreateMultipartUpload operation: The specified bucket does not exist); give a "
         "URI the filesystem's credentials let this machine write to (e.g. s3://bucket/prefix), or a local path")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nowhere.yaml"]  # no MLflow store, no results
+
+
+def test_a_search_on_s3_keeps_its_study_in_the_bucket_and_logs_its_best_model(tmp_path, s3):
+    """A search with the default study storage and log_best_model on an S3 storage: optuna.db goes up to the
+    bucket (a reader elsewhere opens it: its trials are the search's), the best model is logged to MLflow,
+    and nothing of the staged models stays in the bucket."""
+    import optuna
+
+    spec = {"name": "search-s3", "method": "standard", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+            "params": {"max_steps": 2, "eval_every": 2, "context_len": 32, "batch_size": 8, "eval_examples": 16},
+            "search_space": {"lr": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2}},
+            "protocol": {"kind": "search", "num_samples": 2, "metric": "test_perplexity", "mode": "min"},
+            "resources": {"max_concurrent_trials": 1}, "ray": {"num_cpus": 2},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "log_best_model": True},
+            "storage_path": f"s3://{BUCKET}/sweeps"}
+    env = {**s3, "RAYSEL_CACHE": str(tmp_path / "driver-cache")}
+    ran = subprocess.run([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900)
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    stored = keys(s3, "sweeps/search-s3/")
+    assert not [k for k in stored if "/best_models/" in k], "the staged best models are deleted once logged"
+    (tmp_path / "optuna.db").write_bytes(stored["sweeps/search-s3/optuna.db"])
+    study = optuna.load_study(study_name="search-s3/search-standard", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    import mlflow
+
+    client = mlflow.MlflowClient(spec["tracking"]["uri"])
+    parent = json.loads(stored["sweeps/search-s3/sweep.json"])["parent_run_id"]
+    assert "best_model/standard/config.json" in {a.path for a in client.list_artifacts(parent, "best_model/standard")}
