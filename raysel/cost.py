@@ -1,6 +1,7 @@
 """What a trial's result cost: examples and tokens trained on, parameters trained, an estimate of the
-training FLOPs, wall and CPU seconds. Pure functions and a counter; the shared loop counts its batches
-(``TrainingCost``), the trial measures time (``Stopwatch``), the report puts them beside the metric.
+training FLOPs (and of a method's data selection, e.g. IGF's information gain), wall and CPU seconds. Pure
+functions and counters; the shared loop counts its batches (``TrainingCost``; a method's own micro-steps
+through ``CountedFlops``), the trial measures time (``Stopwatch``), the report puts them beside the metric.
 
 The FLOP estimate of a forward pass over a padded batch of B sequences of T tokens is
 ``2·P·B·T + 4·L·d·B·T²``: P the weights of the model's matrix multiplications (every ``nn.Linear`` and
@@ -12,14 +13,18 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 # the report's compute columns: the loop's and the trial's, then what methods report of their data use
-# (IGF: contexts examined, of which train_examples were accepted; pruning: the subset trained on)
-COST_METRICS = ("train_examples", "train_tokens", "train_flops_est", "params_trained", "wall_s", "cpu_s",
-                "contexts_consumed", "subset_size")
+# (IGF: contexts examined, of which train_examples were accepted; pruning: the subset trained on), and the
+# selection's own FLOPs (IGF's IG and learner) with the sum of both
+COST_METRICS = ("train_examples", "train_tokens", "train_flops_est", "selection_flops_est", "total_flops_est",
+                "params_trained", "wall_s", "cpu_s", "contexts_consumed", "subset_size")
 
 
 def matmul_parameters(model: torch.nn.Module) -> int:
@@ -81,6 +86,12 @@ class TrainingCost:
             self.tokens += tokens
             self.flops += train_flops(self.model, examples, length)
 
+    def add_flops(self, flops: float, examples: int, tokens: int) -> None:
+        """Count one micro-step a method ran itself (``micro_step``: e.g. CaMeLS's meta step)."""
+        self.examples += examples
+        self.tokens += tokens
+        self.flops += flops
+
     def metrics(self, workers: int = 1) -> dict[str, float]:
         """Cumulative counts; under data parallelism this rank's × ``workers`` (ranks see equal batches)."""
         out = {"params_trained": float(trained_parameters(self.model))}
@@ -95,6 +106,37 @@ class TrainingCost:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state:
             self.examples, self.tokens, self.flops = state["examples"], state["tokens"], state["flops"]
+
+
+Result = TypeVar("Result")
+
+
+class CountedFlops:
+    """FLOPs of a repeated step whose shapes vary (e.g. CaMeLS's meta step, second-order): the first call is
+    counted by torch's FlopCounterMode, later ones are scaled from it by ``size``, a number proportional to
+    the step's work (its forward FLOP estimate): one step pays the counter's overhead (about 1.5x)."""
+
+    def __init__(self) -> None:
+        self.per_size: float | None = None
+
+    def run(self, step: Callable[[], Result], size: float) -> tuple[Result, float]:
+        """``step()``'s result and its FLOPs."""
+        if self.per_size is not None:
+            return step(), self.per_size * size
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            result = step()
+        flops = float(counter.get_total_flops())
+        self.per_size = flops / size
+        return result, flops
+
+
+def with_total_flops(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``total_flops_est`` (training + selection) where a trial reported selection FLOPs."""
+    if "selection_flops_est" not in frame or "train_flops_est" not in frame:
+        return frame
+    return frame.assign(total_flops_est=frame["train_flops_est"] + frame["selection_flops_est"].fillna(0.0))
 
 
 class Stopwatch:

@@ -62,6 +62,8 @@ def test_qa_tune_meta_train_evaluate_then_an_lr_grid_from_the_trained_sweep(tmp_
     # the meta-gradient moved the weight model away from its constant start (ln 2 / 3 on every token)
     assert abs(trials.loc["meta", "val_weight_mean"] - math.log(2) / 3) > 1e-4
     assert trials.loc["meta", "val_qa_nll"] > 0 and "train_qa_nll" in trials.columns
+    # meta-training's compute: 2 outer steps × 2 batches of 2 documents, their second-order FLOPs counted
+    assert trials.loc["meta", "train_examples"] == 8 and trials.loc["meta", "train_flops_est"] > 0
     for arm in ("uniform", "ssm", "tfidf", "camels", "uniform-qa-lt"):
         for split in ("val", "test"):
             for metric in ("f1", "em", "em_prefix"):

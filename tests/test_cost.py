@@ -1,6 +1,7 @@
-"""Compute cost beside every result (issue 23, item 8): the FLOP estimate against torch's own counter,
-the shared loop's counts of what it trained on (also across a restart), the trial's clock, and the
-report's cost columns and Pareto figure."""
+"""Compute cost beside every result (issue 23, item 8): the FLOP estimates (training, IGF's information
+gain and learner) against torch's own counter, a method's counted steps (CaMeLS's meta step), the shared
+loop's counts of what it trained on (also across a restart), the trial's clock, and the report's cost
+columns and Pareto figure."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,8 +9,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from raysel.cost import Stopwatch, TrainingCost, batch_size_and_tokens, forward_flops, train_flops
+from raysel.cost import (CountedFlops, Stopwatch, TrainingCost, batch_size_and_tokens, forward_flops, train_flops,
+                         with_total_flops)
 from raysel.inputs import DataSpec, ModelSpec
+from raysel.methods.camels.algorithm import meta_step, trainable_params
+from raysel.methods.igf.algorithm import (SecondaryLearner, information_gain, information_gain_flops,
+                                          train_secondary_learner)
 from raysel.methods.loop import LoopParams, fine_tune
 from raysel.models import load_model
 from raysel.report.stats import pareto_front
@@ -29,6 +34,60 @@ def test_the_flop_estimate_is_within_a_tenth_of_torchs_counted_flops(name, task)
     with FlopCounterMode(display=False) as counted, torch.no_grad():
         model(input_ids=ids)
     assert 0.9 <= counted.get_total_flops() / forward_flops(model, batch, length) <= 1.02
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2-random", "tiny-llama-random"])
+@pytest.mark.parametrize("engine", ["exact", "loop", "first_order"])
+def test_the_information_gain_estimate_is_within_a_tenth_of_torchs_counted_flops(name, engine):
+    model, _ = load_model(name, "causal_lm")
+    ids = torch.randint(5, 500, (26, 24), generator=torch.Generator().manual_seed(0))
+    contexts, objective = ids[:6], ids[6:]
+    with FlopCounterMode(display=False) as counted:
+        information_gain(model, contexts, objective, engine=engine, chunk_size=3)
+    estimate = information_gain_flops(model, 6, 20, 24, engine=engine)
+    assert 0.9 <= counted.get_total_flops() / estimate <= 1.02
+
+
+def test_the_secondary_learners_fit_estimate_is_within_a_seventh_of_torchs_counted_flops():
+    model, _ = load_model("tiny-gpt2-random", "causal_lm")
+    learner = SecondaryLearner.from_model(model)
+    contexts = torch.randint(5, 500, (90, 16), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counted:
+        train_secondary_learner(learner, contexts, torch.randn(90), heldout=20, batch_size=16, epochs=3, eval_every=2)
+    estimate = learner.fit_flops(90, 16, heldout=20, batch_size=16, epochs=3, eval_every=2)
+    assert 0.85 <= counted.get_total_flops() / estimate <= 1.02
+
+
+def test_counted_flops_count_the_first_step_and_scale_the_others_by_their_size():
+    base, _ = load_model("tiny-gpt2-random", "causal_lm")
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    weigher = torch.nn.Linear(1, 1)  # per-token weights from a learnable scale: a real second-order meta step
+    start = trainable_params(base)
+
+    def batch(rows: int, length: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(5, 500, (rows, length), generator=torch.Generator().manual_seed(length))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    def step(length: int):
+        documents = batch(2, length)
+        return meta_step(base, weigher, start, documents, batch(2, 8), None, inner_lr=1e-3, sequential=True,
+                         c_kl=0.0, c_norm=0.0, weigh=lambda d: weigher(torch.ones(*d["input_ids"].shape, 1)).squeeze(-1))
+
+    with FlopCounterMode(display=False) as counted:
+        step(12)
+    counter = CountedFlops()
+    _, first = counter.run(lambda: step(12), size=2.0)
+    _, second = counter.run(lambda: step(12), size=3.0)
+    assert first == counted.get_total_flops() > 0
+    assert second == pytest.approx(1.5 * first)
+
+
+def test_the_total_adds_selection_flops_where_a_trial_reported_them():
+    frame = pd.DataFrame({"train_flops_est": [10.0, 20.0], "selection_flops_est": [5.0, None]})
+    assert with_total_flops(frame)["total_flops_est"].tolist() == [15.0, 20.0]
+    assert "total_flops_est" not in with_total_flops(frame.drop(columns="selection_flops_est"))
 
 
 def test_batches_count_their_real_tokens():

@@ -70,6 +70,10 @@ def test_shifting_igf_trains_on_accepted_contexts_and_shares_its_learner(tmp_pat
     consumed = [steps[s]["contexts_consumed"] for s in (1, 2, 3, 4)]
     assert consumed == sorted(consumed) and consumed[-1] >= 4 * 4
     assert 0 <= steps[0]["learner_heldout_mse"] and -1 <= steps[0]["learner_heldout_spearman"] <= 1
+    # its selection's FLOPs: building the learner, then scoring each examined candidate with it
+    selection = [steps[s]["selection_flops_est"] for s in (1, 2, 3, 4)]
+    per_candidate = (selection[-1] - selection[0]) / (consumed[-1] - consumed[0])
+    assert selection[0] - per_candidate * consumed[0] > 100 * per_candidate > 0
     learners = list((tmp_path / "shared").glob("igf-learner-*/learner.pt"))
     assert len(learners) == 1
     built = learners[0].stat().st_mtime_ns
@@ -83,6 +87,7 @@ def test_standard_arm_accepts_everything_and_builds_no_learner(tmp_path):
     run, _ = run_igf(tmp_path, threshold_mode="none")
     assert all(r.get("acceptance_rate", 1.0) == 1.0 for r in run.results)
     assert run.results[-1]["contexts_consumed"] == 4 * 4
+    assert all("selection_flops_est" not in r for r in run.results)
     assert not list((tmp_path / "shared").glob("igf-learner-*"))
 
 
@@ -123,6 +128,12 @@ def test_three_arm_protocol_sweep_and_its_report(tmp_path, ray_session):
     welch = scipy_stats.ttest_ind(final["igf-shifting"], final["standard"], equal_var=False)
     assert comparisons.loc["igf-shifting", "welch_p"] == pytest.approx(welch.pvalue)
     assert set(result.report.figures) == {"curves", "box", "bars", "pareto"}  # pareto: arms against compute
+    # compute columns: the IGF arms' selection (IG, learner, filter) counts in their total, standard has none
+    assert summary.loc["standard", "total_flops_est"] == summary.loc["standard", "train_flops_est"]
+    for arm in ("igf-constant", "igf-shifting"):
+        assert summary.loc[arm, "total_flops_est"] == pytest.approx(
+            summary.loc[arm, "train_flops_est"] + summary.loc[arm, "selection_flops_est"])
+        assert summary.loc[arm, "selection_flops_est"] > summary.loc[arm, "train_flops_est"]
     steps = result.report.steps
     assert set(steps["step"]) == {0, 2, 4} and (steps["n"] == 3).all()
     tags = pd.Series({r.data.tags["raysel.arm"]: r.data.tags.get("igf.learner", "")

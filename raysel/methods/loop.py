@@ -122,7 +122,8 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
               param_groups: Callable[[torch.nn.Module], list[dict[str, Any]]] | None = None,
               before_step: Callable[[int], bool] | None = None,
               stop: Callable[[int, dict[str, float]], bool] | None = None,
-              track: bool = True, seed_dropout: bool = True, offer_model: bool = True) -> dict[str, float]:
+              track: bool = True, seed_dropout: bool = True, offer_model: bool = True,
+              cost: TrainingCost | None = None) -> dict[str, float]:
     """Train ``model`` for ``params.max_steps`` optimizer steps (fewer when ``stop`` says so); return
     the last evaluation.
 
@@ -135,7 +136,9 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
     over the new parameters, keeping the state of those that remain and the schedule's position.
     ``seed_dropout=False`` leaves the dropout RNG as the caller left it (CaMeLS's phases, whose
     results predate the shared loop). At the end the model is offered as its arm's best
-    (``run.offer_model``) unless ``offer_model=False`` (OPF offers its merged model itself)."""
+    (``run.offer_model``) unless ``offer_model=False`` (OPF offers its merged model itself). The loop
+    counts what its batches cost (``TrainingCost``); a ``micro_step`` method passes its own ``cost`` and
+    adds its steps to it (``TrainingCost.add_flops``)."""
     model = run.prepare_model(model)
     plain = getattr(model, "module", model)  # unwrapped from DDP for evaluation and state
     start, evaluation = 0, {}
@@ -146,7 +149,7 @@ def fine_tune(model: torch.nn.Module, params: LoopParams, run: RunContext,
         extra_state.load_state_dict(state["extra"])
     optimizer = make_optimizer(param_groups(plain) if param_groups else model.parameters(), params)
     schedule = make_schedule(optimizer, params)
-    cost = TrainingCost(plain)  # what the loop trained on, for the report's compute columns
+    cost = cost if cost is not None else TrainingCost(plain)  # what it trained on: the report's compute columns
     if state is not None:
         plain.load_state_dict(state["model"])
         configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from raysel import studies
-from raysel.cost import COST_METRICS
+from raysel.cost import COST_METRICS, with_total_flops
 from raysel.report import stats
 from raysel.report.sources import ReportError, SweepRecord, load_frame, metric_columns, resolve
 from raysel.searchers import search_note
@@ -106,6 +106,7 @@ def build(sweep: "str | Path", *, tracking_uri: str | None = None, source: str =
 def _compute(record: SweepRecord, frame: pd.DataFrame, used: str, protocol: ProtocolSpec, metric: str,
              step: int | None, arms: list[str], baseline: str | None, spec: SweepSpec) -> Report:
     rules = protocol.rules
+    frame = with_total_flops(frame)
     search = stats.search_trials(frame, protocol, arms) if rules.searches else None
     spaces = {a.name: spec.parsed_search_space(a) for a in spec.resolved_arms()}
     study_url, study_trials, study_problem = _studies(record, spec, arms)
@@ -268,7 +269,7 @@ def draw(report: Report, out: Path) -> dict[str, Path]:
     if not values.empty:
         drawn["box"] = figures.box(values, metric, f"{name}: {metric} at {at}", out / "box.png")
         drawn["bars"] = figures.bars(report.summary, metric, rules.error_bar, f"{name}: {metric} at {at}", out / "bars.png")
-        cost = next((c for c in ("train_flops_est", "wall_s") if c in report.summary
+        cost = next((c for c in ("total_flops_est", "train_flops_est", "wall_s") if c in report.summary
                      and report.summary[c].notna().any()), None)
         if cost is not None and report.summary["arm"].nunique() > 1:
             drawn["pareto"] = figures.pareto(report.summary, metric, cost, report.protocol.mode,

@@ -206,7 +206,8 @@ def method_figure(figure: "MethodFigure", path: Path) -> Path:
     return METHOD_FIGURES[figure.kind](**figure.data, title=figure.title, path=path)
 
 
-COST_LABELS = {"train_flops_est": "training FLOPs (estimate, log scale)", "wall_s": "wall seconds per trial (log scale)",
+COST_LABELS = {"total_flops_est": "training + selection FLOPs (estimate, log scale)",
+               "train_flops_est": "training FLOPs (estimate, log scale)", "wall_s": "wall seconds per trial (log scale)",
                "train_tokens": "tokens trained on (log scale)", "cpu_s": "CPU seconds per trial (log scale)"}
 
 

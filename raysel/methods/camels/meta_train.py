@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from raysel.cost import CountedFlops, TrainingCost, forward_flops
 from raysel.data.batches import TokenWindows
 from raysel.data.sources import lm_splits
 from raysel.inputs import DataSpec
@@ -69,10 +70,13 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
     def micro_step(step: int, micro: int, _: torch.Generator) -> dict[str, float]:
         generator = torch.Generator().manual_seed((run.seed * 1_000_003 + step) * 101 + micro)
         documents, questions, unrelated = _meta_batch(splits["train"], tokenizer, locality, params, generator, device)
-        carried.current, losses = meta_step(base, weight_model, carried.current, documents, questions, unrelated,
-                                            inner_lr=params.inner_lr, sequential=params.sequential_update,
-                                            c_kl=params.c_kl, c_norm=params.c_norm, norm_p=params.norm_p,
-                                            scale=1.0 / params.grad_acc_steps, padded_length=params.padded_length)
+        (carried.current, losses), flops = counted.run(
+            lambda: meta_step(base, weight_model, carried.current, documents, questions, unrelated,
+                              inner_lr=params.inner_lr, sequential=params.sequential_update, c_kl=params.c_kl,
+                              c_norm=params.c_norm, norm_p=params.norm_p, scale=1.0 / params.grad_acc_steps,
+                              padded_length=params.padded_length),
+            size=_meta_step_size(base, weight_model, documents, questions, unrelated))
+        cost.add_flops(flops, len(documents["input_ids"]), int(documents["attention_mask"].sum()))
         carried.docs_seen += len(documents["input_ids"])
         if carried.docs_seen % params.reset_base_freq < len(documents["input_ids"]):  # crossed a multiple
             carried.current = carried.start
@@ -85,10 +89,23 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
             save_weight_model(model, encoder_name, target)
         return {**evaluation, "best_val_loss": carried.best}
 
-    final = fine_tune(weight_model, params.loop("meta_train"), run, None, evaluate, micro_step=micro_step, extra_state=carried,
-                      seed_dropout=False)
+    # the meta step's FLOPs (second order, through the inner loop): counted by torch on the first step,
+    # scaled by the forward estimate of its batches on the others
+    counted, cost = CountedFlops(), TrainingCost(weight_model)
+    final = fine_tune(weight_model, params.loop("meta_train"), run, None, evaluate, micro_step=micro_step,
+                      extra_state=carried, seed_dropout=False, cost=cost)
     run.log_artifact(target, "camels")
     return final
+
+
+def _meta_step_size(base: torch.nn.Module, weight_model: TokenWeightModel, documents: dict, questions: dict,
+                    unrelated: dict) -> float:
+    """A number proportional to a meta step's work: the forward FLOP estimates of its batches."""
+    def forward(model: torch.nn.Module, batch: dict) -> float:
+        return forward_flops(model, *batch["input_ids"].shape)
+
+    return (forward(weight_model, documents) + forward(base, documents) + forward(base, questions)
+            + forward(base, unrelated))
 
 
 def _meta_batch(documents: list[dict], tokenizer, locality: TokenWindows, params: CamelsParams,

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
+from raysel import cost
 from raysel.methods.loop import eval_mode
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which the reference keeps
@@ -314,6 +315,23 @@ def zscore(values: Tensor) -> tuple[Tensor, float, float]:
     return (values - mean) / std, float(mean), float(std)
 
 
+def information_gain_flops(model: nn.Module, contexts: int, objective: int, context_len: int, *,
+                           engine: Literal["exact", "first_order", "loop"] = "exact", check_contexts: int = 0) -> float:
+    """Estimated FLOPs of ``information_gain`` over ``contexts`` contexts with an objective set of
+    ``objective`` contexts (all ``context_len`` tokens; raysel.cost's estimate of a forward/training pass).
+
+    Exact engines: the objective under θ0 once, then per context a training pass on it and the objective
+    under the updated weights. First order: the objective's gradient once and a training pass per context
+    (plus ``check_contexts`` exact ones, the rank-correlation check). Within a few percent of torch's
+    FLOP counter (tests/test_cost.py)."""
+    one_step = cost.train_flops(model, 1, context_len)
+    objective_forward = cost.forward_flops(model, objective, context_len)
+    if engine == "first_order":
+        exact_check = information_gain_flops(model, check_contexts, objective, context_len) if check_contexts else 0.0
+        return cost.train_flops(model, objective, context_len) + contexts * one_step + exact_check
+    return objective_forward + contexts * (one_step + objective_forward)
+
+
 # ----------------------------------------------------------------------------- secondary learner
 
 class SecondaryLearner(nn.Module):
@@ -337,6 +355,20 @@ class SecondaryLearner(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         features = self.conv(self.embed(ids).transpose(1, 2))  # [B, channels, L]
         return self.head(features.amax(dim=2)).squeeze(1)
+
+    def forward_flops(self, context_len: int) -> float:
+        """FLOPs of scoring one context: the convolution at every position, then the head once."""
+        conv = 2.0 * self.conv.weight.numel() * context_len
+        return conv + sum(2.0 * m.weight.numel() for m in self.head if isinstance(m, nn.Linear))
+
+    def fit_flops(self, contexts: int, context_len: int, *, heldout: int = 512, batch_size: int = 128,
+                  epochs: int = 15, eval_every: int | None = None) -> float:
+        """Estimated FLOPs of ``train_secondary_learner`` on ``contexts`` pairs and scoring them all after."""
+        held = min(heldout, contexts // 4)
+        batches = epochs * -(-(contexts - held) // batch_size)
+        evaluations = epochs + (batches // eval_every if eval_every else 0)
+        per_context = self.forward_flops(context_len)
+        return per_context * (3.0 * epochs * (contexts - held) + evaluations * held + contexts)
 
 
 def train_secondary_learner(learner: SecondaryLearner, contexts: Tensor, targets: Tensor, *, heldout: int = 512,

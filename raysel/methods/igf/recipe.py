@@ -21,7 +21,7 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import pydantic
 import torch
@@ -31,10 +31,9 @@ from raysel.data.errors import DataError
 from raysel.data.sources import lm_splits
 from raysel.methods.base import Method, MethodParams, RunContext
 from raysel.methods.collective import distributed, gather, shared_file
-from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, information_gain, objective_and_pool,
-                                          objective_perplexity, predict, rank_correlation, sample_context,
-                                          threshold_at,
-                                          train_secondary_learner, zscore)
+from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, information_gain, information_gain_flops,
+                                          objective_and_pool, objective_perplexity, predict, rank_correlation,
+                                          sample_context, threshold_at, train_secondary_learner, zscore)
 from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import perplexity
 from raysel.models import check_model, load_model
@@ -121,6 +120,17 @@ class IGFParams(MethodParams):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class SelectionCost(NamedTuple):
+    """Estimated FLOPs of IGF's selection: building the learner (the IG of its contexts and its fit; shared
+    by the sweep's trials, but what one IGF run needs), then scoring every candidate the filter examines."""
+
+    learner: float
+    per_candidate: float
+
+    def flops(self, examined: int) -> float:
+        return self.learner + self.per_candidate * examined
+
+
 class FilterStats:
     """Candidates examined and accepted so far (checkpointed with the loop, so a restart keeps counting)."""
 
@@ -134,9 +144,11 @@ class FilterStats:
         self.step_examined += examined
         self.step_accepted += accepted
 
-    def step_metrics(self, threshold: float | None) -> dict[str, float]:
+    def step_metrics(self, threshold: float | None, selection: "SelectionCost | None") -> dict[str, float]:
         metrics = {"acceptance_rate": self.step_accepted / max(1, self.step_examined),
                    "contexts_consumed": float(self.examined)}
+        if selection is not None:
+            metrics["selection_flops_est"] = selection.flops(self.examined)
         if threshold is not None:
             metrics["threshold"] = threshold
         self.step_examined = self.step_accepted = 0
@@ -169,10 +181,11 @@ class IGF(Method):
                                           context_len=params.context_len, min_len=params.min_len, trim=params.trim,
                                           generator=torch.Generator().manual_seed(params.ig_seed))
         test = _fixed_windows(test_articles, params.context_len, params.eval_examples, seed=1)
-        score = None
+        score, selection = None, None
         if params.threshold_mode != "none":
-            learner, learner_metrics = self._learner(params, run, model, objective, pool)
+            learner, learner_metrics, learner_flops = self._learner(params, run, model, objective, pool)
             score = _scorer(learner, params.threshold_units, learner_metrics)  # no LM forward for a candidate
+            selection = SelectionCost(learner_flops, learner.forward_flops(params.context_len))
         loop = params.loop()
         per_micro = micro_batch_size(loop, run.world_size)
         stats = FilterStats()
@@ -201,12 +214,13 @@ class IGF(Method):
             return metrics
 
         return fine_tune(model, loop, run, next_batch, evaluate,
-                         step_metrics=lambda step: stats.step_metrics(thresholds.get(step)), extra_state=stats)
+                         step_metrics=lambda step: stats.step_metrics(thresholds.get(step), selection), extra_state=stats)
 
     # ------------------------------------------------------------ the shared learner
     def _learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
-                 pool: list[torch.Tensor]) -> tuple[SecondaryLearner, dict[str, float]]:
-        """The secondary learner (built by this trial's workers or by an earlier trial) and its metrics.
+                 pool: list[torch.Tensor]) -> tuple[SecondaryLearner, dict[str, float], float]:
+        """The secondary learner (built by this trial's workers or by an earlier trial), its metrics and
+        the estimated FLOPs of building it.
 
         When the learner must be built, every rank computes the IG of its share of the contexts
         (contexts[rank::world_size]) and rank 0 assembles them and fits it."""
@@ -225,7 +239,17 @@ class IGF(Method):
                    learner_heldout_spearman=saved["info"]["heldout_spearman"], ig_mean=saved["ig_mean"],
                    ig_std=saved["ig_std"], ig_seconds=saved["ig_seconds"], ig_workers=saved["ig_workers"],
                    **saved["metrics"])
-        return learner, saved["metrics"]
+        return learner, saved["metrics"], self._learner_flops(params, model, learner)
+
+    @staticmethod
+    def _learner_flops(params: IGFParams, model: torch.nn.Module, learner: SecondaryLearner) -> float:
+        """Estimated FLOPs of the IG pairs and the learner's fit (see information_gain_flops)."""
+        ig = information_gain_flops(model, params.ig_contexts, params.size_objective_set, params.context_len,
+                                    engine=params.ig_engine, check_contexts=params.ig_check_contexts)
+        fit = learner.fit_flops(params.ig_contexts, params.context_len, heldout=params.learner_heldout,
+                                batch_size=params.secondary_learner_batch_size,
+                                epochs=params.secondary_learner_max_epochs, eval_every=params.learner_eval_every)
+        return ig + fit
 
     def _build_learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
                        pool: list[torch.Tensor], directory: Path) -> dict[str, Any] | None:
