@@ -118,7 +118,9 @@ def _study_search_class() -> type:
 
     class StudySearch(OptunaSearch):
         """Ray Tune's OptunaSearch with the Tune trial id on each Optuna trial, a trial whose metric Optuna
-        refuses (NaN) told as FAIL instead of left RUNNING, and abandoned trials closed on restore."""
+        refuses (NaN) told as FAIL instead of left RUNNING, reports without the metric (e.g. IGF's learner
+        numbers before its first evaluation) passed over instead of crashing the sweep, and abandoned
+        trials closed on restore."""
 
         def suggest(self, trial_id: str) -> dict | None:
             new = trial_id not in self._ot_trials
@@ -128,7 +130,7 @@ def _study_search_class() -> type:
             return config
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id not in getattr(self, "_told_before", ()):
+            if trial_id not in getattr(self, "_told_before", ()) and self.metric in result:
                 super().on_trial_result(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -131,6 +131,8 @@ def test_a_trial_with_an_objective_optuna_refuses_is_told_failed_and_a_restore_c
 
     search = searcher()
     search.suggest("t1")
+    search.on_trial_result("t1", {"other": 1.0, "training_iteration": 1})  # a report without the metric
+    search.on_trial_result("t1", {"m": 0.7, "training_iteration": 2})
     search.on_trial_complete("t1", {"m": float("nan")})
     search.suggest("t2")
     search.save(str(tmp_path / "state.pkl"))
@@ -141,6 +143,7 @@ def test_a_trial_with_an_objective_optuna_refuses_is_told_failed_and_a_restore_c
 
     trials = optuna.load_study(study_name="s/search-a", storage=url).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "FAIL"]
+    assert trials[0].intermediate_values == {2: 0.7}
     assert [t.user_attrs[studies.TRIAL_ID_ATTR] for t in trials] == ["t1", "t2", "t3"]
     assert studies.ABANDONED_ATTR in trials[2].user_attrs and studies.ABANDONED_ATTR not in trials[0].user_attrs
 
