@@ -8,7 +8,9 @@ train a randomly initialised GPT-2 (``--layers``/``--width``; no download) with 
 on random tokens. Rank 0 times the optimizer steps after ``--warmup`` steps; the two variants
 alternate ``--repeats`` times and the median of each is reported, with the all-reduces per step
 (counted by a DDP communication hook) and the largest difference of the two variants' final weights
-(the same arithmetic: 0, up to float rounding of the all-reduce's sum order).
+(the same arithmetic: 0, up to float rounding of the all-reduce's sum order). An optimizer step's
+FLOPs (one micro-batch's forward and backward counted by torch, × micro-batches × workers) per second
+are put against the float32 matmul rate of all this machine's threads, measured in the same run.
 
     python bench/ddp.py                           # 2 CPU workers, grad_accum 4 → bench/results/ddp.json
     python bench/ddp.py --workers 1 --device cuda  # the GPU machine: one worker, accumulation
@@ -139,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     import ray
     import torch
 
-    from _common import machine, save
+    import transformers
+
+    from _common import count_flops, machine, matmul_rates, roofline, save
 
     ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), num_gpus=args.workers if args.device == "cuda" else 0,
              include_dashboard=False, log_to_driver=False)
@@ -156,17 +160,29 @@ def main(argv: list[str] | None = None) -> None:
                       f"{record['all_reduces'] / args.steps:.0f} bucket all-reduce(s) per step", flush=True)
     ray.shutdown()
     summary = {v: statistics.median(r["steps_per_s"] for r in runs[v]) for v in VARIANTS}
+    # the roofline: one micro-batch's forward and backward counted by torch, × micro-batches per optimizer step
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=args.vocab, n_positions=args.context, n_embd=args.width, n_layer=args.layers,
+        n_head=max(1, args.width // 64)))
+    ids = torch.randint(0, args.vocab, (args.micro_batch, args.context))
+    _, micro_flops = count_flops(lambda: model(input_ids=ids, labels=ids).loss.backward())
+    step_flops = micro_flops * args.grad_accum * args.workers
+    matmul = matmul_rates(args.device)["float32"]  # all of this machine's threads, the workers' together
+    rooflines = {v: roofline(step_flops, 1.0 / summary[v], matmul) for v in VARIANTS}
     speedup = summary["per_step"] / summary["per_micro_batch"]
     difference = float((weights["per_step"] - weights["per_micro_batch"]).abs().max())
     print(f"parameters: {runs['per_step'][0]['parameters']:,}; workers {args.workers} ({args.device}), "
           f"grad_accum {args.grad_accum}, micro-batch {args.micro_batch} x {args.context} tokens")
     for variant, text in VARIANTS.items():
-        print(f"  {summary[variant]:.3f} steps/s (median of {args.repeats}): {text}")
+        line = rooflines[variant]
+        print(f"  {summary[variant]:.3f} steps/s (median of {args.repeats}), {line['gflops']:.1f} GFLOP/s = "
+              f"{line['fraction_of_matmul']:.0%} of the float32 matmul rate: {text}")
     print(f"  per_step / per_micro_batch: {speedup:.2f}x; largest weight difference after {args.steps} steps: "
           f"{difference:.2e}")
     save({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
           "variants": VARIANTS, "steps_per_s": summary, "speedup": speedup, "max_weight_difference": difference,
-          "runs": runs, "machine": machine(args.device)}, args.out)
+          "runs": runs, "step_flops": step_flops, "matmul_gflops": matmul, "roofline": rooflines,
+          "machine": machine(args.device)}, args.out)
 
 
 if __name__ == "__main__":

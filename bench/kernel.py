@@ -27,8 +27,9 @@ process (so that its peak memory is its own):
 Formula sgd, over all parameters. Each engine does an untimed warm-up (2 × 2 examples), then
 train × train and train × eval once each, timed. Rates are kernel entries (N·C·M·C) per second.
 Agreement: max |K_raysel − K_ref| / max |K_ref| on the timed (model-dtype) kernels, and on a
-float64 copy of the model (a few examples; elementwise relative difference there too).
-Prints a table and one JSON line, and writes the JSON to bench/results/kernel.json (or --out).
+float64 copy of the model (a few examples; elementwise relative difference there too). Each engine's
+timed work is counted once more by torch's FlopCounterMode (untimed, after its peak memory was read)
+and put against the float32 matmul rate measured in the same run. Prints a table and one JSON line, and writes the JSON to bench/results/kernel.json (or --out).
 
 ``--fidelity`` measures instead what the reference's behaviour changes against raysel's former one,
 on pydocs-topics prompt examples (k = 4, seed 13; ``fidelity`` below): the decoder as its own
@@ -55,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from torch.func import functional_call, jacrev, jvp, vmap  # noqa: E402
 
-from _common import machine, save  # noqa: E402 (bench/ is the script's directory)
+from _common import count_flops, machine, matmul_rates, roofline, save  # noqa: E402 (bench/ is the script's directory)
 from raysel.methods import kernel  # noqa: E402
 from raysel.models import load_model  # noqa: E402
 from raysel.models.prompt import PromptClassifier  # noqa: E402
@@ -206,7 +207,10 @@ def worker(engine: str, args: argparse.Namespace, path: str) -> None:
     memory = {"peak_rss_increase_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
     if device.type == "cuda":
         memory["cuda_peak_allocated_increase_mib"] = (torch.cuda.max_memory_allocated() - cuda0) / 2 ** 20
-    torch.save({"kernels": kernels, "times": times, "memory": memory,
+    # the engine's products, counted by torch on a copy of the timed calls (after the memory was read)
+    _, flops = count_flops(run_engine, engine, model, train, eval_, args.chunk_size, device, args.row_chunk_size,
+                           args.logits)
+    torch.save({"kernels": kernels, "times": times, "memory": memory, "flops": flops,
                 "dtype": str(next(model.parameters()).dtype),
                 "params": sum(p.numel() for p in model.parameters())}, path)
 
@@ -342,6 +346,8 @@ def main() -> None:
         runs = {engine: spawn(engine, args, tmp) for engine in ("reference", "raysel")}
     ref, ours = runs["reference"], runs["raysel"]
     check = check_float64(args) if args.check else None
+    matmul = matmul_rates(args.device)["float32"]
+    rooflines = {e: roofline(r["flops"], sum(r["times"].values()), matmul) for e, r in runs.items()}
     sizes = {"train_train": args.n_train * CLASSES * args.n_train * CLASSES,
              "train_eval": args.n_train * CLASSES * args.n_eval * CLASSES}
     rates = {e: {k: sizes[k] / r["times"][k] for k in sizes} | {"total": sum(sizes.values()) / sum(r["times"].values())}
@@ -356,6 +362,7 @@ def main() -> None:
         "max_rel_diff_model_dtype": {k: rel_scale(ours["kernels"][k], ref["kernels"][k]) for k in sizes},
         "max_rel_diff_float64": check, "check_examples": args.check,
         "memory": {e: r["memory"] for e, r in runs.items()},
+        "matmul_gflops": matmul, "roofline": rooflines,
         "machine": machine(args.device),
     }
     report(result)
@@ -385,6 +392,9 @@ def report(r: dict) -> None:
               f"{max(v['elementwise'] for v in c.values()):.1e}")
     print(f"peak memory: {mem_key} (per engine process, over the process after model load, "
           f"warm-up included)")
+    for engine, line in r["roofline"].items():
+        print(f"{engine}: {line['flops'] / 1e9:.1f} GFLOP counted by torch for both kernels, {line['gflops']:.1f} "
+              f"GFLOP/s, {line['fraction_of_matmul']:.0%} of the float32 matmul rate ({r['matmul_gflops']:.1f} GFLOP/s)")
     print(json.dumps(r))
 
 

@@ -6,8 +6,9 @@
 The standard method runs on a LocalRun (no Ray) for --steps optimizer steps on pydocs; the time
 between consecutive steps' reports is one step (forward, backward, clip, AdamW; no evaluation in
 between). Also timed: loading the model by name. Achieved rate = 6 x parameters x tokens per second
-(the usual training FLOP count, attention left out), and its ratio to a float32 matmul's rate
-measured in the same run with the same threads. Writes bench/results/lm_throughput-<model>.json.
+(the usual training FLOP count, attention left out), and the FLOPs of one step's forward and backward
+counted by torch's FlopCounterMode (attention and the LM head included), each against a float32
+matmul's rate measured in the same run with the same threads. Writes bench/results/lm_throughput-<model>.json.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from _common import machine, matmul_gflops, save  # noqa: E402 (bench/ is the script's directory)
+from _common import count_flops, machine, matmul_gflops, roofline, save  # noqa: E402 (bench/ is the script's directory)
 from raysel.inputs import DataSpec, ModelSpec  # noqa: E402
 from raysel.methods import get_method  # noqa: E402
 from raysel.models import load_model  # noqa: E402
@@ -57,6 +58,8 @@ def main() -> None:
     model, _ = load_model(args.model, "causal_lm")
     load_s = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.context))
+    _, step_flops = count_flops(lambda: model(input_ids=ids, labels=ids).loss.backward())  # one step's products
     del model
 
     standard = get_method("standard")
@@ -70,15 +73,18 @@ def main() -> None:
     tokens_per_s = args.batch_size * args.context / step_s
     achieved = 6 * params * tokens_per_s / 1e9
     matmul = matmul_gflops()
+    counted = roofline(step_flops, step_s, matmul)
     result = {"bench": "lm_throughput", "model": args.model, "params": params, "threads": torch.get_num_threads(),
               "batch_size": args.batch_size, "context": args.context, "timed_steps": len(steps),
               "load_by_name_s": load_s, "step_s": step_s, "step_s_all": steps, "tokens_per_s": tokens_per_s,
               "achieved_gflops_6nt": achieved, "matmul_gflops": matmul, "fraction_of_matmul": achieved / matmul,
-              "machine": machine("cpu")}
+              "roofline": counted, "machine": machine("cpu")}
     print(f"{args.model} ({params / 1e6:.1f}M params), {args.batch_size} x {args.context} tokens per step, "
           f"{result['threads']} threads: load by name {load_s:.1f} s; step {step_s:.2f} s (median of "
           f"{len(steps)}) = {tokens_per_s:.0f} tokens/s = {achieved:.1f} GFLOP/s (6NT), "
-          f"{100 * achieved / matmul:.0f}% of this machine's float32 matmul ({matmul:.1f} GFLOP/s)")
+          f"{100 * achieved / matmul:.0f}% of this machine's float32 matmul ({matmul:.1f} GFLOP/s); counted by "
+          f"torch: {step_flops / 1e9:.0f} GFLOP per step = {counted['gflops']:.1f} GFLOP/s, "
+          f"{counted['fraction_of_matmul']:.0%} of the matmul rate")
     save(result, args.out or Path(__file__).parent / "results" / f"lm_throughput-{args.model}.json")
 
 

@@ -20,7 +20,9 @@ step (forward, backward, AdamW step) is timed, median of ``--steps`` after two u
 
 Also an evaluation forward (no_grad): MPOLinear keeps W while the cores do not change; the reference
 rebuilds it. At the start every variant's logits equal the dense model's (reported). Ratios are
-against the dense step (target: opf ≤ 1.5x) and against the reference. Prints a table and one JSON
+against the dense step (target: opf ≤ 1.5x) and against the reference; each variant's step is counted
+once by torch's FlopCounterMode, and the dense step's FLOPs (the useful work) per second of each variant
+are put against the float32 matmul rate measured in the same run. Prints a table and one JSON
 line, writes bench/results/opf.json (or --out).
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import count_flops, machine, matmul_rates, roofline, save  # noqa: E402
 
 from raysel.methods.opf.algorithm import (MPOLinear, auto_shapes, matrix_candidates, mpo_contract_left_to_right,  # noqa: E402
                                           replace_module, share_contractions)
@@ -133,6 +135,7 @@ def time_variant(model: nn.Module, batch: dict, steps: int, device: torch.device
         model(**batch).loss.backward()
         optimizer.step()
 
+    _, flops = count_flops(step)  # also the first warm-up step
     train = []
     for i in range(steps + 2):
         sync(device)
@@ -151,7 +154,8 @@ def time_variant(model: nn.Module, batch: dict, steps: int, device: torch.device
             sync(device)
             if i >= 1:
                 evals.append(time.perf_counter() - started)
-    return {"train_step_s": statistics.median(train), "eval_forward_s": statistics.median(evals)}
+    return {"train_step_s": statistics.median(train), "eval_forward_s": statistics.median(evals),
+            "train_step_flops": flops}
 
 
 def main() -> None:
@@ -185,15 +189,22 @@ def main() -> None:
         print(f"{variant:<10} train step {results[variant]['train_step_s']:.3f} s, "
               f"eval forward {results[variant]['eval_forward_s']:.3f} s", flush=True)
         del model
-    ratio = {f"{v}_vs_dense": {k: results[v][k] / results["dense"][k] for k in results[v]}
+    matmul = matmul_rates(device.type)["float32"]
+    useful = results["dense"]["train_step_flops"] if "dense" in results else None  # the model's own products
+    rooflines = {v: {"own": roofline(r["train_step_flops"], r["train_step_s"], matmul),
+                     **({"useful": roofline(useful, r["train_step_s"], matmul)} if useful else {})}
+                 for v, r in results.items()}
+    timed = ("train_step_s", "eval_forward_s")
+    ratio = {f"{v}_vs_dense": {k: results[v][k] / results["dense"][k] for k in timed}
              for v in results if v != "dense" and "dense" in results}
     if "opf" in results and "reference" in results:
-        ratio["reference_vs_opf"] = {k: results["reference"][k] / results["opf"][k] for k in results["opf"]}
+        ratio["reference_vs_opf"] = {k: results["reference"][k] / results["opf"][k] for k in timed}
     if "opf" in results and "opf-cores" in results:
-        ratio["cores_vs_contract"] = {k: results["opf-cores"][k] / results["opf"][k] for k in results["opf"]}
+        ratio["cores_vs_contract"] = {k: results["opf-cores"][k] / results["opf"][k] for k in timed}
     result = {"bench": "opf", "model": args.model, "batch": args.batch, "seq_len": args.seq_len,
               "top_n": args.top_n, "middle": args.middle, "matrices": len(names), "device": args.device,
               "threads": args.threads, "parameters": parameters, "seconds": results, "ratios": ratio,
+              "matmul_gflops": matmul, "roofline": rooflines,
               "max_abs_logit_diff_at_init": agreement, "machine": machine(args.device)}
     report(result)
     save(result, args.out)
@@ -202,10 +213,15 @@ def main() -> None:
 def report(r: dict) -> None:
     print(f"OPF on {r['model']}: {r['matrices']} matrices in MPO form (top {r['top_n']} layers per type, "
           f"middle {r['middle']}), batch {r['batch']} x {r['seq_len']} tokens, {r['device']}, {r['threads']} threads")
-    print(f"{'variant':<11}{'parameters':>12}{'train step s':>14}{'eval fwd s':>12}{'|dlogit| at init':>18}")
+    print(f"{'variant':<14}{'parameters':>12}{'train step s':>14}{'eval fwd s':>12}{'|dlogit| at init':>18}"
+          f"{'GFLOP/step':>12}{'GFLOP/s':>9}{'of matmul':>11}")
     for v, s in r["seconds"].items():
-        print(f"{v:<11}{r['parameters'][v]:>12}{s['train_step_s']:>14.3f}{s['eval_forward_s']:>12.3f}"
-              f"{r['max_abs_logit_diff_at_init'][v]:>18.1e}")
+        line = r["roofline"][v].get("useful", r["roofline"][v]["own"])
+        print(f"{v:<14}{r['parameters'][v]:>12}{s['train_step_s']:>14.3f}{s['eval_forward_s']:>12.3f}"
+              f"{r['max_abs_logit_diff_at_init'][v]:>18.1e}{s['train_step_flops'] / 1e9:>12.1f}"
+              f"{line['gflops']:>9.1f}{line['fraction_of_matmul']:>10.0%}")
+    print(f"float32 matmul (2048 x 2048) now: {r['matmul_gflops']:.1f} GFLOP/s. GFLOP/step: each variant's own "
+          "step counted by torch; GFLOP/s and of matmul: the dense step's FLOPs (the useful work) per second")
     for name, values in r["ratios"].items():
         print(f"{name}: train step {values['train_step_s']:.2f}x, eval forward {values['eval_forward_s']:.2f}x")
     print(json.dumps(r))
