@@ -8,7 +8,10 @@ N short trials of the standard method (tiny-gpt2-random on pydocs, a few steps) 
   (a) serial:    ``raysel.run_sweep`` with protocol ``seeds`` over the same seeds and params,
                  ``workers: 0``, MLflow on (SQLite in a temp dir), ``max_concurrent_trials: 1``:
                  serial against serial, so (a - b) / N is what raysel adds to one trial;
-  (c) concurrent: the same sweep with ``max_concurrent_trials: 2`` (both cores of a 2-core machine).
+  (c) concurrent: the same sweep with ``max_concurrent_trials: 2`` (both cores of a 2-core machine);
+  (d) serial, 2N trials: with (a), what one more trial costs ((d - a) / N, against (b) / N: the
+                 overhead per trial) and what a sweep costs once (a - N x that; the first trial's
+                 extra time in its fresh actor, importing torch, transformers and MLflow, is part of it).
 
 Ray is started by the benchmark before (a) and (c) (``ray.init`` timed on its own, not counted in
 (a) or (c)); (b) runs before Ray starts so that Ray's idle daemons do not slow it down. Every trial
@@ -126,7 +129,7 @@ def run_plain(seeds: list[int], params: dict) -> dict:
 def run_raysel(seeds: list[int], params: dict, concurrency: int, workdir: Path) -> dict:
     import raysel
 
-    name = f"overhead-c{concurrency}"
+    name = f"overhead-c{concurrency}-n{len(seeds)}"
     spec = {
         "name": name, "method": "standard", "model": {"name": MODEL}, "data": {"name": DATA},
         "params": params,
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"    Ray started in {report['ray_start_s']:.1f} s", flush=True)
             print("(a) raysel.run_sweep, max_concurrent_trials 1 (serial) ...", flush=True)
             report["raysel_serial"] = run_raysel(seeds, params, 1, workdir)
+            print(f"(d) raysel.run_sweep, max_concurrent_trials 1, {2 * n} trials ...", flush=True)
+            report["raysel_serial_2n"] = run_raysel(list(range(2 * n)), params, 1, workdir)
             if not args.no_concurrent:
                 print("(c) raysel.run_sweep, max_concurrent_trials 2 ...", flush=True)
                 report["raysel_concurrent"] = run_raysel(seeds, params, 2, workdir)
@@ -202,6 +207,17 @@ def main(argv: list[str] | None = None) -> dict:
     report["ratio_serial_over_plain"] = round(a / b, 3)
     report["check_max_abs_diff_test_perplexity_serial_vs_plain"] = max_abs_difference(
         report["raysel_serial"]["final_test_perplexity"], plain["final_test_perplexity"])
+    # the breakdown: what one more trial costs (marginal) and what a sweep costs once (fixed), each way
+    a2 = report["raysel_serial_2n"]["wall_s"]
+    marginal_a, marginal_b = (a2 - a) / n, b / n
+    in_trial = report["raysel_serial_2n"]["in_trial_time_total_s"]
+    cold = in_trial[0] - sorted(in_trial[1:])[len(in_trial[1:]) // 2] if len(in_trial) > 1 else None
+    report["breakdown"] = {
+        "marginal_per_trial_raysel_s": round(marginal_a, 3), "marginal_per_trial_plain_s": round(marginal_b, 3),
+        "marginal_overhead_per_trial_s": round(marginal_a - marginal_b, 3),
+        "fixed_per_sweep_raysel_s": round(a - n * marginal_a, 3),
+        "fixed_plain_s": round(plain["warmup_s"] - marginal_b, 3),
+        "first_trial_extra_s": round(cold, 3) if cold is not None else None}
     if "raysel_concurrent" in report:
         c = report["raysel_concurrent"]["wall_s"]
         report["overhead_per_trial_concurrent_s"] = round((c - b) / n, 3)
@@ -217,6 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if report["raysel_serial"]["in_trial_time_sum_s"] is not None:
         lines.append(f"    time inside trials (Tune time_total_s, sum): {report['raysel_serial']['in_trial_time_sum_s']:.2f} s")
+    d = report["breakdown"]
+    lines += [
+        f"(d) raysel, {2 * n} trials, serial:          {a2:8.2f} s",
+        f"    one more trial: raysel {d['marginal_per_trial_raysel_s']:.2f} s, plain {d['marginal_per_trial_plain_s']:.2f} s "
+        f"-> overhead per trial {d['marginal_overhead_per_trial_s']:.2f} s ((d-a)/N - b/N)",
+        f"    once per sweep: raysel {d['fixed_per_sweep_raysel_s']:.2f} s (a - N x marginal; the first trial's actor "
+        f"start-up {d['first_trial_extra_s']:.2f} s of it), plain {d['fixed_plain_s']:.2f} s (warm-up - one trial)"]
     if "raysel_concurrent" in report:
         c = report["raysel_concurrent"]["wall_s"]
         lines += [f"(c) raysel, max_concurrent_trials 2:    {c:8.2f} s  ({c / n:.2f} s/trial)",

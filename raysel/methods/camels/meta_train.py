@@ -67,6 +67,10 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
     run.set_tags(**{"camels.weight_model": str(target), "camels.weight_encoder": encoder_name,
                     "camels.weight_encoder_layers": str(encoder_layers(weight_model.encoder)[1])})
 
+    # the meta step's FLOPs (second order, through the inner loop): counted by torch on the first step,
+    # scaled by the forward estimate of its batches on the others
+    counted, cost = CountedFlops(), TrainingCost(weight_model)
+
     def micro_step(step: int, micro: int, _: torch.Generator) -> dict[str, float]:
         generator = torch.Generator().manual_seed((run.seed * 1_000_003 + step) * 101 + micro)
         documents, questions, unrelated = _meta_batch(splits["train"], tokenizer, locality, params, generator, device)
@@ -89,9 +93,6 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
             save_weight_model(model, encoder_name, target)
         return {**evaluation, "best_val_loss": carried.best}
 
-    # the meta step's FLOPs (second order, through the inner loop): counted by torch on the first step,
-    # scaled by the forward estimate of its batches on the others
-    counted, cost = CountedFlops(), TrainingCost(weight_model)
     final = fine_tune(weight_model, params.loop("meta_train"), run, None, evaluate, micro_step=micro_step,
                       extra_state=carried, seed_dropout=False, cost=cost)
     run.log_artifact(target, "camels")
