@@ -72,11 +72,19 @@ def test_a_phase_1_to_phase_2_sweep_on_ray_with_its_report(tmp_path, ray_session
     sizes = trials[trials["arm"].isin(["remove", "random", "ambiguous"])]["subset_size"]
     assert sizes.nunique() == 1 and 0 < sizes.iloc[0] < 40  # equal-size baselines
     assert (trials[trials["arm"] == "full"]["subset_percent"] == 100).all()
+    # choosing a subset by its scores cost the scoring runs' training; full and random chose nothing
+    scoring = score["train_flops_est"].sum()
+    by_scores = trials[trials["arm"].isin(["remove", "ambiguous"])]["selection_flops_est"]
+    assert scoring > 0 and len(by_scores) == 4 and by_scores.tolist() == pytest.approx([scoring] * 4)
+    assert trials[trials["arm"].isin(["full", "random"])]["selection_flops_est"].isna().all()
 
     report = result.report
     summary = report.summary.set_index("arm")
     assert summary.loc["remove", "subset_percent"] == pytest.approx(100 * sizes.iloc[0] / 40)
     assert set(summary.index) == {"score", "full", "remove", "random", "ambiguous"}
+    assert summary.loc["remove", "total_flops_est"] == pytest.approx(
+        summary.loc["remove", "train_flops_est"] + scoring)
+    assert summary.loc["random", "total_flops_est"] == summary.loc["random", "train_flops_est"]
     histogram = report.figures["score-h-histogram"]
     assert histogram.exists() and histogram.stat().st_size > 10_000
     scores_csv = (histogram.parent / "score-scores.csv").read_text().splitlines()

@@ -25,6 +25,7 @@ import pydantic
 import torch
 from pydantic import Field
 
+from raysel.cost import TrainingCost
 from raysel.data.errors import DataError
 from raysel.methods.base import Method, MethodFigure, RunContext
 from raysel.methods.collective import atomic_save
@@ -88,6 +89,7 @@ class Records:
     gold_prob: torch.Tensor
     el2n: torch.Tensor
     examples_digest: str
+    train_flops: float | None = None  # the scoring runs' training FLOPs together (None: records that predate it)
 
     def scores(self, el2n_epochs: int = 1) -> pd.DataFrame:
         """One row per training example: H and the related scores."""
@@ -115,7 +117,9 @@ def load_records(directory: Path, runs: int | None = None) -> Records:
         raise DataError(f"pruning: the records in {directory} come from different training sets or epochs")
     return Records(seeds=[r["seed"] for r in runs_], correct=torch.stack([r["correct"] for r in runs_]),
                    gold_prob=torch.stack([r["gold_prob"] for r in runs_]),
-                   el2n=torch.stack([r["el2n"] for r in runs_]), examples_digest=digests.pop())
+                   el2n=torch.stack([r["el2n"] for r in runs_]), examples_digest=digests.pop(),
+                   train_flops=(sum(r["train_flops"] for r in runs_) if all("train_flops" in r for r in runs_)
+                                else None))
 
 
 class Recorder:
@@ -178,12 +182,14 @@ class Pruning(Method):
         digest = _digest(examples.encoded, examples.labels, run.model.name)
         n = len(examples)
         order = permutation(n, run.seed)
+        selection: dict[str, float] = {}
         if params.phase == "score":  # every example, every epoch, its training pass recorded
             recorder: Recorder | None = Recorder(params.epochs, n)
             rows, model, info = order, Recording(task.model, recorder), {}
         else:
             recorder, model = None, task.model
-            rows, info = self._subset(params, run, order, digest)
+            rows, info, selection = self._subset(params, run, order, digest)
+        cost = TrainingCost(model)  # the loop's count; a scoring run's goes into its record
         steps_per_epoch = math.ceil(len(rows) / params.batch_size)
         loop = params.loop(steps_per_epoch)
         per_micro = params.batch_size // params.grad_accum
@@ -202,10 +208,10 @@ class Pruning(Method):
 
         run.set_tags(**{"pruning.phase": params.phase, "pruning.steps_per_epoch": str(steps_per_epoch),
                         **{f"pruning.{k}": str(v) for k, v in info.items()}})
-        final = fine_tune(model, loop, run, next_batch, task.evaluate, extra_state=recorder)
+        final = fine_tune(model, loop, run, next_batch, task.evaluate, extra_state=recorder, cost=cost)
         if recorder is not None:
-            final.update(self._save_records(recorder, params, run, digest))
-        return {**final, **{k: float(v) for k, v in info.items() if isinstance(v, (int, float))}}
+            final.update(self._save_records(recorder, params, run, digest, cost.flops))
+        return {**final, **{k: float(v) for k, v in info.items() if isinstance(v, (int, float))}, **selection}
 
     def report_figures(self, arms: list[Any], shared_dir: Path) -> dict[str, Any]:
         """For ``raysel report``: per scoring arm its H histogram and cartography map and its
@@ -229,11 +235,13 @@ class Pruning(Method):
         return drawn
 
     def _subset(self, params: PruningParams, run: RunContext, order: torch.Tensor,
-                digest: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The phase-2 examples in training order, and numbers about them."""
+                digest: str) -> tuple[torch.Tensor, dict[str, Any], dict[str, float]]:
+        """The phase-2 examples in training order, numbers about them, and what choosing them cost: the
+        scoring runs' training FLOPs for subsets chosen by their scores (remove, ambiguous); none for
+        full and random (random takes the ticket's size, which needs no scoring run in principle)."""
         n = len(order)
         if params.subset == "full":
-            return order, {"subset_size": n, "subset_percent": 100.0}
+            return order, {"subset_size": n, "subset_percent": 100.0}, {}
         records = load_records(records_dir(run.shared_dir, params.records), params.score_runs)
         if records.examples_digest != digest:
             raise DataError(f"pruning: the records {params.records!r} were taken on another training set or "
@@ -248,14 +256,16 @@ class Pruning(Method):
             rows = ambiguous_subset(cartography(records.gold_prob, records.correct)["variability"], order, size)
         if len(rows) == 0:
             raise DataError(f"pruning: removing H in {list(params.removal)} leaves no example")
-        return rows, {"subset_size": len(rows), "subset_percent": 100.0 * len(rows) / n,
-                      "removed_h": ",".join(map(str, params.removal))}
+        info = {"subset_size": len(rows), "subset_percent": 100.0 * len(rows) / n,
+                "removed_h": ",".join(map(str, params.removal))}
+        scored = params.subset in ("remove", "ambiguous") and records.train_flops is not None
+        return rows, info, ({"selection_flops_est": records.train_flops} if scored else {})
 
     def _save_records(self, recorder: Recorder, params: PruningParams, run: RunContext,
-                      digest: str) -> dict[str, float]:
+                      digest: str, train_flops: float) -> dict[str, float]:
         if not bool((recorder.seen == 1).all()):
             raise RuntimeError("pruning: not every example was recorded exactly once per epoch")
-        record = {"seed": run.seed, "examples_digest": digest, "model": run.model.name,
+        record = {"seed": run.seed, "examples_digest": digest, "model": run.model.name, "train_flops": train_flops,
                   **{k: getattr(recorder, k) for k in ("correct", "gold_prob", "el2n")}}
         local = run.artifact_dir / f"seed-{run.seed}.pt"
         torch.save(record, local)
