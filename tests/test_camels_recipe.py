@@ -8,6 +8,7 @@ import copy
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from raysel.data.errors import DataError
@@ -73,6 +74,10 @@ def test_qa_tune_meta_train_evaluate_then_an_lr_grid_from_the_trained_sweep(tmp_
     # one weighting changes the adaptation: same start, same stream, different answers' likelihood
     assert len({round(trials.loc[a, "test_answer_nll"], 9) for a in ("uniform", "ssm", "tfidf", "camels")}) == 4
     assert trials.loc["uniform-qa-lt", "test_qa_lt_steps"] >= 1
+    # compute: adaptation (and light tuning) trained on; the camels weights cost their meta-training
+    assert 0 < trials.loc["uniform", "train_flops_est"] < trials.loc["uniform-qa-lt", "train_flops_est"]
+    assert trials.loc["camels", "selection_flops_est"] == pytest.approx(trials.loc["meta", "train_flops_est"])
+    assert pd.isna(trials.loc["uniform", "selection_flops_est"])
 
     client = mlflow.MlflowClient(result.tracking_uri)
     tags = client.get_run(trials.loc["ssm", "mlflow_run_id"]).data.tags

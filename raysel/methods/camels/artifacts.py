@@ -3,6 +3,7 @@
 directory, written by one phase's arm and read by a later one's."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from raysel.data.errors import DataError
 from raysel.methods.base import RunContext, shared_dir_of
 from raysel.methods.camels.algorithm import TokenWeightModel
-from raysel.methods.camels.params import QA_MODEL, CamelsParams
+from raysel.methods.camels.params import QA_MODEL, WEIGHT_MODEL, CamelsParams
 from raysel.methods.camels.qa import encode_documents
 from raysel.methods.collective import atomic_save
 from raysel.models import load_model
@@ -21,6 +22,22 @@ def artifacts_dir(params: CamelsParams, run: RunContext | None) -> Path:
     """``<shared>/camels/<artifacts>`` of this sweep (``run``) or of ``from_sweep``."""
     shared = shared_dir_of(Path(params.from_sweep).expanduser().resolve()) if params.from_sweep else run.shared_dir
     return shared / "camels" / params.artifacts
+
+
+def weight_model_path(params: CamelsParams, run: RunContext | None) -> Path:
+    """The weight model an evaluation uses: ``weight_model``, else the meta-training arm's."""
+    return Path(params.weight_model) if params.weight_model else artifacts_dir(params, run) / WEIGHT_MODEL
+
+
+def save_meta_train_cost(weight_model: Path, flops: float) -> None:
+    """Beside a weight model, the FLOPs meta-training spent (what its evaluation arms' weights cost)."""
+    weight_model.with_suffix(".json").write_text(json.dumps({"meta_train_flops_est": flops}) + "\n")
+
+
+def meta_train_cost(weight_model: Path) -> float | None:
+    """The FLOPs meta-training spent on ``weight_model`` (None: a weight model saved without them)."""
+    sidecar = weight_model.with_suffix(".json")
+    return json.loads(sidecar.read_text())["meta_train_flops_est"] if sidecar.is_file() else None
 
 
 def base_model_source(params: CamelsParams, run: RunContext) -> str:

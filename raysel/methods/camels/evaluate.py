@@ -2,7 +2,9 @@
 documents of each split in ``splits`` (val and test); the QA-tuned base is adapted with Adam at ``lr``,
 batch 1, one pass, under a weighting (uniform, ssm, tfidf, camels), optionally light-tuned on QA
 (``qa_lt_final``), then answers the stream's questions: ``{split}_f1``, ``{split}_em`` (exact),
-``{split}_em_prefix`` (the reference's EM). Adaptation and light tuning run through the shared loop."""
+``{split}_em_prefix`` (the reference's EM). Adaptation and light tuning run through the shared loop;
+their training FLOPs over every split are the trial's ``train_flops_est``, and a camels weighting's
+``selection_flops_est`` is what meta-training its weight model cost (when it was saved with it)."""
 from __future__ import annotations
 
 import csv
@@ -11,14 +13,15 @@ from typing import Callable
 
 import torch
 
+from raysel.cost import TrainingCost
 from raysel.data.errors import DataError
 from raysel.methods.base import RunContext
 from raysel.methods.camels.algorithm import lm_labels, padded_denominator, weighted_lm_loss
-from raysel.methods.camels.artifacts import (artifacts_dir, base_model_source, check_same_tokenizer,
-                                             load_weight_model)
+from raysel.methods.camels.artifacts import (base_model_source, check_same_tokenizer, load_weight_model,
+                                             meta_train_cost, weight_model_path)
 from raysel.methods.camels.baselines import (TfidfScorer, apply_min_threshold, load_spacy, rule_based_spans,
                                              spacy_spans, span_weights, tfidf_corpus)
-from raysel.methods.camels.params import WEIGHT_MODEL, CamelsParams
+from raysel.methods.camels.params import CamelsParams
 from raysel.methods.camels.qa import (answer_nll, encode_documents, encode_qa, generate_answers, question_pairs,
                                       sample_stream, score_answers)
 from raysel.methods.loop import fine_tune
@@ -34,6 +37,7 @@ def evaluate(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]
     weigh, detector = make_weigher(params, run, tokenizer, splits)
     run.set_tags(**{"camels.weighting": params.weighting, "camels.base_model": source,
                     **({"camels.ssm_detector": detector} if detector else {})})
+    cost = TrainingCost(base)  # adaptation and light tuning, every split
     final: dict[str, float] = {}
     for split in params.splits:
         base.load_state_dict(start_state)
@@ -41,9 +45,9 @@ def evaluate(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]
         stream = sample_stream(splits[split], params.downsample_to, run.seed)
         pairs = question_pairs(stream)
         before = _answer(base, tokenizer, pairs, params)
-        losses = adapt(base, tokenizer, stream, weigh, params, run)
+        losses = adapt(base, tokenizer, stream, weigh, params, run, cost)
         if params.qa_lt_final:
-            final[f"{split}_qa_lt_steps"] = float(light_tune(base, tokenizer, splits["qa_train"], params, run))
+            final[f"{split}_qa_lt_steps"] = float(light_tune(base, tokenizer, splits["qa_train"], params, run, cost))
         after = _answer(base, tokenizer, pairs, params)
         final.update({f"{split}_{k}": v for k, v in after["scores"].items()})
         final.update({f"{split}_{k}_unadapted": v for k, v in before["scores"].items()})
@@ -53,6 +57,10 @@ def evaluate(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]
         path = run.artifact_dir / f"{split}-answers.csv"
         _write_answers(path, pairs, before["predictions"], after["predictions"])
         run.log_artifact(path, "answers")
+    final.update(cost.metrics())
+    selection = meta_train_cost(weight_model_path(params, run)) if params.weighting == "camels" else None
+    if selection is not None:
+        final["selection_flops_est"] = selection
     run.report(1, **final)
     return final
 
@@ -67,10 +75,11 @@ def _answer(model: torch.nn.Module, tokenizer, pairs: list[tuple[str, list[str]]
 
 
 def adapt(model: torch.nn.Module, tokenizer, stream: list[dict], weigh: Callable[[str, dict], torch.Tensor],
-          params: CamelsParams, run: RunContext) -> list[float]:
+          params: CamelsParams, run: RunContext, cost: TrainingCost | None = None) -> list[float]:
     """One pass of Adam at ``lr`` over the stream through the shared loop (not tracked: no reports or
     checkpoints of its own), one document per step, weighted LM loss (weights computed without
-    gradient; normalised per ``loss_normalization``). Dropout on, as in fine-tuning. The losses per step."""
+    gradient; normalised per ``loss_normalization``). Dropout on, as in fine-tuning. The losses per step;
+    what it trained on is added to ``cost``."""
     if not stream:
         return []
     losses: list[float] = []
@@ -89,7 +98,8 @@ def adapt(model: torch.nn.Module, tokenizer, stream: list[dict], weigh: Callable
         losses.append(float(loss.detach()))
         return loss
 
-    fine_tune(model, params.loop("adapt", steps=len(stream)), run, next_batch, None, loss=weighted_loss, track=False, seed_dropout=False)
+    fine_tune(model, params.loop("adapt", steps=len(stream)), run, next_batch, None, loss=weighted_loss, track=False,
+              seed_dropout=False, cost=cost)
     model.eval()
     return losses
 
@@ -102,7 +112,7 @@ def make_weigher(params: CamelsParams, run: RunContext, tokenizer,
     if params.weighting == "uniform":
         return (lambda text, batch: batch["attention_mask"].float()), None
     if params.weighting == "camels":
-        path = Path(params.weight_model) if params.weight_model else artifacts_dir(params, run) / WEIGHT_MODEL
+        path = weight_model_path(params, run)
         if not path.is_file():
             raise DataError(f"camels: no weight model at {path}: a phase 'meta_train' arm must run first "
                             "(list it in this arm's after:) or set from_sweep / weight_model")
@@ -127,10 +137,11 @@ def make_weigher(params: CamelsParams, run: RunContext, tokenizer,
 
 
 def light_tune(model: torch.nn.Module, tokenizer, documents: list[dict], params: CamelsParams,
-               run: RunContext) -> int:
+               run: RunContext, cost: TrainingCost | None = None) -> int:
     """The uniform + qa_lt baseline's light QA re-tuning through the shared loop (not tracked): Adam at
     ``qa_lt_lr`` on batches of QA-train pairs, early stopping on the F1 of held-out QA-train questions
-    (patience ``qa_lt_patience`` evaluations); the best weights are kept. Returns the steps taken."""
+    (patience ``qa_lt_patience`` evaluations); the best weights are kept. Returns the steps taken; what
+    it trained on is added to ``cost``."""
     rule = params.answer_scoring
     pairs = question_pairs(documents)
     held_out, train = pairs[:64], [(q, target_answer(a, rule)) for q, a in pairs[64:]]
@@ -155,7 +166,7 @@ def light_tune(model: torch.nn.Module, tokenizer, documents: list[dict], params:
         return {"f1": score}
 
     fine_tune(model, params.loop("light_tune"), run, next_batch, evaluate, stop=lambda step, _: taken["waited"] >= params.qa_lt_patience,
-              track=False, seed_dropout=False)
+              track=False, seed_dropout=False, cost=cost)
     model.load_state_dict(taken["state"])
     model.eval()
     return taken["steps"]

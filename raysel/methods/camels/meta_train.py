@@ -19,7 +19,8 @@ from raysel.methods.base import RunContext
 from raysel.methods.camels.algorithm import (TokenWeightModel, inner_loop, logits_of, meta_step, outer_loss, qa_nll,
                                              trainable_params)
 from raysel.methods.camels.artifacts import (artifacts_dir, base_model_source, build_weight_model,
-                                             check_same_tokenizer, encoder_layers, save_weight_model)
+                                             check_same_tokenizer, encoder_layers, save_meta_train_cost,
+                                             save_weight_model)
 from raysel.methods.camels.params import WEIGHT_MODEL, CamelsParams
 from raysel.methods.camels.qa import encode_documents, encode_qa
 from raysel.methods.loop import fine_tune
@@ -95,6 +96,7 @@ def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dic
 
     final = fine_tune(weight_model, params.loop("meta_train"), run, None, evaluate, micro_step=micro_step,
                       extra_state=carried, seed_dropout=False, cost=cost)
+    save_meta_train_cost(target, cost.flops)
     run.log_artifact(target, "camels")
     return final
 
