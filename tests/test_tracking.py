@@ -47,6 +47,10 @@ def test_a_restarted_trial_reuses_its_run_and_secrets_stay_out(tmp_path):
     assert run.data.metrics == {"loss": 1.5}
     other = TrialLogger(info, "trial-2", "run", {}, {})
     assert other.run_id != first.run_id
+    # raysel's own tags keep their values (a cache key is no secret); a URI's password is still hidden
+    again.set_tags({"igf.learner_key": "igf-learner-0123abcd", "raysel.store": "https://u:hunter2@host/x"})
+    tags = mlflow.MlflowClient(uri).get_run(again.run_id).data.tags
+    assert tags["igf.learner_key"] == "igf-learner-0123abcd" and tags["raysel.store"] == "https://u:***@host/x"
 
 
 def test_progress_counts_trials_and_tracks_the_best_metric():
