@@ -140,6 +140,22 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+def log_inputs_once_more_on_a_race(client: Any, run_id: str, inputs: list) -> None:
+    """``client.log_inputs``, again once if the store refused a dataset row another run inserted at the same
+    moment: MLflow looks datasets up, then inserts the missing ones, so two trials logging the same split
+    together can both insert it and one fails on the unique key (seen in CI on a shared MLflow server). The
+    failed attempt is rolled back; the second finds the dataset and only links it to this run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as err:
+        text = str(err).lower()
+        if "unique constraint" not in text and "duplicate" not in text:
+            raise
+        client.log_inputs(run_id, datasets=inputs)
+
+
 def set_run_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     """Tags on a run, passwords inside URIs redacted. Tag names are raysel's own, so the by-name rule of
     ``redact`` (for users' params) does not apply: it hid cache keys such as ``igf.learner_key``."""
@@ -359,7 +375,7 @@ class TrialLogger:
                                tags=[InputTag("mlflow.data.context", split)])
                   for item in loads if item.kind == "data" for split, rows, digest in item.splits]
         if inputs:
-            self.client.log_inputs(self.run_id, datasets=inputs)
+            log_inputs_once_more_on_a_race(self.client, self.run_id, inputs)
 
     @contextlib.contextmanager
     def system_metrics(self, interval_s: float | None) -> Iterator[None]:

@@ -5,6 +5,7 @@ import io
 from types import SimpleNamespace
 
 import mlflow
+import pytest
 from rich.console import Console
 
 from raysel.progress import SweepProgress
@@ -74,3 +75,32 @@ def test_progress_counts_trials_and_tracks_the_best_metric():
     text = out.getvalue()
     assert "trial t0 done: test_perplexity=50" in text and "trial t2 failed" in text
     assert "best test_perplexity 40" in text
+
+
+class _RacingClient:
+    """log_inputs as a store answers when another run inserted the same dataset row at the same moment
+    (the first call fails on the unique key, as MLflow's server did in CI), then as it answers after."""
+
+    def __init__(self, error: str):
+        self.error, self.calls = error, 0
+
+    def log_inputs(self, run_id, datasets):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls == 1:
+            raise MlflowException(self.error)
+
+
+def test_dataset_inputs_are_logged_again_once_when_another_run_inserted_the_same_dataset():
+    from mlflow.exceptions import MlflowException
+
+    from raysel.tracking import log_inputs_once_more_on_a_race
+
+    racing = _RacingClient("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+    log_inputs_once_more_on_a_race(racing, "r", [])
+    assert racing.calls == 2
+    other = _RacingClient("RESOURCE_DOES_NOT_EXIST: run r")
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        log_inputs_once_more_on_a_race(other, "r", [])
+    assert other.calls == 1
