@@ -58,6 +58,11 @@ def count_flops(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, float]:
     return result, float(counter.get_total_flops())
 
 
+def training_pass_flops(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """The FLOPs torch counts in one forward and backward of a causal LM on token ids ``ids`` (labels = ids)."""
+    return count_flops(lambda: model(input_ids=ids, labels=ids).loss.backward())[1]
+
+
 def roofline(flops: float, seconds: float, matmul: float) -> dict[str, float]:
     """Achieved GFLOP/s of ``flops`` done in ``seconds`` and its fraction of the ``matmul`` rate (GFLOP/s)."""
     achieved = flops / seconds / 1e9

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import transformers
 
-    from _common import count_flops, machine, matmul_rates, roofline, save
+    from _common import machine, matmul_rates, roofline, save, training_pass_flops
 
     ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), num_gpus=args.workers if args.device == "cuda" else 0,
              include_dashboard=False, log_to_driver=False)
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         vocab_size=args.vocab, n_positions=args.context, n_embd=args.width, n_layer=args.layers,
         n_head=max(1, args.width // 64)))
     ids = torch.randint(0, args.vocab, (args.micro_batch, args.context))
-    _, micro_flops = count_flops(lambda: model(input_ids=ids, labels=ids).loss.backward())
-    step_flops = micro_flops * args.grad_accum * args.workers
+    step_flops = training_pass_flops(model, ids) * args.grad_accum * args.workers
     matmul = matmul_rates(args.device)["float32"]  # all of this machine's threads, the workers' together
     rooflines = {v: roofline(step_flops, 1.0 / summary[v], matmul) for v in VARIANTS}
     speedup = summary["per_step"] / summary["per_micro_batch"]

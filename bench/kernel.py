@@ -29,7 +29,8 @@ train × train and train × eval once each, timed. Rates are kernel entries (N·
 Agreement: max |K_raysel − K_ref| / max |K_ref| on the timed (model-dtype) kernels, and on a
 float64 copy of the model (a few examples; elementwise relative difference there too). Each engine's
 timed work is counted once more by torch's FlopCounterMode (untimed, after its peak memory was read)
-and put against the float32 matmul rate measured in the same run. Prints a table and one JSON line, and writes the JSON to bench/results/kernel.json (or --out).
+and put against the float32 matmul rate measured in the same run. Prints a table and one JSON line,
+and writes the JSON to bench/results/kernel.json (or --out).
 
 ``--fidelity`` measures instead what the reference's behaviour changes against raysel's former one,
 on pydocs-topics prompt examples (k = 4, seed 13; ``fidelity`` below): the decoder as its own

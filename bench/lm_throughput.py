@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from _common import count_flops, machine, matmul_gflops, roofline, save  # noqa: E402 (bench/ is the script's directory)
+from _common import machine, matmul_rates, roofline, save, training_pass_flops  # noqa: E402 (bench/ is the script's directory)
 from raysel.inputs import DataSpec, ModelSpec  # noqa: E402
 from raysel.methods import get_method  # noqa: E402
 from raysel.models import load_model  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     load_s = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.context))
-    _, step_flops = count_flops(lambda: model(input_ids=ids, labels=ids).loss.backward())  # one step's products
+    step_flops = training_pass_flops(model, ids)  # one step's products
     del model
 
     standard = get_method("standard")
@@ -72,7 +72,7 @@ def main() -> None:
     step_s = statistics.median(steps)
     tokens_per_s = args.batch_size * args.context / step_s
     achieved = 6 * params * tokens_per_s / 1e9
-    matmul = matmul_gflops()
+    matmul = matmul_rates("cpu")["float32"]
     counted = roofline(step_flops, step_s, matmul)
     result = {"bench": "lm_throughput", "model": args.model, "params": params, "threads": torch.get_num_threads(),
               "batch_size": args.batch_size, "context": args.context, "timed_steps": len(steps),

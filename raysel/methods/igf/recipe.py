@@ -134,9 +134,11 @@ class SelectionCost(NamedTuple):
 
 
 class FilterStats:
-    """Candidates examined and accepted so far (checkpointed with the loop, so a restart keeps counting)."""
+    """Candidates examined and accepted so far (checkpointed with the loop, so a restart keeps counting),
+    and with a learner what selecting them cost."""
 
-    def __init__(self) -> None:
+    def __init__(self, selection: SelectionCost | None = None) -> None:
+        self.selection = selection
         self.examined = self.accepted = 0
         self.step_examined = self.step_accepted = 0
 
@@ -146,11 +148,11 @@ class FilterStats:
         self.step_examined += examined
         self.step_accepted += accepted
 
-    def step_metrics(self, threshold: float | None, selection: "SelectionCost | None") -> dict[str, float]:
+    def step_metrics(self, threshold: float | None) -> dict[str, float]:
         metrics = {"acceptance_rate": self.step_accepted / max(1, self.step_examined),
                    "contexts_consumed": float(self.examined)}
-        if selection is not None:
-            metrics["selection_flops_est"] = selection.flops(self.examined)
+        if self.selection is not None:
+            metrics["selection_flops_est"] = self.selection.flops(self.examined)
         if threshold is not None:
             metrics["threshold"] = threshold
         self.step_examined = self.step_accepted = 0
@@ -190,7 +192,7 @@ class IGF(Method):
             selection = SelectionCost(learner_flops, learner.forward_flops(params.context_len))
         loop = params.loop()
         per_micro = micro_batch_size(loop, run.world_size)
-        stats = FilterStats()
+        stats = FilterStats(selection)
         thresholds: dict[int, float | None] = {}
 
         def next_batch(step: int, micro: int, generator: torch.Generator):
@@ -216,7 +218,7 @@ class IGF(Method):
             return metrics
 
         return fine_tune(model, loop, run, next_batch, evaluate,
-                         step_metrics=lambda step: stats.step_metrics(thresholds.get(step), selection), extra_state=stats)
+                         step_metrics=lambda step: stats.step_metrics(thresholds.get(step)), extra_state=stats)
 
     # ------------------------------------------------------------ the shared learner
     def _learner(self, params: IGFParams, run: RunContext, model: torch.nn.Module, objective: torch.Tensor,
