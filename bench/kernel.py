@@ -2,6 +2,7 @@
 
     python bench/kernel.py                                   # tiny-bert, 16 x 16 examples of 16 tokens
     python bench/kernel.py --model minilm --n-train 8 --n-eval 8 --seq-len 32 --chunk-size 4
+    python bench/kernel.py --model minilm --n-train 64 --n-eval 64 --seq-len 32 --reference-rows 8
     python bench/kernel.py --device cuda --model minilm --n-train 64 --n-eval 64 --chunk-size 16
     python bench/kernel.py --logits prompt                   # the masked LM's label-word scores instead
     python bench/kernel.py --fidelity                        # the README fidelity table's kernel rows
@@ -80,6 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=8, help="raysel ntk chunk_size (8)")
     parser.add_argument("--row-chunk-size", type=int, default=None,
                         help="raysel ntk row_chunk_size: train examples held at once (default: chunk size)")
+    parser.add_argument("--reference-rows", type=int, default=None,
+                        help="the reference computes only the first R train rows of both kernels (its cost per "
+                             "entry does not depend on N: a 64 x 64 run takes ~20 min in full); default all")
+    parser.add_argument("--no-factor-linears", dest="factor_linears", action="store_false",
+                        help="raysel ntk factor_linears=False: linear weights' per-example gradients formed whole "
+                             "(raysel's former engine)")
     parser.add_argument("--check", type=int, default=4,
                         help="examples per side for the float64 agreement check (4; 0 skips it)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -137,21 +144,22 @@ def reference_kernel(model: torch.nn.Module, rows: dict, cols: dict) -> torch.Te
     return out
 
 
-def raysel_kernel(model, rows, cols, chunk_size, row_chunk_size=None, logits="classifier"):
+def raysel_kernel(model, rows, cols, chunk_size, row_chunk_size=None, logits="classifier", factor_linears=True):
     fn = (kernel.classifier_logits_fn(model) if logits == "classifier"
           else kernel.prompt_logits_fn(model, label_words(model)))
     return kernel.ntk(model, rows, cols, logits_fn=fn, formula="sgd", chunk_size=chunk_size,
-                      row_chunk_size=row_chunk_size)
+                      row_chunk_size=row_chunk_size, factor_linears=factor_linears)
 
 
-def run_engine(engine: str, model, train, eval_, chunk_size: int, device: torch.device,
-               row_chunk_size: int | None = None, logits: str = "classifier"):
-    module = reference_module(model, logits) if engine == "reference" else model
+def run_engine(engine: str, model, train, eval_, args: argparse.Namespace, device: torch.device):
+    """Both kernels (train x train, train x eval) by one engine, each timed: (kernels, seconds)."""
+    module = reference_module(model, args.logits) if engine == "reference" else model
 
     def call(rows, cols):
         with torch.no_grad() if engine == "raysel" else torch.enable_grad():
             if engine == "raysel":
-                return raysel_kernel(model, rows, None if cols is rows else cols, chunk_size, row_chunk_size, logits)
+                return raysel_kernel(model, rows, None if cols is rows else cols, args.chunk_size,
+                                     args.row_chunk_size, args.logits, args.factor_linears)
             return reference_kernel(module, rows, cols)
 
     def sync():
@@ -159,10 +167,11 @@ def run_engine(engine: str, model, train, eval_, chunk_size: int, device: torch.
             torch.cuda.synchronize()
 
     times, kernels = {}, {}
+    rows = {k: v[:args.reference_rows] for k, v in train.items()} if engine == "reference" else train
     for name, cols in (("train_train", train), ("train_eval", eval_)):
         sync()
         start = time.perf_counter()
-        kernels[name] = call(train, cols)
+        kernels[name] = call(rows, cols)
         sync()
         times[name] = time.perf_counter() - start
     return kernels, times
@@ -201,16 +210,13 @@ def worker(engine: str, args: argparse.Namespace, path: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         cuda0 = torch.cuda.memory_allocated()
     small = {k: v[:2] for k, v in train.items()}
-    run_engine(engine, model, small, {k: v[:2] for k, v in eval_.items()}, args.chunk_size, device,
-               logits=args.logits)  # warm-up
-    kernels, times = run_engine(engine, model, train, eval_, args.chunk_size, device, args.row_chunk_size,
-                                args.logits)
+    run_engine(engine, model, small, {k: v[:2] for k, v in eval_.items()}, args, device)  # warm-up
+    kernels, times = run_engine(engine, model, train, eval_, args, device)
     memory = {"peak_rss_increase_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
     if device.type == "cuda":
         memory["cuda_peak_allocated_increase_mib"] = (torch.cuda.max_memory_allocated() - cuda0) / 2 ** 20
     # the engine's products, counted by torch on a copy of the timed calls (after the memory was read)
-    _, flops = count_flops(run_engine, engine, model, train, eval_, args.chunk_size, device, args.row_chunk_size,
-                           args.logits)
+    _, flops = count_flops(run_engine, engine, model, train, eval_, args, device)
     torch.save({"kernels": kernels, "times": times, "memory": memory, "flops": flops,
                 "dtype": str(next(model.parameters()).dtype),
                 "params": sum(p.numel() for p in model.parameters())}, path)
@@ -240,7 +246,8 @@ def check_float64(args: argparse.Namespace) -> dict:
     reference = reference_module(model, args.logits)
     for name, cols in (("train_train", train), ("train_eval", eval_)):
         ref = reference_kernel(reference, train, cols)
-        ours = raysel_kernel(model, train, None if cols is train else cols, args.chunk_size, logits=args.logits)
+        ours = raysel_kernel(model, train, None if cols is train else cols, args.chunk_size, logits=args.logits,
+                             factor_linears=args.factor_linears)
         out[name] = {"scale": rel_scale(ours, ref),
                      "elementwise": float(((ours - ref).abs() / ref.abs().clamp_min(1e-300)).max())}
     return out
@@ -349,18 +356,21 @@ def main() -> None:
     check = check_float64(args) if args.check else None
     matmul = matmul_rates(args.device)["float32"]
     rooflines = {e: roofline(r["flops"], sum(r["times"].values()), matmul) for e, r in runs.items()}
-    sizes = {"train_train": args.n_train * CLASSES * args.n_train * CLASSES,
-             "train_eval": args.n_train * CLASSES * args.n_eval * CLASSES}
-    rates = {e: {k: sizes[k] / r["times"][k] for k in sizes} | {"total": sum(sizes.values()) / sum(r["times"].values())}
-             for e, r in runs.items()}
+    reference_rows = min(args.reference_rows or args.n_train, args.n_train)
+    sizes = {e: {"train_train": n * CLASSES * args.n_train * CLASSES, "train_eval": n * CLASSES * args.n_eval * CLASSES}
+             for e, n in (("reference", reference_rows), ("raysel", args.n_train))}
+    rates = {e: {k: sizes[e][k] / r["times"][k] for k in sizes[e]}
+             | {"total": sum(sizes[e].values()) / sum(r["times"].values())} for e, r in runs.items()}
     result = {
         "bench": "kernel", "model": args.model, "logits": args.logits, "params": ref["params"], "dtype": ref["dtype"],
         "device": args.device, "threads": args.threads, "n_train": args.n_train, "n_eval": args.n_eval,
         "seq_len": args.seq_len, "classes": CLASSES, "chunk_size": args.chunk_size,
-        "row_chunk_size": args.row_chunk_size or args.chunk_size, "formula": "sgd",
-        "entries": sizes, "seconds": {e: r["times"] for e, r in runs.items()}, "entries_per_s": rates,
+        "row_chunk_size": args.row_chunk_size or args.chunk_size, "factor_linears": args.factor_linears,
+        "formula": "sgd",
+        "entries": sizes["raysel"], "reference_rows": reference_rows, "reference_entries": sizes["reference"], "seconds": {e: r["times"] for e, r in runs.items()}, "entries_per_s": rates,
         "ratio_raysel_vs_reference": {k: rates["raysel"][k] / rates["reference"][k] for k in rates["raysel"]},
-        "max_rel_diff_model_dtype": {k: rel_scale(ours["kernels"][k], ref["kernels"][k]) for k in sizes},
+        "max_rel_diff_model_dtype": {k: rel_scale(ours["kernels"][k][:reference_rows], ref["kernels"][k])
+                                     for k in ref["kernels"]},
         "max_rel_diff_float64": check, "check_examples": args.check,
         "memory": {e: r["memory"] for e, r in runs.items()},
         "matmul_gflops": matmul, "roofline": rooflines,
@@ -374,13 +384,17 @@ def report(r: dict) -> None:
     print(f"eNTK (sgd) on {r['model']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}), {r['logits']} logits, "
           f"C={r['classes']}, "
           f"N={r['n_train']} M={r['n_eval']} x {r['seq_len']} tokens, {r['device']}, {r['threads']} threads, "
-          f"chunk {r['chunk_size']}")
+          f"chunk {r['chunk_size']}, factor_linears {r['factor_linears']}")
     mem_key = "cuda_peak_allocated_increase_mib" if r["device"] == "cuda" else "peak_rss_increase_mib"
     print(f"{'engine':<12}{'kernel':<13}{'entries':>9}{'seconds':>10}{'entries/s':>12}{'peak mem MiB':>14}")
     for engine in ("reference", "raysel"):
         for k in ("train_train", "train_eval"):
-            print(f"{engine:<12}{k:<13}{r['entries'][k]:>9}{r['seconds'][engine][k]:>10.2f}"
+            entries = r["reference_entries" if engine == "reference" else "entries"][k]
+            print(f"{engine:<12}{k:<13}{entries:>9}{r['seconds'][engine][k]:>10.2f}"
                   f"{r['entries_per_s'][engine][k]:>12.1f}{r['memory'][engine][mem_key]:>14.0f}")
+    if r["reference_rows"] < r["n_train"]:
+        print(f"the reference computed the first {r['reference_rows']} train rows of each kernel (--reference-rows); "
+              f"rates are per entry it computed")
     ratio = r["ratio_raysel_vs_reference"]
     print(f"raysel / reference: train x train {ratio['train_train']:.1f}x, train x eval {ratio['train_eval']:.1f}x, "
           f"total {ratio['total']:.1f}x")

@@ -225,6 +225,58 @@ def test_causal_model_padded_vectorized_equals_each_example_alone():
     assert_same(got, expected)
 
 
+class Reused(nn.Module):
+    """A linear layer called twice per example and one whose weight another layer shares."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.body = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+        self.twin = nn.Linear(4, 3)
+        self.twin.weight = self.out.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.body(torch.tanh(self.body(self.embed(ids)))))
+        return (self.out(hidden) + self.twin(hidden) ** 2).mean(1)
+
+
+@pytest.mark.parametrize("branch", ["multiplied", "expanded"])
+def test_linear_weights_held_as_factors_give_the_per_example_gradients_kernel(monkeypatch, branch):
+    """factor_linears (the default) against brute force and against whole per-example gradients, with
+    the factors multiplied, or expanded into gradients (forced either way): a layer called twice, a
+    shared weight (not factored), padded transformers batches (BERT's Linear, GPT-2's Conv1D)."""
+    from raysel.methods.kernel import algorithm
+
+    monkeypatch.setattr(algorithm, "EXPANDED_FLOP_COST", 0 if branch == "expanded" else 10 ** 12)
+    torch.manual_seed(0)
+    model, train, test = Reused().double(), ids(5, 0), ids(3, 1)
+    fn = logits_of(model)
+    params = kernel.select_params(model)
+    assert list(algorithm._linear_factors(model, params, algorithm._Vocabulary({}, {}))) == ["body.weight"]
+    ga, gb = brute_grads(model, fn, train), brute_grads(model, fn, test)
+    for formula, sign in (("sgd", lambda g: g), ("signgd", torch.sign)):
+        assert_same(kernel.ntk(model, train, test, logits_fn=fn, formula=formula, chunk_size=2),
+                    brute_kernel(sign(ga), sign(gb)))
+        assert_same(kernel.ntk(model, train, logits_fn=fn, formula=formula, chunk_size=2, vectorize=False),
+                    brute_kernel(sign(ga), sign(ga)))
+
+    bert, _ = load_model("tiny-bert", "masked_lm")
+    gpt2, _ = load_model("tiny-gpt2-random", "sequence_classification", num_labels=2)
+    gpt2.config.pad_token_id = 0
+    prompts = padded_tiny_bert_inputs(5, 3)
+    for model, fn, batch in ((bert.double(), kernel.prompt_logits_fn(bert, [11, 22]), prompts),
+                             (gpt2.double(), kernel.classifier_logits_fn(gpt2),
+                              {k: v for k, v in prompts.items() if k != "mask_pos"})):
+        assert algorithm._linear_factors(model, kernel.select_params(model), algorithm._Vocabulary({}, {}))
+        rows, cols = ({k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()})
+        for options in ({}, {"sparse_rows": False}, {"vectorize": False, "chunk_size": 2}):
+            assert_same(kernel.ntk(model, rows, cols, logits_fn=fn, **options),
+                        kernel.ntk(model, rows, cols, logits_fn=fn, factor_linears=False, **options))
+        assert_same(kernel.ntk(model, batch, logits_fn=fn, chunk_size=2),
+                    kernel.ntk(model, batch, logits_fn=fn, chunk_size=2, factor_linears=False))
+
+
 @pytest.mark.parametrize("formula", ["sgd", "asymmetric_signgd"])
 @pytest.mark.parametrize("world", [2, 3, 5])
 def test_shards_sum_to_the_single_worker_kernel_entry_for_entry(formula, world):

@@ -34,7 +34,9 @@ kernel_solvers.py, linearhead_trainer.py) and is reproduced by default:
 
 Deliberate differences from the reference code:
 - Per-example Jacobians come from torch.func (vmap of jacrev, ``chunk_size`` examples at a time);
-  the inner (eval) Jacobians are recomputed per train chunk rather than taken by jvp.
+  the inner (eval) Jacobians are recomputed per train chunk rather than taken by jvp. A linear
+  layer's weight gradient is held as its factors, the layer's inputs and output gradients per token
+  (``factor_linears``), and multiplied out in each block: the same sums in another order.
 - train × train uses symmetry: only blocks on or above the diagonal are computed.
 - Vocabulary-sized parameters are differentiated only at the rows that can have a gradient (the
   reference's jvp gathers them too; its jacrev side holds them densely): the input embeddings at the
@@ -65,6 +67,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from raysel.methods.loop import eval_mode
@@ -77,6 +80,8 @@ DECODERS = ("separate", "tied")
 CLASS_LAYOUTS = ("flattened", "per_class")
 
 BLOCK_SLICE = 65_536  # parameters per partial dot product (see _block)
+EXPANDED_FLOP_COST = 2  # a FLOP of formed gradients (an outer product over few tokens, then a product that
+#   streams them) takes ~2x the time of one of the factors' large matmuls (measured on CPU, minilm's layers, T 16-128)
 OUTPUT_ROWS = "__output_rows__"  # a params key: a logits function's output rows in a compact vocabulary
 
 Params = dict[str, Tensor]
@@ -378,7 +383,8 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
         formula: Literal["sgd", "signgd", "asymmetric_signgd"] = "sgd",
         subset: str | Callable[[str], bool] = "all", decoder: Decoder | None = None, chunk_size: int = 8,
         row_chunk_size: int | None = None, vectorize: bool = True, sparse_rows: bool = True,
-        shard: tuple[int, int] = (0, 1), on_block: Callable[[int, int], None] | None = None) -> Tensor:
+        factor_linears: bool = True, shard: tuple[int, int] = (0, 1),
+        on_block: Callable[[int, int], None] | None = None) -> Tensor:
     """The empirical NTK of ``logits_fn`` at the model's parameters, float64.
 
     sgd: K[i,c,j,c'] = ⟨g_c(x_i), g_c'(x_j)⟩, [N, C, M, C] (i over train, j over eval);
@@ -405,7 +411,12 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
     vocabulary-sized parameters (word embeddings, the MLM decoder and its bias) are differentiated
     only at the rows that can have a gradient, through a compact vocabulary (``_jacobian_fn``):
     the input embeddings at the chunk's token ids, a separate decoder at the output rows (a tied
-    one at both), instead of densely.
+    one at both), instead of densely. ``factor_linears``: a linear layer's weight (nn.Linear,
+    GPT-2's Conv1D; not vocabulary-sized, not shared) is not differentiated per example: its
+    gradient Σ_t δ_t x_t^T is held as the layer's inputs x and output gradients δ per token
+    (``_linear_factors``), and each block either multiplies the factors (⟨Σ_t δ_t x_t^T, Σ_s δ'_s x'_s^T⟩
+    = Σ_t,s (δ_t·δ'_s)(x_t·x'_s)) or expands them, whichever takes fewer FLOPs (``_block``): a
+    fraction of the per-example weight gradients' memory, and for short inputs less time.
     """
     if formula not in FORMULAS:
         raise ValueError(f"formula must be one of {', '.join(FORMULAS)}, got {formula!r}")
@@ -419,7 +430,8 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
     vocabulary = _vocabulary_params(model, logits_fn, train_batch, decoder) if sparse_rows else _Vocabulary({}, {})
     plan = _Plan(chunk_size, row_chunk_size or chunk_size, shard, on_block)
     with eval_mode(model), torch.no_grad():
-        jac = _jacobian_fn(logits_fn, params, vectorize, vocabulary, _pinned_rows(model))
+        linears = _linear_factors(model, params, vocabulary) if factor_linears else {}
+        jac = _jacobian_fn(logits_fn, params, vectorize, vocabulary, _pinned_rows(model), linears)
         classes = _classes(logits_fn, params, train_batch)
         train_order = _by_length(train_batch)
         eval_order = train_order if symmetric else _by_length(eval_batch)
@@ -460,6 +472,9 @@ def _by_length(batch: Batch) -> _Sorted:
 class _Jacobians(NamedTuple):
     grads: Params  # name → [B, C, *shape]; a row-sparse parameter's: [B, C, u, *rest] (its rows only)
     rows: dict[str, Tensor]  # row-sparse parameter → the u sorted row ids its grads hold
+    factors: dict[str, tuple[Tensor, Tensor]]  # a factored linear weight → its inputs x [B, T, in] and
+    #   output gradients δ [B, C, T, out] per token (T: every position of every call): grad = Σ_t δ_t x_t^T
+    expanded: dict[str, Tensor]  # a factored weight → its per-example gradients [B, C, out · in], once formed
 
 
 class _Vocabulary(NamedTuple):
@@ -492,6 +507,20 @@ def _vocabulary_params(model: nn.Module, logits_fn: LogitsFn, batch: Batch, deco
     return _Vocabulary(params, {n: (listing.roles[n] if split else "both") for n in params})
 
 
+def _linear_factors(model: nn.Module, params: Params, vocabulary: _Vocabulary) -> dict[str, nn.Module]:
+    """Weight name → its linear layer (nn.Linear, or GPT-2's Conv1D), for the weights the kernel can
+    hold as factors: differentiated, not vocabulary-sized (those take the compact rows) and not shared
+    with another parameter or layer (a tied weight's gradient is a sum over its uses)."""
+    shared = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n not in params}
+    layers = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        name = f"{prefix}.weight" if prefix else "weight"
+        if (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D") and name in params \
+                and name not in vocabulary.params and id(module.weight) not in shared and module not in layers.values():
+            layers[name] = module
+    return layers
+
+
 def _pinned_rows(model: nn.Module) -> Tensor:
     """Ids kept at their own position in a compact vocabulary: 0 .. the padding index, so that the
     embedding's padding_idx (no gradient) and RoBERTa's position ids (ids != padding_idx) still hold."""
@@ -500,8 +529,8 @@ def _pinned_rows(model: nn.Module) -> Tensor:
     return torch.arange((padding or 0) + 1)
 
 
-def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool, vocabulary: _Vocabulary, pinned: Tensor
-                 ) -> Callable[[Batch], _Jacobians]:
+def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool, vocabulary: _Vocabulary, pinned: Tensor,
+                 linears: dict[str, nn.Module]) -> Callable[[Batch], _Jacobians]:
     """Batch [B, ...] → per-example Jacobians.
 
     Row-sparse parameters go in compacted: for each chunk the rows each can touch — the input
@@ -510,13 +539,30 @@ def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool, vocabular
     their positions) are the whole "vocabulary", the input ids and output rows are renumbered into
     it, and the model runs on those rows. The function is the same, so the gradient with respect
     to the compact rows is the full gradient at those rows, and nothing vocabulary-sized is formed
-    (dense per-example gradients of a 30k × 384 embedding cost minilm ~70% of its Jacobian time)."""
+    (dense per-example gradients of a 30k × 384 embedding cost minilm ~70% of its Jacobian time).
+
+    The weights of ``linears`` are constants here: a forward hook on each of those layers records
+    its input and adds a zero offset to its output, so that the Jacobian with respect to the offsets
+    is the layer's output gradient δ per token (``_Jacobians.factors``). A first call on one example
+    finds the offsets' shapes."""
     output_rows = torch.as_tensor(getattr(logits_fn, "output_rows", ()), dtype=torch.long)
     sparse = [n for n in params if n in vocabulary.params]  # differentiated at the chunk's rows
-    dense = {n: p for n, p in params.items() if n not in vocabulary.params}
+    dense = {n: p for n, p in params.items() if n not in vocabulary.params and n not in linears}
+    weights = {n: params[n] for n in linears}
+    layer_names = {id(layer): name for name, layer in linears.items()}
+    call: dict[str, Any] = {}  # one call of the model: each factored layer's inputs and offsets, in call order
+
+    def record(layer: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        name = layer_names[id(layer)]
+        inputs = call["inputs"].setdefault(name, [])
+        inputs.append(args[0])
+        if call["offsets"] is None:  # the shape pass
+            call["shapes"].setdefault(name, []).append((output.shape, output.dtype))
+            return None
+        return output + call["offsets"][name][len(inputs) - 1]
 
     def jacobians(batch: Batch) -> _Jacobians:
-        extra: Params = {}
+        extra: Params = dict(weights)
         compact: Params = {}
         rows: dict[str, Tensor] = {}
         if vocabulary.params:
@@ -537,22 +583,41 @@ def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool, vocabular
                 output_side = "output" if "output" in sides else "both"
                 extra[OUTPUT_ROWS] = torch.searchsorted(device[output_side], output_rows.to(ids.device))
 
-        def one(dense_: Params, compact_: Params, example: Batch) -> Tensor:
-            return logits_fn({**dense_, **compact_, **extra}, {k: v[None] for k, v in example.items()})[0]
+        def one(dense_: Params, compact_: Params, offsets: dict[str, list[Tensor]], example: Batch
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+            call.update(inputs={}, offsets=offsets)
+            logits = logits_fn({**dense_, **compact_, **extra}, {k: v[None] for k, v in example.items()})[0]
+            return logits, {n: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]) for n, xs in call["inputs"].items()}
 
-        def looped(dense_: Params, compact_: Params, batch_: Batch) -> tuple[Params, Params]:
-            size = len(next(iter(batch_.values())))
-            parts = [jacrev(one, argnums=(0, 1))(dense_, compact_, {k: v[i] for k, v in batch_.items()})
-                     for i in range(size)]
-            return tuple({n: torch.stack([p[side][n] for p in parts]) for n in parts[0][side]} for side in (0, 1))
+        def looped(dense_: Params, compact_: Params, offsets: dict[str, list[Tensor]], batch_: Batch):
+            parts = [jacrev(one, argnums=(0, 1, 2), has_aux=True)(dense_, compact_, offsets,
+                                                                   {k: v[i] for k, v in batch_.items()})
+                     for i in range(_size(batch_))]
+            leaves = [tree_flatten(part) for part in parts]
+            return tree_unflatten([torch.stack(column) for column in zip(*(flat for flat, _ in leaves))], leaves[0][1])
 
-        per_example = vmap(jacrev(one, argnums=(0, 1)), in_dims=(None, None, 0)) if vectorize else looped
-        with torch.enable_grad(), warnings.catch_warnings():
-            # kernels without a vmap batching rule loop over the batch and warn; same numbers
-            warnings.filterwarnings("ignore", message=".*batching rule.*")
-            grads_dense, grads_sparse = per_example(dense, compact, batch)
+        handles = [layer.register_forward_hook(record) for layer in linears.values()]
+        try:
+            call.update(inputs={}, offsets=None, shapes={})
+            if linears:
+                logits_fn({**dense, **compact, **extra}, {k: v[:1] for k, v in batch.items()})
+            offsets = {n: [torch.zeros(shape, dtype=dtype, device=p.device) for shape, dtype in found]
+                       for n, found in call["shapes"].items() for p in (params[n],)}
+            per_example = (vmap(jacrev(one, argnums=(0, 1, 2), has_aux=True), in_dims=(None, None, None, 0))
+                           if vectorize else looped)
+            with torch.enable_grad(), warnings.catch_warnings():
+                # kernels without a vmap batching rule loop over the batch and warn; same numbers
+                warnings.filterwarnings("ignore", message=".*batching rule.*")
+                (grads_dense, grads_sparse, grads_offsets), inputs = per_example(dense, compact, offsets, batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+            call.clear()
         grads = {**grads_dense, **grads_sparse}
-        return _Jacobians({n: grads[n] for n in params}, {n: rows[n] for n in sparse})
+        size, classes = _size(batch), next(iter(grads_offsets.values()))[0].shape[1] if grads_offsets else 0
+        factors = {n: (inputs[n], torch.cat([d.reshape(size, classes, -1, d.shape[-1]) for d in deltas], dim=2))
+                   for n, deltas in grads_offsets.items()}
+        return _Jacobians({n: grads[n] for n in params if n not in linears}, {n: rows[n] for n in sparse}, factors, {})
     return jacobians
 
 
@@ -641,8 +706,9 @@ def _block(a: _Jacobians, b: _Jacobians, sign_a: bool, sign_b: bool) -> Tensor:
     sums accumulate in float64: converting whole Jacobians to float64 first cost 8x the time and
     memory on minilm for no accuracy that matters (float32 slices agree with float64 to ~2e-7 of
     the kernel's scale). A row-sparse parameter contributes through the rows both sides hold (a
-    row only one side holds has a zero gradient on the other: sign(0) = 0 too)."""
-    first, second = next(iter(a.grads.values())), next(iter(b.grads.values()))
+    row only one side holds has a zero gradient on the other: sign(0) = 0 too). A factored linear
+    weight contributes through ``_factored``."""
+    first, second = (next(iter(j.grads.values())) if j.grads else next(iter(j.factors.values()))[1] for j in (a, b))
     total = torch.zeros(first.shape[0], first.shape[1], second.shape[0], second.shape[1], dtype=torch.float64,
                         device=first.device)
     for name, ga in a.grads.items():
@@ -650,13 +716,41 @@ def _block(a: _Jacobians, b: _Jacobians, sign_a: bool, sign_b: bool) -> Tensor:
         if name in a.rows:
             at_a, at_b = _common(a.rows[name].to(ga.device), b.rows[name].to(ga.device))
             ga, gb = ga.index_select(2, at_a), gb.index_select(2, at_b)
-        ga, gb = ga.flatten(2), gb.flatten(2)
-        ga = ga.sign() if sign_a else ga
-        gb = gb.sign() if sign_b else gb
-        for start in range(0, ga.shape[2], BLOCK_SLICE):
-            total += torch.einsum("acp,bdp->acbd", ga[..., start:start + BLOCK_SLICE],
-                                  gb[..., start:start + BLOCK_SLICE]).double()
+        total += _dot(ga.flatten(2), gb.flatten(2), sign_a, sign_b)
+    for name in a.factors.keys() & b.factors.keys():  # a layer no input calls has no gradient
+        total += _factored(a, b, name, sign_a, sign_b)
     return total.cpu()
+
+
+def _dot(ga: Tensor, gb: Tensor, sign_a: bool, sign_b: bool) -> Tensor:
+    """[Ba, C, P] · [Bb, C, P] → [Ba, C, Bb, C] float64, over slices of ``BLOCK_SLICE`` parameters."""
+    ga = ga.sign() if sign_a else ga
+    gb = gb.sign() if sign_b else gb
+    total = torch.zeros(ga.shape[0], ga.shape[1], gb.shape[0], gb.shape[1], dtype=torch.float64, device=ga.device)
+    for start in range(0, ga.shape[2], BLOCK_SLICE):
+        total += torch.einsum("acp,bdp->acbd", ga[..., start:start + BLOCK_SLICE],
+                              gb[..., start:start + BLOCK_SLICE]).double()
+    return total
+
+
+def _factored(a: _Jacobians, b: _Jacobians, name: str, sign_a: bool, sign_b: bool) -> Tensor:
+    """A linear weight's share of a block from its factors (x [B, T, in], δ [B, C, T, out]), in
+    float64: ⟨Σ_t δ_t x_t^T, Σ_s δ'_s x'_s^T⟩ = Σ_t,s (δ_t · δ'_s)(x_t · x'_s); or, when that takes
+    more FLOPs (long inputs) or signs are taken, the per-example gradients δ^T x formed and dotted.
+    Formed gradients of ``a`` (the held train rows) are kept for its next blocks."""
+    (xa, da), (xb, db) = a.factors[name], b.factors[name]
+    (ba, classes, ta, width), (bb, _, tb, _), depth = da.shape, db.shape, xa.shape[-1]
+    multiplied = ba * bb * ta * tb * (classes * classes * width + depth)
+    forming = (0 if name in a.expanded else ba * ta) + (0 if b is a else bb * tb)
+    expanded = forming * classes * depth * width + ba * bb * classes * classes * depth * width
+    if not (sign_a or sign_b or EXPANDED_FLOP_COST * expanded < multiplied):
+        inputs = torch.einsum("itk,jsk->itjs", xa, xb)
+        deltas = torch.einsum("icto,jeso->ictjes", da, db)
+        return torch.einsum("ictjes,itjs->icje", deltas, inputs).double()
+    if name not in a.expanded:
+        a.expanded[name] = torch.einsum("bcto,bti->bcoi", da, xa).flatten(2)
+    gb = a.expanded[name] if b is a else torch.einsum("bcto,bti->bcoi", db, xb).flatten(2)
+    return _dot(a.expanded[name], gb, sign_a, sign_b)
 
 
 # ----------------------------------------------------------------------------- solvers
