@@ -399,9 +399,10 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
     attention key bias: softmax ignores a constant shift): those add ±1 terms that depend on the
     arithmetic (padding, chunking); exclude such parameters with a subset predicate if it matters.
 
-    Work is in blocks: the Jacobians of ``row_chunk_size`` train examples (default ``chunk_size``)
-    are held while those of ``chunk_size`` eval examples at a time are formed against them (memory ≈
-    (rows + columns) · C · #params floats). ``shard=(rank, world)`` computes only this rank's
+    Work is in blocks: the Jacobians of ``row_chunk_size`` train examples (default ``chunk_size``;
+    formed ``chunk_size`` at a time) are held while those of ``chunk_size`` eval examples at a time
+    are formed against them (memory ≈ (rows + columns) · C · #params floats, far less for the
+    linear weights with ``factor_linears``). ``shard=(rank, world)`` computes only this rank's
     contiguous share of the blocks and leaves zeros elsewhere, so that the sum over ranks (an
     all-reduce) is the whole kernel, entry for entry. ``on_block(done, total)`` follows progress.
 
@@ -415,8 +416,9 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
     GPT-2's Conv1D; not vocabulary-sized, not shared) is not differentiated per example: its
     gradient Σ_t δ_t x_t^T is held as the layer's inputs x and output gradients δ per token
     (``_linear_factors``), and each block either multiplies the factors (⟨Σ_t δ_t x_t^T, Σ_s δ'_s x'_s^T⟩
-    = Σ_t,s (δ_t·δ'_s)(x_t·x'_s)) or expands them, whichever takes fewer FLOPs (``_block``): a
-    fraction of the per-example weight gradients' memory, and for short inputs less time.
+    = Σ_t,s (δ_t·δ'_s)(x_t·x'_s)) or forms the gradients, whichever its FLOP estimate says is faster
+    (``_factored``): a fraction of the per-example weight gradients' memory, and for short inputs
+    less time.
     """
     if formula not in FORMULAS:
         raise ValueError(f"formula must be one of {', '.join(FORMULAS)}, got {formula!r}")
@@ -512,11 +514,12 @@ def _linear_factors(model: nn.Module, params: Params, vocabulary: _Vocabulary) -
     hold as factors: differentiated, not vocabulary-sized (those take the compact rows) and not shared
     with another parameter or layer (a tied weight's gradient is a sum over its uses)."""
     shared = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n not in params}
-    layers = {}
+    layers: dict[str, nn.Module] = {}
     for prefix, module in model.named_modules(remove_duplicate=False):
         name = f"{prefix}.weight" if prefix else "weight"
-        if (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D") and name in params \
-                and name not in vocabulary.params and id(module.weight) not in shared and module not in layers.values():
+        linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+        if (linear and name in params and name not in vocabulary.params and id(module.weight) not in shared
+                and all(module is not seen for seen in layers.values())):
             layers[name] = module
     return layers
 
@@ -678,7 +681,10 @@ class _Plan:
         held, held_rows = None, None
         for r0, r1, c0, c1 in blocks[start:stop]:
             if held_rows != (r0, r1):
-                held, held_rows = jac(_rows_slice(rows, r0, r1)), (r0, r1)
+                # formed chunk_size examples at a time: a large row chunk costs its Jacobians, not the
+                # vmapped forward and backward of all its examples at once
+                held = _joined([jac(_rows_slice(rows, s, min(r1, s + self.chunk))) for s in range(r0, r1, self.chunk)])
+                held_rows = (r0, r1)
             if symmetric and c0 == r0:  # averaged with its mirror so that the kernel is exactly symmetric
                 block = _block(held, held, sign_rows, sign_cols)
                 block = (block + block.permute(2, 3, 0, 1)) / 2
@@ -691,6 +697,39 @@ class _Plan:
             if self.on_block is not None:
                 self.on_block(self.done, (stop - start) * self.total_runs)
         return kernel
+
+
+def _joined(parts: list[_Jacobians]) -> _Jacobians:
+    """Jacobians of consecutive examples as one: row-sparse gradients on the union of the parts' rows,
+    factors padded to the longest part's tokens (zero inputs and gradients add nothing)."""
+    if len(parts) == 1:
+        return parts[0]
+    grads = {n: torch.cat([p.grads[n] for p in parts]) for n in parts[0].grads if n not in parts[0].rows}
+    rows = {n: torch.cat([p.rows[n] for p in parts]).unique() for n in parts[0].rows}
+    for name, union in rows.items():
+        pieces = []
+        for part in parts:
+            g = part.grads[name]
+            piece = g.new_zeros(g.shape[:2] + (len(union),) + g.shape[3:])
+            pieces.append(piece.index_copy_(2, torch.searchsorted(union, part.rows[name]).to(g.device), g))
+        grads[name] = torch.cat(pieces)
+    factors = {}
+    for name in dict.fromkeys(n for p in parts for n in p.factors):  # a part whose inputs skip a layer: zeros
+        x0, d0 = next(p.factors[name] for p in parts if name in p.factors)
+        tokens = max(p.factors[name][0].shape[1] for p in parts if name in p.factors)
+        xs, ds = [], []
+        for part in parts:
+            size = _jacobians_size(part)
+            x, d = part.factors.get(name, (x0.new_zeros(size, tokens, x0.shape[2]),
+                                           d0.new_zeros(size, d0.shape[1], tokens, d0.shape[3])))
+            xs.append(nn.functional.pad(x, (0, 0, 0, tokens - x.shape[1])))
+            ds.append(nn.functional.pad(d, (0, 0, 0, tokens - d.shape[2])))
+        factors[name] = (torch.cat(xs), torch.cat(ds))
+    return _Jacobians({n: grads[n] for n in parts[0].grads}, rows, factors, {})
+
+
+def _jacobians_size(j: _Jacobians) -> int:
+    return len(next(iter(j.grads.values())) if j.grads else next(iter(j.factors.values()))[0])
 
 
 def _common(rows_a: Tensor, rows_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -717,7 +756,7 @@ def _block(a: _Jacobians, b: _Jacobians, sign_a: bool, sign_b: bool) -> Tensor:
             at_a, at_b = _common(a.rows[name].to(ga.device), b.rows[name].to(ga.device))
             ga, gb = ga.index_select(2, at_a), gb.index_select(2, at_b)
         total += _dot(ga.flatten(2), gb.flatten(2), sign_a, sign_b)
-    for name in a.factors.keys() & b.factors.keys():  # a layer no input calls has no gradient
+    for name in [n for n in a.factors if n in b.factors]:  # a layer no input calls has no gradient
         total += _factored(a, b, name, sign_a, sign_b)
     return total.cpu()
 
@@ -735,9 +774,12 @@ def _dot(ga: Tensor, gb: Tensor, sign_a: bool, sign_b: bool) -> Tensor:
 
 def _factored(a: _Jacobians, b: _Jacobians, name: str, sign_a: bool, sign_b: bool) -> Tensor:
     """A linear weight's share of a block from its factors (x [B, T, in], δ [B, C, T, out]), in
-    float64: ⟨Σ_t δ_t x_t^T, Σ_s δ'_s x'_s^T⟩ = Σ_t,s (δ_t · δ'_s)(x_t · x'_s); or, when that takes
-    more FLOPs (long inputs) or signs are taken, the per-example gradients δ^T x formed and dotted.
-    Formed gradients of ``a`` (the held train rows) are kept for its next blocks."""
+    float64: ⟨Σ_t δ_t x_t^T, Σ_s δ'_s x'_s^T⟩ = Σ_t,s (δ_t · δ'_s)(x_t · x'_s); or, when signs are
+    taken or that would take longer (long inputs: its FLOPs grow with T², against formed gradients'
+    FLOPs weighted by ``EXPANDED_FLOP_COST``), the per-example gradients δ^T x formed and dotted.
+    Formed gradients of ``a`` (the held train rows) are kept for its next blocks when they are no
+    more than the column chunk's (with the default row_chunk_size, as whole per-example gradients
+    were held before factors)."""
     (xa, da), (xb, db) = a.factors[name], b.factors[name]
     (ba, classes, ta, width), (bb, _, tb, _), depth = da.shape, db.shape, xa.shape[-1]
     multiplied = ba * bb * ta * tb * (classes * classes * width + depth)
@@ -747,10 +789,13 @@ def _factored(a: _Jacobians, b: _Jacobians, name: str, sign_a: bool, sign_b: boo
         inputs = torch.einsum("itk,jsk->itjs", xa, xb)
         deltas = torch.einsum("icto,jeso->ictjes", da, db)
         return torch.einsum("ictjes,itjs->icje", deltas, inputs).double()
-    if name not in a.expanded:
-        a.expanded[name] = torch.einsum("bcto,bti->bcoi", da, xa).flatten(2)
-    gb = a.expanded[name] if b is a else torch.einsum("bcto,bti->bcoi", db, xb).flatten(2)
-    return _dot(a.expanded[name], gb, sign_a, sign_b)
+    ga = a.expanded.get(name)
+    if ga is None:
+        ga = torch.einsum("bcto,bti->bcoi", da, xa).flatten(2)
+        if b is not a and ba <= bb:  # kept when no larger than a column chunk's (a large row chunk stays factored)
+            a.expanded[name] = ga
+    gb = ga if b is a else torch.einsum("bcto,bti->bcoi", db, xb).flatten(2)
+    return _dot(ga, gb, sign_a, sign_b)
 
 
 # ----------------------------------------------------------------------------- solvers
