@@ -367,7 +367,8 @@ def main() -> None:
         "seq_len": args.seq_len, "classes": CLASSES, "chunk_size": args.chunk_size,
         "row_chunk_size": args.row_chunk_size or args.chunk_size, "factor_linears": args.factor_linears,
         "formula": "sgd",
-        "entries": sizes["raysel"], "reference_rows": reference_rows, "reference_entries": sizes["reference"], "seconds": {e: r["times"] for e, r in runs.items()}, "entries_per_s": rates,
+        "entries": sizes["raysel"], "reference_rows": reference_rows, "reference_entries": sizes["reference"],
+        "seconds": {e: r["times"] for e, r in runs.items()}, "entries_per_s": rates,
         "ratio_raysel_vs_reference": {k: rates["raysel"][k] / rates["reference"][k] for k in rates["raysel"]},
         "max_rel_diff_model_dtype": {k: rel_scale(ours["kernels"][k][:reference_rows], ref["kernels"][k])
                                      for k in ref["kernels"]},
