@@ -719,7 +719,7 @@ def _joined(parts: list[_Jacobians]) -> _Jacobians:
         tokens = max(p.factors[name][0].shape[1] for p in parts if name in p.factors)
         xs, ds = [], []
         for part in parts:
-            size = _jacobians_size(part)
+            size = _shape(part)[0]
             x, d = part.factors.get(name, (x0.new_zeros(size, tokens, x0.shape[2]),
                                            d0.new_zeros(size, d0.shape[1], tokens, d0.shape[3])))
             xs.append(nn.functional.pad(x, (0, 0, 0, tokens - x.shape[1])))
@@ -728,8 +728,10 @@ def _joined(parts: list[_Jacobians]) -> _Jacobians:
     return _Jacobians({n: grads[n] for n in parts[0].grads}, rows, factors, {})
 
 
-def _jacobians_size(j: _Jacobians) -> int:
-    return len(next(iter(j.grads.values())) if j.grads else next(iter(j.factors.values()))[0])
+def _shape(j: _Jacobians) -> tuple[int, int, torch.device]:
+    """(examples B, logits C, device) of per-example Jacobians, from a gradient or a factor's δ."""
+    some = next(iter(j.grads.values())) if j.grads else next(iter(j.factors.values()))[1]
+    return some.shape[0], some.shape[1], some.device
 
 
 def _common(rows_a: Tensor, rows_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -747,9 +749,8 @@ def _block(a: _Jacobians, b: _Jacobians, sign_a: bool, sign_b: bool) -> Tensor:
     the kernel's scale). A row-sparse parameter contributes through the rows both sides hold (a
     row only one side holds has a zero gradient on the other: sign(0) = 0 too). A factored linear
     weight contributes through ``_factored``."""
-    first, second = (next(iter(j.grads.values())) if j.grads else next(iter(j.factors.values()))[1] for j in (a, b))
-    total = torch.zeros(first.shape[0], first.shape[1], second.shape[0], second.shape[1], dtype=torch.float64,
-                        device=first.device)
+    (ba, classes, device), (bb, _, _) = _shape(a), _shape(b)
+    total = torch.zeros(ba, classes, bb, classes, dtype=torch.float64, device=device)
     for name, ga in a.grads.items():
         gb = b.grads[name]
         if name in a.rows:
@@ -791,11 +792,16 @@ def _factored(a: _Jacobians, b: _Jacobians, name: str, sign_a: bool, sign_b: boo
         return torch.einsum("ictjes,itjs->icje", deltas, inputs).double()
     ga = a.expanded.get(name)
     if ga is None:
-        ga = torch.einsum("bcto,bti->bcoi", da, xa).flatten(2)
+        ga = _formed(xa, da)
         if b is not a and ba <= bb:  # kept when no larger than a column chunk's (a large row chunk stays factored)
             a.expanded[name] = ga
-    gb = ga if b is a else torch.einsum("bcto,bti->bcoi", db, xb).flatten(2)
+    gb = ga if b is a else _formed(xb, db)
     return _dot(ga, gb, sign_a, sign_b)
+
+
+def _formed(x: Tensor, delta: Tensor) -> Tensor:
+    """Per-example gradients [B, C, out · in] of a linear weight from its factors: Σ_t δ_t x_t^T."""
+    return torch.einsum("bcto,bti->bcoi", delta, x).flatten(2)
 
 
 # ----------------------------------------------------------------------------- solvers
