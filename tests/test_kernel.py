@@ -290,6 +290,46 @@ def test_shards_sum_to_the_single_worker_kernel_entry_for_entry(formula, world):
         assert sum(bool(p.any()) for p in parts) >= 2
 
 
+@pytest.mark.parametrize("formula", ["sgd", "signgd", "asymmetric_signgd"])
+def test_both_kernels_in_one_pass_equal_the_two_calls_with_the_train_jacobians_formed_once(monkeypatch, formula):
+    """ntk(..., with_train=True): (train × train, train × eval) entry for entry as the two calls, on
+    padded tiny-bert prompts (chunks of different lengths, row chunks that don't divide), also
+    sharded; the train rows' Jacobians are formed once, not once per kernel."""
+    from raysel.methods.kernel import algorithm
+
+    bert, _ = load_model("tiny-bert", "masked_lm")
+    bert = bert.double()
+    fn = kernel.prompt_logits_fn(bert, [11, 22])
+    fn = kernel.binary(fn) if formula == "asymmetric_signgd" else fn
+    batch = padded_tiny_bert_inputs(8, 4)
+    train, evals = {k: v[:5] for k, v in batch.items()}, {k: v[5:] for k, v in batch.items()}
+    formed = []  # examples whose Jacobians were formed, per call
+    jacobian_fn = algorithm._jacobian_fn
+
+    def counting(*args, **kwargs):
+        jac = jacobian_fn(*args, **kwargs)
+        return lambda chunk: formed.append(algorithm._size(chunk)) or jac(chunk)
+    monkeypatch.setattr(algorithm, "_jacobian_fn", counting)
+    options = dict(logits_fn=fn, formula=formula, chunk_size=2, row_chunk_size=3)
+    k_train, k_eval = kernel.ntk(bert, train, logits_fn=fn, formula=formula, chunk_size=2, row_chunk_size=3), None
+    separately = sum(formed)
+    k_eval = kernel.ntk(bert, train, evals, **options)
+    separately, formed = sum(formed), []
+    both = kernel.ntk(bert, train, evals, with_train=True, **options)
+    assert torch.equal(both[0], k_train) and torch.equal(both[1], k_eval)
+    assert sum(formed) == separately - 5  # the 5 train rows once: 5 + 2 (mirrored columns) + 2 × 3 eval columns
+    shares = [kernel.ntk(bert, train, evals, with_train=True, shard=(rank, 3), **options) for rank in range(3)]
+    assert all(torch.equal(sum(share[i] for share in shares), both[i]) for i in (0, 1))
+    seen = []
+    kernel.ntk(bert, train, evals, with_train=True, on_block=lambda done, total: seen.append((done, total)), **options)
+    # 2 row chunks (3 + 2 rows); train columns mirrored (3 blocks) or, asymmetric, all 3 chunks of 2 (6);
+    # eval columns: 2 chunks, once per pass (asymmetric: two)
+    blocks = 6 + 2 * 2 * 2 if formula == "asymmetric_signgd" else 3 + 2 * 2
+    assert seen == [(i, blocks) for i in range(1, blocks + 1)]
+    with pytest.raises(ValueError, match="with_train needs an eval batch"):
+        kernel.ntk(bert, train, with_train=True, logits_fn=fn)
+
+
 def test_progress_callback_counts_this_ranks_blocks():
     model, train, test = tiny(), ids(5, 0), ids(3, 1)
     seen = []

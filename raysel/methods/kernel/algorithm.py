@@ -384,13 +384,16 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
         subset: str | Callable[[str], bool] = "all", decoder: Decoder | None = None, chunk_size: int = 8,
         row_chunk_size: int | None = None, vectorize: bool = True, sparse_rows: bool = True,
         factor_linears: bool = True, shard: tuple[int, int] = (0, 1),
-        on_block: Callable[[int, int], None] | None = None) -> Tensor:
+        on_block: Callable[[int, int], None] | None = None, with_train: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """The empirical NTK of ``logits_fn`` at the model's parameters, float64.
 
     sgd: K[i,c,j,c'] = ⟨g_c(x_i), g_c'(x_j)⟩, [N, C, M, C] (i over train, j over eval);
     signgd: ⟨sign g_c(x_i), sign g_c'(x_j)⟩; asymmetric_signgd (C = 1 only): [2, N, 1, M, 1],
     pass 0 ⟨sign g(x_i), g(x_j)⟩ and the flipped pass 1 ⟨g(x_i), sign g(x_j)⟩ = ⟨sign g(x_j), g(x_i)⟩.
     ``eval_batch`` None (or the train batch itself): train × train through the symmetric path.
+    ``with_train`` (with an eval batch): both kernels, (train × train, train × eval), from one pass
+    over the train rows: each held row chunk serves both, so its Jacobians are formed once, not once
+    per kernel; the same numbers as the two calls.
     Gradients are over ``select_params(model, subset, decoder)``, with dropout off. ``decoder``
     (default: the logits function's, which the built-in ones declare, else "separate"): whether a
     masked LM's decoder weight is a parameter of its own ("separate", the reference's) or the tied
@@ -404,7 +407,8 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
     are formed against them (memory ≈ (rows + columns) · C · #params floats, far less for the
     linear weights with ``factor_linears``). ``shard=(rank, world)`` computes only this rank's
     contiguous share of the blocks and leaves zeros elsewhere, so that the sum over ranks (an
-    all-reduce) is the whole kernel, entry for entry. ``on_block(done, total)`` follows progress.
+    all-reduce) is the whole kernel, entry for entry. ``on_block(done, total)`` follows progress
+    (with_train: the blocks of both kernels).
 
     ``vectorize``: per-example Jacobians by vmap over the chunk (padded batches are fine: the
     attention mask goes in as 4-D), else one jacrev per example. ``sparse_rows``: when the logits
@@ -429,33 +433,35 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
     decoder = decoder or declared or "separate"
     params = select_params(model, subset, decoder)
     symmetric = eval_batch is None or eval_batch is train_batch
+    if with_train and symmetric:
+        raise ValueError("with_train needs an eval batch (other than the train batch)")
     vocabulary = _vocabulary_params(model, logits_fn, train_batch, decoder) if sparse_rows else _Vocabulary({}, {})
     plan = _Plan(chunk_size, row_chunk_size or chunk_size, shard, on_block)
     with eval_mode(model), torch.no_grad():
         linears = _linear_factors(model, params, vocabulary) if factor_linears else {}
         jac = _jacobian_fn(logits_fn, params, vectorize, vocabulary, _pinned_rows(model), linears)
         classes = _classes(logits_fn, params, train_batch)
-        train_order = _by_length(train_batch)
-        eval_order = train_order if symmetric else _by_length(eval_batch)
-
-        def kernel(sign_rows: bool, sign_cols: bool, mirror: bool = False) -> Tensor:
-            """One pass over examples sorted by length (less padding per chunk), in the callers' order;
-            ``mirror``: train × train computed on and above the diagonal only."""
-            columns = train_order if symmetric else eval_order
-            k = plan.kernel(jac, train_order.batch, columns.batch, classes, sign_rows, sign_cols, symmetric=mirror)
-            return k[train_order.inverse][:, :, columns.inverse]
-
-        if formula == "asymmetric_signgd":
-            if classes != 1:
-                raise ValueError(f"asymmetric_signgd is for binary classification (C = 1 logit, see binary()); "
-                                 f"got C = {classes}")
-            if symmetric:
-                first = kernel(True, False)  # not symmetric: every block computed
-                return torch.stack([first, first.permute(2, 3, 0, 1).contiguous()])  # ⟨g_i, sign g_j⟩ = pass 0 at (j, i)
-            plan.total_runs = 2
-            return torch.stack([kernel(True, False), kernel(False, True)])
+        train = _by_length(train_batch)
+        evals = None if symmetric else _by_length(eval_batch)
+        asymmetric = formula == "asymmetric_signgd"
+        if asymmetric and classes != 1:
+            raise ValueError(f"asymmetric_signgd is for binary classification (C = 1 logit, see binary()); "
+                             f"got C = {classes}")
         signed = formula == "signgd"
-        return kernel(signed, signed, mirror=symmetric)
+        # each target: (columns, sign rows, sign columns, mirrored); asymmetric_signgd's train x train is
+        # one pass, not symmetric, and its transpose (⟨g_i, sign g_j⟩ = pass 0 at (j, i))
+        targets = ([_Target(train, True, False, False)] if asymmetric else [_Target(train, signed, signed, True)]
+                   ) if symmetric or with_train else []
+        if evals is not None:
+            targets += ([_Target(evals, True, False, False), _Target(evals, False, True, False)] if asymmetric
+                        else [_Target(evals, signed, signed, False)])
+        kernels = [k[train.inverse][:, :, target.columns.inverse]  # back to the callers' order
+                   for k, target in zip(plan.kernels(jac, train.batch, targets, classes), targets)]
+    if asymmetric:
+        first = kernels.pop(0) if symmetric or with_train else None
+        k_train = None if first is None else torch.stack([first, first.permute(2, 3, 0, 1).contiguous()])
+        kernels = ([k_train] if k_train is not None else []) + ([torch.stack(kernels)] if kernels else [])
+    return tuple(kernels) if with_train else kernels[0]
 
 
 class _Sorted(NamedTuple):
@@ -469,6 +475,17 @@ def _by_length(batch: Batch) -> _Sorted:
         return _Sorted(batch, torch.arange(_size(batch)))
     order = torch.sort(mask.sum(1).cpu(), stable=True).indices
     return _Sorted({k: v[order.to(v.device)] for k, v in batch.items()}, torch.argsort(order))
+
+
+class _Target(NamedTuple):
+    """Kernel columns to compute against the train rows: examples sorted by length, whether the
+    rows' and the columns' gradients take their sign, and whether the columns are the rows
+    themselves (computed on and above the diagonal only, mirrored)."""
+
+    columns: _Sorted
+    sign_rows: bool
+    sign_cols: bool
+    mirror: bool
 
 
 class _Jacobians(NamedTuple):
@@ -547,13 +564,14 @@ def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool, vocabular
     The weights of ``linears`` are constants here: a forward hook on each of those layers records
     its input and adds a zero offset to its output, so that the Jacobian with respect to the offsets
     is the layer's output gradient δ per token (``_Jacobians.factors``). A first call on one example
-    finds the offsets' shapes."""
+    finds the offsets' shapes (once per input shape)."""
     output_rows = torch.as_tensor(getattr(logits_fn, "output_rows", ()), dtype=torch.long)
     sparse = [n for n in params if n in vocabulary.params]  # differentiated at the chunk's rows
     dense = {n: p for n, p in params.items() if n not in vocabulary.params and n not in linears}
     weights = {n: params[n] for n in linears}
     layer_names = {id(layer): name for name, layer in linears.items()}
     call: dict[str, Any] = {}  # one call of the model: each factored layer's inputs and offsets, in call order
+    shapes: dict[tuple, dict[str, list]] = {}  # an example's input shapes → the offsets' shapes (the shape pass's)
 
     def record(layer: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         name = layer_names[id(layer)]
@@ -601,11 +619,13 @@ def _jacobian_fn(logits_fn: LogitsFn, params: Params, vectorize: bool, vocabular
 
         handles = [layer.register_forward_hook(record) for layer in linears.values()]
         try:
-            call.update(inputs={}, offsets=None, shapes={})
-            if linears:
+            example_shape = tuple((k, v.shape[1:]) for k, v in batch.items())
+            if linears and example_shape not in shapes:
+                call.update(inputs={}, offsets=None, shapes={})
                 logits_fn({**dense, **compact, **extra}, {k: v[:1] for k, v in batch.items()})
+                shapes[example_shape] = call["shapes"]
             offsets = {n: [torch.zeros(shape, dtype=dtype, device=p.device) for shape, dtype in found]
-                       for n, found in call["shapes"].items() for p in (params[n],)}
+                       for n, found in shapes.get(example_shape, {}).items() for p in (params[n],)}
             per_example = (vmap(jacrev(one, argnums=(0, 1, 2), has_aux=True), in_dims=(None, None, None, 0))
                            if vectorize else looped)
             with torch.enable_grad(), warnings.catch_warnings():
@@ -657,46 +677,47 @@ class _Plan:
             raise ValueError(f"chunk sizes must be positive, got {chunk_size} and {row_chunk_size}")
         if not 0 <= rank < world:
             raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-        self.chunk, self.row_chunk, self.rank, self.world = chunk_size, row_chunk_size, rank, world
-        self.on_block, self.total_runs, self.done = on_block, 1, 0
+        self.chunk, self.row_chunk, self.rank, self.world, self.on_block = chunk_size, row_chunk_size, rank, world, on_block
 
-    def blocks(self, n: int, m: int, symmetric: bool) -> list[tuple[int, int, int, int]]:
-        """All blocks (row start, row stop, column start, column stop) in row-major order; symmetric:
-        the diagonal block of each row chunk and the columns after it (the rest is mirrored)."""
+    def blocks(self, n: int, targets: list[tuple[int, bool]]) -> list[tuple[int, int, int, int, int]]:
+        """All blocks (target, row start, row stop, column start, column stop) of targets given as
+        (columns, mirrored), row chunk by row chunk (each held row chunk serves every target); a
+        mirrored target: the diagonal block of each row chunk and the columns after it."""
         out = []
         for r0 in range(0, n, self.row_chunk):
             r1 = min(n, r0 + self.row_chunk)
-            if symmetric:
-                out.append((r0, r1, r0, r1))
-            for c0 in range(r1 if symmetric else 0, m, self.chunk):
-                out.append((r0, r1, c0, min(m, c0 + self.chunk)))
+            for which, (m, mirror) in enumerate(targets):
+                if mirror:
+                    out.append((which, r0, r1, r0, r1))
+                for c0 in range(r1 if mirror else 0, m, self.chunk):
+                    out.append((which, r0, r1, c0, min(m, c0 + self.chunk)))
         return out
 
-    def kernel(self, jac: Callable[[Batch], _Jacobians], rows: Batch, cols: Batch, classes: int, sign_rows: bool,
-               sign_cols: bool, symmetric: bool = False) -> Tensor:
-        n, m = _size(rows), _size(cols)
-        blocks = self.blocks(n, m, symmetric)
+    def kernels(self, jac: Callable[[Batch], _Jacobians], rows: Batch, targets: list[_Target], classes: int
+                ) -> list[Tensor]:
+        n = _size(rows)
+        blocks = self.blocks(n, [(_size(t.columns.batch), t.mirror) for t in targets])
         start, stop = (len(blocks) * self.rank) // self.world, (len(blocks) * (self.rank + 1)) // self.world
-        kernel = torch.zeros(n, classes, m, classes, dtype=torch.float64)
+        kernels = [torch.zeros(n, classes, _size(t.columns.batch), classes, dtype=torch.float64) for t in targets]
         held, held_rows = None, None
-        for r0, r1, c0, c1 in blocks[start:stop]:
+        for done, (which, r0, r1, c0, c1) in enumerate(blocks[start:stop], 1):
+            target, kernel = targets[which], kernels[which]
             if held_rows != (r0, r1):
                 # formed chunk_size examples at a time: a large row chunk costs its Jacobians, not the
                 # vmapped forward and backward of all its examples at once
                 held = _joined([jac(_rows_slice(rows, s, min(r1, s + self.chunk))) for s in range(r0, r1, self.chunk)])
                 held_rows = (r0, r1)
-            if symmetric and c0 == r0:  # averaged with its mirror so that the kernel is exactly symmetric
-                block = _block(held, held, sign_rows, sign_cols)
+            if target.mirror and c0 == r0:  # averaged with its mirror so that the kernel is exactly symmetric
+                block = _block(held, held, target.sign_rows, target.sign_cols)
                 block = (block + block.permute(2, 3, 0, 1)) / 2
             else:
-                block = _block(held, jac(_rows_slice(cols, c0, c1)), sign_rows, sign_cols)
+                block = _block(held, jac(_rows_slice(target.columns.batch, c0, c1)), target.sign_rows, target.sign_cols)
             kernel[r0:r1, :, c0:c1, :] = block
-            if symmetric and c0 != r0:
+            if target.mirror and c0 != r0:
                 kernel[c0:c1, :, r0:r1, :] = block.permute(2, 3, 0, 1)
-            self.done += 1
             if self.on_block is not None:
-                self.on_block(self.done, (stop - start) * self.total_runs)
-        return kernel
+                self.on_block(done, stop - start)
+        return kernels
 
 
 def _joined(parts: list[_Jacobians]) -> _Jacobians:

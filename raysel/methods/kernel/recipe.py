@@ -219,8 +219,8 @@ class Kernel(Method):
         options = dict(logits_fn=logits_fn, formula=params.formula, subset=params.subset,
                        chunk_size=params.chunk_size, row_chunk_size=params.row_chunk_size, shard=shard)
         started = time.perf_counter()
-        k_train = sum(gather(run, ntk(model, train, on_block=_progress("train x train", run.rank), **options)))
-        k_eval = sum(gather(run, ntk(model, train, evals, on_block=_progress("train x eval", run.rank), **options)))
+        k_train, k_eval = ntk(model, train, evals, with_train=True, on_block=_progress(run.rank), **options)
+        k_train, k_eval = sum(gather(run, k_train)), sum(gather(run, k_eval))
         seconds = time.perf_counter() - started
         if run.rank != 0:
             return None
@@ -231,14 +231,14 @@ class Kernel(Method):
                 "entries": float(n * classes * (n + m) * classes), "workers": shard[1]}
 
 
-def _progress(what: str, rank: int):
-    """Prints a line at every tenth of a kernel's blocks (the trial's log; kernels can take minutes)."""
+def _progress(rank: int):
+    """Prints a line at every tenth of the kernels' blocks (the trial's log; kernels can take minutes)."""
     started = time.perf_counter()
 
     def on_block(done: int, total: int) -> None:
         if done == total or done * 10 // total != (done - 1) * 10 // total:
-            print(f"kernel {what} (rank {rank}): {done}/{total} blocks, {time.perf_counter() - started:.0f} s",
-                  flush=True)
+            print(f"kernels train x train and train x eval (rank {rank}): {done}/{total} blocks, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
     return on_block
 
 
