@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -87,7 +88,45 @@ def loggable_params(tree: Mapping[str, Any]) -> dict[str, str]:
 def _client(uri: str):
     import mlflow
 
+    if uri.startswith("sqlite:///"):
+        _new_sqlite_store(Path(resolve_uri(uri)[len("sqlite:///"):]))
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _new_sqlite_store(path: Path) -> None:
+    """Make a SQLite store that does not exist yet as a copy of an empty one already migrated: MLflow
+    creates a store by running every schema migration (~2 s), once per MLflow version here (kept in
+    raysel's cache without its Default experiment, which MLflow then adds with this store's artifact
+    root). Anything in the way (no folder, a read-only cache): MLflow makes the store itself."""
+    if path.exists() or not path.parent.is_dir():
+        return
+    import sqlite3
+
+    import mlflow
+
+    from raysel.models.cache import cache_dir
+
+    empty = cache_dir() / f"mlflow-{mlflow.__version__}-empty-store.db"
+    try:
+        if not empty.is_file():
+            empty.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=empty.parent) as tmp:
+                migrated = Path(tmp) / "store.db"
+                mlflow.MlflowClient(tracking_uri=f"sqlite:///{migrated}").search_experiments()
+                with contextlib.closing(sqlite3.connect(migrated)) as db, db:
+                    db.execute("DELETE FROM experiment_tags")
+                    db.execute("DELETE FROM experiments")
+                os.replace(migrated, empty)
+        copy = path.parent / f".{path.name}.{os.getpid()}.{time.monotonic_ns()}"
+        shutil.copyfile(empty, copy)  # the mode MLflow's own file would have (the umask's)
+        try:
+            os.link(copy, path)  # never over a store another process just made
+        except FileExistsError:
+            pass
+        finally:
+            copy.unlink()
+    except (OSError, sqlite3.Error):
+        return
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> str | None:

@@ -54,6 +54,47 @@ def test_a_restarted_trial_reuses_its_run_and_secrets_stay_out(tmp_path):
     assert tags["igf.learner_key"] == "igf-learner-0123abcd" and tags["raysel.store"] == "https://u:***@host/x"
 
 
+def test_a_new_sqlite_store_is_a_copy_of_an_empty_migrated_one(tmp_path, monkeypatch):
+    """MLflow migrates a new store's schema (~2 s); raysel does that once into its cache and copies the
+    empty store: the same schema, the Default experiment at this store's artifact root, the file's
+    mode; an existing store is never replaced."""
+    import os
+    import sqlite3
+
+    from mlflow.store.db import utils
+
+    monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain").mkdir()
+    mlflow.MlflowClient(tracking_uri="sqlite:///plain/mlflow.db").search_experiments()  # MLflow's own
+    ensure_experiment("sqlite:///first.db", "e")  # migrated once, into the cache
+    assert (tmp_path / "cache" / f"mlflow-{mlflow.__version__}-empty-store.db").is_file()
+
+    def no_migrations(*args, **kwargs):
+        raise AssertionError("the store should be a copy: MLflow migrated it")
+    monkeypatch.setattr(utils, "_initialize_tables", no_migrations)
+    experiment_id = ensure_experiment("sqlite:///second.db", "e")
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///second.db")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "loss", 1.5)
+    assert client.get_run(run.info.run_id).data.metrics == {"loss": 1.5}
+
+    def schema(path):  # tables, indexes, each definition's lines (MLflow's migrations order constraints at random)
+        with sqlite3.connect(path) as db:
+            return (sorted((kind, name, sorted(line.strip(" ,") for line in (sql or "").splitlines()))
+                           for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master")),
+                    db.execute("SELECT * FROM alembic_version").fetchall())
+    assert schema(tmp_path / "second.db") == schema(tmp_path / "plain" / "mlflow.db")
+    default = client.get_experiment("0")
+    assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+    assert os.stat(tmp_path / "second.db").st_mode == os.stat(tmp_path / "plain" / "mlflow.db").st_mode
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no copy left behind
+    (tmp_path / "third.db").write_bytes(b"")  # a store another process just made: not replaced
+    from raysel import tracking
+    tracking._new_sqlite_store(tmp_path / "third.db")
+    assert (tmp_path / "third.db").read_bytes() == b""
+
+
 def test_progress_counts_trials_and_tracks_the_best_metric():
     out = io.StringIO()
     progress = SweepProgress("s", "seeds", 3, "test_perplexity", "min", console=Console(file=out, width=120))
