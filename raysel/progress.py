@@ -107,7 +107,10 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._count(trials, trial, "TERMINATED")
         last = TrialResult.from_tune(trial.last_result or {})
-        self._close_run(last.run_id, "FINISHED")
+        # a trial whose last result is not Tune's "done" was stopped by the scheduler; Tune may end its
+        # actor before the trial's own SystemExit handler has tagged and closed the run
+        stopped = bool(trial.last_result) and not trial.last_result.get("done", False)
+        self._close_run(last.run_id, "FINISHED", stopped)
         value = last.latest.get(self.metric)
         shown = f"{value:.4g}" if value is not None else "–"
         step = last.step if trial.last_result else "–"
@@ -118,8 +121,8 @@ class SweepProgress(Callback):
         self._close_run(TrialResult.from_tune(trial.last_result or {}).run_id, "FAILED")
         self._log(f"[red]trial {trial.trial_id} failed[/red] (see {trial.path})")
 
-    def _close_run(self, run_id: str | None, status: str) -> None:
+    def _close_run(self, run_id: str | None, status: str, stopped_by_scheduler: bool = False) -> None:
         if self.tracking_uri and run_id:
-            from raysel.tracking import end_run_if_running
+            from raysel.tracking import STOPPED_BY_SCHEDULER, end_run_if_running
 
-            end_run_if_running(self.tracking_uri, run_id, status)
+            end_run_if_running(self.tracking_uri, run_id, status, STOPPED_BY_SCHEDULER if stopped_by_scheduler else None)

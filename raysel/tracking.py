@@ -30,6 +30,7 @@ SECRET_KEY = re.compile(r"(token|passw(or)?d|secret|credential|api[_-]?key|acces
                         re.IGNORECASE)
 URI_PASSWORD = re.compile(r"(//[^/:@]+:)[^@/]+@")
 REDACTED = "***"
+STOPPED_BY_SCHEDULER = {"raysel.stopped_by_scheduler": "true"}  # a run its trial's scheduler ended early
 MAX_PARAM_CHARS = 6000  # MLflow's limit for a param value
 
 
@@ -213,10 +214,13 @@ def reopen_run(uri: str, run_id: str) -> None:
             client.delete_tag(run_id, key)
 
 
-def end_run_if_running(uri: str, run_id: str, status: str) -> None:
-    """Close a trial's run that its process left open (a killed process cannot close its own run)."""
+def end_run_if_running(uri: str, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    """Close a trial's run that its process left open (a killed process cannot close its own run),
+    with ``tags`` set first."""
     client = _client(uri)
     if client.get_run(run_id).info.status == "RUNNING":
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
         client.set_terminated(run_id, status=status)
 
 
@@ -455,14 +459,15 @@ class TrialLogger:
     @contextlib.contextmanager
     def lifecycle(self) -> Iterator[None]:
         """The trial's body: its run ends FINISHED, or FAILED with the reason as a tag. Ray Tune ends a
-        trial its scheduler stopped (ASHA, also at max_t) with SystemExit(0): a finished run, tagged."""
+        trial its scheduler stopped (ASHA, also at max_t) with SystemExit(0): a finished run, tagged
+        (``STOPPED_BY_SCHEDULER``; the driver tags it too when it sees the stop first, see progress.py)."""
         try:
             yield
         except SystemExit as stop:
             if stop.code not in (0, None):
                 self.finish("FAILED")
                 raise
-            self.set_tags({"raysel.stopped_by_scheduler": "true"})
+            self.set_tags(STOPPED_BY_SCHEDULER)
             self.finish("FINISHED")
             raise
         except BaseException as error:
