@@ -126,9 +126,11 @@ def run_plain(seeds: list[int], params: dict) -> dict:
 
 
 # ---------------------------------------------------------------- (a), (c) through raysel
-def sweep_spec(seeds: list[int], params: dict, concurrency: int, workdir: Path) -> dict:
+def run_raysel(seeds: list[int], params: dict, concurrency: int, workdir: Path) -> dict:
+    import raysel
+
     name = f"overhead-c{concurrency}-n{len(seeds)}"
-    return {
+    spec = {
         "name": name, "method": "standard", "model": {"name": MODEL}, "data": {"name": DATA},
         "params": params,
         "protocol": {"kind": "seeds", "seeds": seeds, "metric": "test_perplexity", "mode": "min"},
@@ -137,12 +139,6 @@ def sweep_spec(seeds: list[int], params: dict, concurrency: int, workdir: Path) 
         "tracking": {"enabled": True, "uri": f"sqlite:///{workdir / f'{name}-mlflow.db'}"},
         "storage_path": str(workdir / "results"),
     }
-
-
-def run_raysel(seeds: list[int], params: dict, concurrency: int, workdir: Path) -> dict:
-    import raysel
-
-    spec = sweep_spec(seeds, params, concurrency, workdir)
     start = time.perf_counter()
     result = raysel.run_sweep(spec, progress=False)
     wall = time.perf_counter() - start
@@ -158,17 +154,12 @@ def run_raysel(seeds: list[int], params: dict, concurrency: int, workdir: Path) 
             "final_test_perplexity": finals}
 
 
-def start_ray(spec: dict) -> float:
-    """Ray as a sweep starts it locally: its prestarted workers import what a trial imports
-    (``raysel.sweep.worker_preload``) while the sweep that follows sets up."""
+def start_ray() -> float:
     import ray
-
-    from raysel.spec import load_spec
-    from raysel.sweep import worker_preload
 
     start = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=200 * 2**20,
-             log_to_driver=False, _system_config=worker_preload(load_spec(spec)))
+             log_to_driver=False)
     return time.perf_counter() - start
 
 
@@ -197,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="raysel-overhead-") as tmp:
         workdir = Path(tmp)
-        report["ray_start_s"] = round(start_ray(sweep_spec(seeds, params, 1, workdir)), 3)
+        report["ray_start_s"] = round(start_ray(), 3)
         try:
             print(f"    Ray started in {report['ray_start_s']:.1f} s", flush=True)
             print("(a) raysel.run_sweep, max_concurrent_trials 1 (serial) ...", flush=True)

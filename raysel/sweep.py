@@ -281,7 +281,7 @@ def _init_ray(spec: SweepSpec) -> bool:
     if not address:
         kwargs.update(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
                       include_dashboard=spec.resources.workers > 0 or spec.ray.dashboard,
-                      _metrics_export_port=spec.ray.metrics_export_port, _system_config=worker_preload(spec))
+                      _metrics_export_port=spec.ray.metrics_export_port)
     try:
         ray.init(**kwargs)
     except ConnectionError as err:
@@ -291,25 +291,6 @@ def _init_ray(spec: SweepSpec) -> bool:
         raise SpecError([f"{source}: the Ray cluster at {address!r} wants its authentication token; export "
                          "RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)"]) from None
     return True
-
-
-PRELOAD_BYTES_PER_WORKER = 0.6 * 2**30  # a Ray worker that imported torch, transformers and MLflow (~0.55 GB)
-
-
-def worker_preload(spec: SweepSpec) -> dict[str, Any]:
-    """Ray system config for a local cluster: its prestarted workers (one per CPU) import what a trial
-    imports (torch, transformers, MLflow, Tune, the arms' methods) while the driver sets the sweep up,
-    so that a trial's actor starts on a warm worker instead of ~8 s of imports in a fresh process.
-    Empty when those workers would hold over a quarter of the machine's memory."""
-    import psutil
-
-    from raysel.methods import method_module
-
-    cpus = spec.ray.num_cpus or os.cpu_count() or 1
-    if cpus * PRELOAD_BYTES_PER_WORKER > psutil.virtual_memory().total / 4:
-        return {}
-    methods = sorted({method_module(arm.method) for arm in spec.resolved_arms()})
-    return {"preload_python_modules": ["raysel.trial", "raysel.models", "mlflow", "ray.tune", *methods]}
 
 
 def _wants_a_token(err: BaseException | None) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -74,59 +73,3 @@ def test_only_an_autoscaling_monitor_counts_as_an_autoscaler():
     assert not autoscaler_runs(status({NODE: f"node_{NODE}"}))
     assert autoscaler_runs(status({NODE: "ray.head.default"}))
     assert not autoscaler_runs(None) and not autoscaler_runs(json.dumps({"time": 1.0}))  # no report (yet)
-
-
-def test_local_ray_workers_preload_what_a_trial_imports_unless_they_would_crowd_the_memory():
-    from raysel.spec import load_spec
-    from raysel.sweep import PRELOAD_BYTES_PER_WORKER, worker_preload
-
-    spec = {"name": "p", "arms": [{"name": "a", "method": "igf"}, {"name": "b", "method": "standard"},
-                                  {"name": "c", "method": "igf"}],
-            "protocol": {"kind": "seeds", "seeds": [0], "metric": "m", "mode": "min"}}
-    assert worker_preload(load_spec(spec)) == {"preload_python_modules": [
-        "raysel.trial", "raysel.models", "mlflow", "ray.tune", "raysel.methods.igf", "raysel.methods.standard"]}
-    import psutil
-
-    too_many = int(psutil.virtual_memory().total / 4 / PRELOAD_BYTES_PER_WORKER) + 1  # CPUs, one worker each
-    assert worker_preload(load_spec({**spec, "ray": {"num_cpus": too_many}})) == {}
-
-
-@pytest.mark.system
-def test_a_local_ray_started_as_a_sweep_starts_it_has_the_preloaded_modules_in_its_workers_before_any_task():
-    """The config reaches Ray's workers: an actor finds every preloaded module imported already
-    (its own code imports none of them). Ray in a subprocess, in its own temp dir."""
-    import json
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    code = """if True:
-        import json, sys, ray
-        from raysel.spec import load_spec
-        from raysel.sweep import _init_ray, worker_preload
-        spec = load_spec({"name": "p", "method": "standard", "ray": {"num_cpus": 1},
-                          "protocol": {"kind": "seeds", "seeds": [0], "metric": "m", "mode": "min"}})
-        modules = worker_preload(spec)["preload_python_modules"]
-        assert _init_ray(spec)  # as a sweep starts its local Ray
-
-        @ray.remote
-        class Probe:
-            def __init__(self):
-                self.found = [m for m in modules if m in sys.modules]
-
-            def modules(self):
-                return self.found
-        print(json.dumps([modules, ray.get(Probe.remote().modules.remote())]))
-    """
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    try:
-        env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1"}
-        env.pop("RAY_ADDRESS", None)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        wanted, found = json.loads(out.stdout.strip().splitlines()[-1])
-        assert "raysel.methods.standard" in wanted and found == wanted
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)

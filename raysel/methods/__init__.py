@@ -24,19 +24,13 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def method_module(name: str) -> str:
-    """The module of the method registered under ``name`` (not imported)."""
-    if name not in _REGISTRY:
-        raise UnknownMethodError(f"unknown method {name!r}; allowed: {', '.join(method_names())}")
-    return _REGISTRY[name].split(":")[0]
-
-
 def get_method(name: str) -> Method:
     """The method registered under ``name``; the error lists the valid names."""
-    module_name = method_module(name)
-    return getattr(importlib.import_module(module_name), _REGISTRY[name].split(":")[1])()
+    if name not in _REGISTRY:
+        raise UnknownMethodError(f"unknown method {name!r}; allowed: {', '.join(method_names())}")
+    module_name, class_name = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
 
 
-__all__ = ["Method", "MethodFigure", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite", "get_method", "method_module",
-           "method_names",
+__all__ = ["Method", "MethodFigure", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite", "get_method", "method_names",
            "UnknownMethodError"]
