@@ -107,10 +107,10 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._count(trials, trial, "TERMINATED")
         last = TrialResult.from_tune(trial.last_result or {})
-        # a trial whose last result is not Tune's "done" was stopped by the scheduler; Tune may end its
-        # actor before the trial's own SystemExit handler has tagged and closed the run
-        stopped = bool(trial.last_result) and not trial.last_result.get("done", False)
-        self._close_run(last.run_id, "FINISHED", stopped)
+        # A trial that ran to its end closed its run before its function returned; a run still open was
+        # stopped (its scheduler, a stopper): Tune may end the actor before the trial's own SystemExit
+        # handler tags and closes it, so the driver does both.
+        self._close_run(last.run_id, "FINISHED", stopped=True)
         value = last.latest.get(self.metric)
         shown = f"{value:.4g}" if value is not None else "–"
         step = last.step if trial.last_result else "–"
@@ -121,8 +121,9 @@ class SweepProgress(Callback):
         self._close_run(TrialResult.from_tune(trial.last_result or {}).run_id, "FAILED")
         self._log(f"[red]trial {trial.trial_id} failed[/red] (see {trial.path})")
 
-    def _close_run(self, run_id: str | None, status: str, stopped_by_scheduler: bool = False) -> None:
+    def _close_run(self, run_id: str | None, status: str, stopped: bool = False) -> None:
+        """End a run its trial left open, as ``status`` (tagged as the scheduler's stop when ``stopped``)."""
         if self.tracking_uri and run_id:
             from raysel.tracking import STOPPED_BY_SCHEDULER, end_run_if_running
 
-            end_run_if_running(self.tracking_uri, run_id, status, STOPPED_BY_SCHEDULER if stopped_by_scheduler else None)
+            end_run_if_running(self.tracking_uri, run_id, status, STOPPED_BY_SCHEDULER if stopped else None)

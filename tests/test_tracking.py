@@ -118,30 +118,34 @@ def test_progress_counts_trials_and_tracks_the_best_metric():
     assert "best test_perplexity 40" in text
 
 
-def test_the_driver_closes_a_scheduler_stopped_trials_open_run_tagged_and_a_finished_ones_untagged(tmp_path):
+def test_the_driver_closes_a_stopped_trials_open_run_tagged_and_leaves_a_closed_one_as_it_is(tmp_path):
     """Tune can end a stopped trial's actor before the trial's own SystemExit handler tags and closes
-    its run (seen in CI: an ASHA-stopped run FINISHED untagged): the driver's callback does both
-    when the trial's last result is not Tune's "done"; a trial that ran to its end gets no tag."""
+    its run (seen in CI: ASHA- and median-stopped runs FINISHED untagged; Tune marks a stopped trial's
+    last result done=True like a finished one's). A trial that ran to its end closed its run before
+    returning, so a run still open when Tune completes the trial was stopped: the driver tags and
+    closes it; a closed run keeps its own status and tags."""
     from raysel.results import RUN_ID_KEY
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = ensure_experiment(uri, "e")
-    stopped, finished, closed = (client.create_run(experiment).info.run_id for _ in range(3))
-    client.set_terminated(closed, status="FINISHED")  # closed by its trial, which tagged it or not itself
+    stopped, finished, tagged = (client.create_run(experiment).info.run_id for _ in range(3))
+    client.set_terminated(finished, status="FINISHED")  # ran to its end: closed by its trial, untagged
+    client.set_tag(tagged, "raysel.stopped_by_scheduler", "true")  # stopped: its own handler was first
+    client.set_terminated(tagged, status="FINISHED")
     progress = SweepProgress("s", "search", 3, "dev_perplexity", "min", tracking_uri=uri,
                              console=Console(file=io.StringIO()))
     trials = [SimpleNamespace(trial_id=f"t{i}", path="", status="RUNNING",
-                              last_result={"dev_perplexity": 9.0, "step": 2, RUN_ID_KEY: run, "done": done})
-              for i, (run, done) in enumerate(((stopped, False), (finished, True), (closed, False)))]
+                              last_result={"dev_perplexity": 9.0, "step": 2, RUN_ID_KEY: run, "done": True})
+              for i, run in enumerate((stopped, finished, tagged))]
     with progress:
         for trial in trials:
             progress.on_trial_complete(0, trials, trial)
-    runs = {run: client.get_run(run) for run in (stopped, finished, closed)}
+    runs = {run: client.get_run(run) for run in (stopped, finished, tagged)}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     assert runs[stopped].data.tags.get("raysel.stopped_by_scheduler") == "true"
+    assert runs[tagged].data.tags.get("raysel.stopped_by_scheduler") == "true"
     assert "raysel.stopped_by_scheduler" not in runs[finished].data.tags
-    assert "raysel.stopped_by_scheduler" not in runs[closed].data.tags
 
 
 class _RacingClient:
