@@ -90,8 +90,13 @@ def _client(uri: str):
     import mlflow
 
     if uri.startswith("sqlite:///"):
-        _new_sqlite_store(Path(resolve_uri(uri)[len("sqlite:///"):]))
+        _new_sqlite_store(_sqlite_path(uri))
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _sqlite_path(uri: str) -> Path:
+    """The file of a ``sqlite:///`` store (a relative one against the working directory)."""
+    return Path(resolve_uri(uri)[len("sqlite:///"):])
 
 
 def _new_sqlite_store(path: Path) -> None:
@@ -144,7 +149,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> str | None:
         if response.status_code >= 400:
             return f"{redact_uri(uri)}/health answered HTTP {response.status_code}: is this an MLflow server?"
     elif uri.startswith("sqlite:///"):
-        folder = Path(resolve_uri(uri)[len("sqlite:///"):]).parent
+        folder = _sqlite_path(uri).parent
         if not folder.is_dir():
             return f"the folder of the SQLite store {uri!r} does not exist ({folder})"
     return None

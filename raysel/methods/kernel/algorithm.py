@@ -448,20 +448,22 @@ def ntk(model: nn.Module, train_batch: Batch, eval_batch: Batch | None = None, *
             raise ValueError(f"asymmetric_signgd is for binary classification (C = 1 logit, see binary()); "
                              f"got C = {classes}")
         signed = formula == "signgd"
-        # each target: (columns, sign rows, sign columns, mirrored); asymmetric_signgd's train x train is
-        # one pass, not symmetric, and its transpose (⟨g_i, sign g_j⟩ = pass 0 at (j, i))
-        targets = ([_Target(train, True, False, False)] if asymmetric else [_Target(train, signed, signed, True)]
-                   ) if symmetric or with_train else []
-        if evals is not None:
-            targets += ([_Target(evals, True, False, False), _Target(evals, False, True, False)] if asymmetric
-                        else [_Target(evals, signed, signed, False)])
+        wants_train = symmetric or with_train
+        # asymmetric_signgd's train x train: one pass, not mirrored, and its transpose (⟨g_i, sign g_j⟩ = pass 0 at (j, i))
+        train_target = _Target(train, True, False, False) if asymmetric else _Target(train, signed, signed, True)
+        eval_targets = [] if evals is None else (
+            [_Target(evals, True, False, False), _Target(evals, False, True, False)] if asymmetric
+            else [_Target(evals, signed, signed, False)])
+        targets = ([train_target] if wants_train else []) + eval_targets
         kernels = [k[train.inverse][:, :, target.columns.inverse]  # back to the callers' order
                    for k, target in zip(plan.kernels(jac, train.batch, targets, classes), targets)]
-    if asymmetric:
-        first = kernels.pop(0) if symmetric or with_train else None
-        k_train = None if first is None else torch.stack([first, first.permute(2, 3, 0, 1).contiguous()])
-        kernels = ([k_train] if k_train is not None else []) + ([torch.stack(kernels)] if kernels else [])
-    return tuple(kernels) if with_train else kernels[0]
+    out = []
+    if wants_train:
+        k = kernels.pop(0)
+        out.append(torch.stack([k, k.permute(2, 3, 0, 1).contiguous()]) if asymmetric else k)
+    if eval_targets:
+        out.append(torch.stack(kernels) if asymmetric else kernels[0])
+    return tuple(out) if with_train else out[0]
 
 
 class _Sorted(NamedTuple):
@@ -677,7 +679,8 @@ class _Plan:
             raise ValueError(f"chunk sizes must be positive, got {chunk_size} and {row_chunk_size}")
         if not 0 <= rank < world:
             raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-        self.chunk, self.row_chunk, self.rank, self.world, self.on_block = chunk_size, row_chunk_size, rank, world, on_block
+        self.chunk, self.row_chunk, self.rank, self.world = chunk_size, row_chunk_size, rank, world
+        self.on_block = on_block
 
     def blocks(self, n: int, targets: list[tuple[int, bool]]) -> list[tuple[int, int, int, int, int]]:
         """All blocks (target, row start, row stop, column start, column stop) of targets given as
