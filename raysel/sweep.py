@@ -425,6 +425,11 @@ def run_sweep(spec_or_path: "SweepSpec | str | os.PathLike | dict", *, resume: b
                 ray.shutdown()
 
 
+# the raysel modules the driver imports only once the sweep runs (after ray.init)
+DRIVER_MODULES = ("raysel.checkpoints", "raysel.progress", "raysel.shared_files", "raysel.telemetry", "raysel.report",
+                  "raysel.models.cache", "raysel.methods.base")
+
+
 @contextlib.contextmanager
 def _driver_state(storage: Storage) -> Iterator[None]:
     """What the driver process needs while the sweep runs, undone when it returns (the caller's
@@ -435,7 +440,11 @@ def _driver_state(storage: Storage) -> Iterator[None]:
         os.environ.setdefault(name, value)
     if "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
         # a `ray job submit --working-dir` driver: ray.init() may delete and re-extract the job's directory
-        # under our feet (its first use on a node), so the driver waits outside it; trials still start there
+        # under our feet (its first use on a node), so the driver waits outside it, with every raysel module
+        # it imports later already imported (CI: "No such file or directory: .../raysel/checkpoints.py");
+        # trials still start there
+        for module in DRIVER_MODULES:
+            importlib.import_module(module)
         storage.local.mkdir(parents=True, exist_ok=True)
         os.chdir(storage.local)
     try:

@@ -104,3 +104,17 @@ def test_a_unit_test_that_starts_ray_fails_naming_itself(tmp_path):
         raysel.run_sweep({"name": "u", "method": "standard", "tracking": {"enabled": False},
                           "storage_path": str(tmp_path),
                           "protocol": {"kind": "seeds", "seeds": [0], "metric": "m", "mode": "min"}}, progress=False)
+
+
+def test_a_job_drivers_late_raysel_imports_are_all_imported_before_ray_can_replace_its_directory():
+    """A `ray job submit --working-dir` driver imports DRIVER_MODULES before ray.init (which may delete and
+    re-extract the job's directory); every raysel import inside sweep.py's functions must be among them."""
+    import ast
+    from pathlib import Path
+
+    from raysel import sweep
+
+    tree = ast.parse(Path(sweep.__file__).read_text())
+    late = {node.module for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+            for node in ast.walk(function) if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("raysel")}
+    assert late and late <= set(sweep.DRIVER_MODULES), sorted(late - set(sweep.DRIVER_MODULES))
