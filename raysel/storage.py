@@ -4,15 +4,14 @@ filesystem Ray Tune accepts (``s3://bucket/prefix``, ``gs://...``; options such 
 
 Ray Tune and Ray Train write trial checkpoints and results there themselves. raysel's own files go
 through a local mirror of the sweep's directory (``Storage.local``: the directory itself when it is
-local; a folder under ``~/.cache/raysel/storage`` for a URI): they are written there as before and
-copied up with ``upload``; ``download`` brings them back (``--resume``, ``raysel report``, the files
-the sweep's trials share).
+local; for a URI a folder under ``cache_dir()/storage``, by default ``~/.cache/raysel/storage``): they
+are written there as before and copied up with ``upload``; ``download`` brings them back (``--resume``,
+``raysel report``, the files the sweep's trials share).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -21,8 +20,14 @@ from typing import Iterator
 
 import pyarrow.fs
 
+from raysel.cache import cache_dir
+
 URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-MIRRORS = Path(os.environ.get("RAYSEL_CACHE", Path.home() / ".cache" / "raysel")) / "storage"
+
+
+def mirrors_dir() -> Path:
+    """Where this machine keeps its copies of object-storage directories: ``cache_dir()/storage``."""
+    return cache_dir() / "storage"
 
 
 def is_uri(path: str) -> bool:
@@ -70,7 +75,7 @@ class Storage:
         """Where raysel writes this directory's files on this machine (the directory itself when local)."""
         if self.is_local:
             return Path(self.root)
-        return MIRRORS / hashlib.sha1(self.uri.encode()).hexdigest()[:16]
+        return mirrors_dir() / hashlib.sha1(self.uri.encode()).hexdigest()[:16]
 
     def filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
         """The pyarrow filesystem and the path in it."""

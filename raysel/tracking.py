@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
+from raysel.cache import cache_dir
+
 if TYPE_CHECKING:
     from raysel.provenance import Loaded
 
@@ -109,8 +111,6 @@ def _new_sqlite_store(path: Path) -> None:
     import sqlite3
 
     import mlflow
-
-    from raysel.models.cache import cache_dir
 
     empty = cache_dir() / f"mlflow-{mlflow.__version__}-empty-store.db"
     try:

@@ -94,7 +94,7 @@ def test_files_go_up_and_come_back_through_the_local_mirror(tmp_path, s3, monkey
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
         monkeypatch.setenv(name, s3[name])
-    monkeypatch.setattr(storage, "MIRRORS", tmp_path / "node-a")
+    monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path / "node-a"))
     sweep = storage.Storage.parse(f"s3://{BUCKET}/mirror/sweep")
     assert sweep.check_writable() is None and not sweep.holds_files()
     with pytest.raises(RuntimeError), storage.trial_files(sweep.uri, "trial_1") as artifacts:
@@ -111,11 +111,11 @@ def test_files_go_up_and_come_back_through_the_local_mirror(tmp_path, s3, monkey
     assert sweep.holds_files() and sweep.read_text("artifacts/trial_1/scores.csv") == "a,b\n1,2\n"
     assert sweep.read_text("artifacts/shared/cache.pt.lock") is None  # a node's lock stays on its node
 
-    monkeypatch.setattr(storage, "MIRRORS", tmp_path / "node-b")
+    monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path / "node-b"))
     with storage.trial_files(sweep.uri, "trial_2") as artifacts:
         assert (artifacts.parent / "shared" / "cache.pt").read_bytes() == b"x" * 1000  # what trial_1 shared
     copy = sweep.download(skip=("checkpoint_",))
-    assert copy == tmp_path / "node-b" / copy.name
+    assert copy == tmp_path / "node-b" / "storage" / copy.name
     assert (copy / "seeds" / "trial_1" / "result.json").is_file()
     assert not (copy / "seeds" / "trial_1" / "checkpoint_000001").exists()
     assert storage.Storage.parse(f"s3://{BUCKET}-missing/x").check_writable().startswith("OSError: ")

@@ -4,19 +4,29 @@ Articles are the pydoc topic pages (`pydoc_data.topics`) and, per standard-libra
 module/class/function docstrings. Long pages are cut at paragraph boundaries into articles of at
 most about MAX_CHARS characters; articles shorter than MIN_CHARS are dropped. Every page is assigned
 to one part by a stable hash (sha256) of its key, so the build is identical in every process.
+
+The build imports ~230 modules and takes about half a second; every process after the first on a
+machine reads it from ``cache_dir()/corpora`` instead (a JSON file named by a hash of what the build
+depends on: this Python and the code of this module and ``_stdlib``).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import logging
 import random
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from raysel.cache import cache_dir, write_atomic
 from raysel.data import _stdlib
 from raysel.data.errors import DataError
+
+log = logging.getLogger(__name__)
 
 PARTS: tuple[str, ...] = ("pretrain", "finetune", "objective", "test")
 FRACTIONS: tuple[float, ...] = (0.55, 0.25, 0.10, 0.10)
@@ -102,8 +112,7 @@ def _pages() -> list[tuple[str, str]]:
     return pages
 
 
-@functools.lru_cache(maxsize=1)
-def _corpus() -> dict[str, tuple[Article, ...]]:
+def _build() -> dict[str, tuple[Article, ...]]:
     parts: dict[str, list[Article]] = {p: [] for p in PARTS}
     seen: set[str] = set()
     for page, text in _pages():
@@ -115,6 +124,33 @@ def _corpus() -> dict[str, tuple[Article, ...]]:
             seen.add(digest)
             parts[part].append(Article(f"{page}#{i}", piece))
     return {p: tuple(a) for p, a in parts.items()}
+
+
+def cached_corpus_file() -> Path:
+    """Where the built corpus is kept: named by this Python and the code the build runs, so that a
+    change to either makes a new file rather than reading a stale one."""
+    h = hashlib.sha256(f"{sys.version}\0{_stdlib_dir()}\0".encode())
+    for source in (__file__, _stdlib.__file__):
+        h.update(Path(source).read_bytes())
+    return cache_dir() / "corpora" / f"pydocs-{h.hexdigest()[:16]}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus() -> dict[str, tuple[Article, ...]]:
+    path = cached_corpus_file()
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return {p: tuple(Article(key, text) for key, text in stored[p]) for p in PARTS}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable or not ours: build it again
+        log.warning("ignoring the unreadable cached pydocs corpus %s: %s", path, e)
+    corpus = _build()
+    try:
+        write_atomic(path, json.dumps({p: [[a.key, a.text] for a in corpus[p]] for p in PARTS}))
+    except OSError as e:
+        log.warning("could not cache the pydocs corpus at %s: %s", path, e)
+    return corpus
 
 
 def load_pydocs(part: str) -> list[Article]:

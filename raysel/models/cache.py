@@ -1,20 +1,18 @@
-"""Where raysel keeps what it builds locally (tokenizers, the pretrained tiny GPT-2, the converted SmolLM2)."""
+"""Prepared models in raysel's cache (the pretrained tiny GPT-2, the converted SmolLM2): their manifests, their
+installation, the lock held while one is built. Where the cache is: :func:`raysel.cache.cache_dir`."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from raysel.cache import cache_dir
 
-def cache_dir() -> Path:
-    """``$RAYSEL_CACHE`` if set, else ``~/.cache/raysel`` (not created here)."""
-    env = os.environ.get("RAYSEL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "raysel"
+__all__ = ["cache_dir", "install_prepared", "prepared_manifest", "preparing"]
 
 
 def prepared_manifest(directory: Path) -> dict[str, Any] | None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,7 +18,7 @@ import tokenizers as tk
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from raysel.models.cache import cache_dir
+from raysel.cache import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +96,6 @@ def _cache_file(style: Style, vocab_size: int, sha: str) -> Path:
     return cache_dir() / "tokenizers" / f"builtin-{style}-bpe{vocab_size}-{sha[:16]}.json"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 @functools.lru_cache(maxsize=None)
 def _builtin_raw(style: Style, vocab_size: int) -> tk.Tokenizer:
     texts = builtin_corpus()
@@ -118,7 +108,7 @@ def _builtin_raw(style: Style, vocab_size: int) -> tk.Tokenizer:
             log.warning("ignoring unreadable cached tokenizer %s: %s", path, e)
     tok = train_bpe(texts, vocab_size, style)
     try:
-        _write_atomic(path, tok.to_str())
+        write_atomic(path, tok.to_str())
     except OSError as e:
         log.warning("could not cache tokenizer at %s: %s", path, e)
     return tok
@@ -135,5 +125,5 @@ def builtin_tokenizer_path(style: Style, vocab_size: int = BUILTIN_VOCAB) -> Pat
     sha = corpus_sha256([style, str(vocab_size), tk.__version__, *builtin_corpus()])
     path = _cache_file(style, vocab_size, sha)
     if not path.is_file():
-        _write_atomic(path, tok.to_str())
+        write_atomic(path, tok.to_str())
     return path

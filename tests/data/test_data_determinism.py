@@ -45,18 +45,24 @@ print(json.dumps({"printed": buf.getvalue(), "failed": failed}))
 """
 
 
-def _run(script: str, *args: str, hash_seed: str = "0") -> str:
+def _run(script: str, *args: str, hash_seed: str = "0", cache: Path | None = None) -> str:
     env = dict(os.environ, PYTHONHASHSEED=hash_seed,
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if cache is not None:
+        env["RAYSEL_CACHE"] = str(cache)
     proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip()
 
 
-def test_same_digest_in_two_processes():
-    a, b = _run(DIGEST, hash_seed="1"), _run(DIGEST, hash_seed="2")
+def test_same_digest_in_two_processes_and_from_the_cache(tmp_path):
+    # each builds the pydocs corpus itself (a private cache each); a third reads the first one's file
+    a = _run(DIGEST, hash_seed="1", cache=tmp_path / "a")
+    b = _run(DIGEST, hash_seed="2", cache=tmp_path / "b")
     assert len(a) == 64 and a == b
+    assert list((tmp_path / "a" / "corpora").glob("pydocs-*.json"))
+    assert _run(DIGEST, hash_seed="3", cache=tmp_path / "a") == a
 
 
 def test_stdlib_modules_do_not_print_on_import():

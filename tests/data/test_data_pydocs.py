@@ -1,11 +1,14 @@
-"""The pydocs corpus and its mixed pool."""
+"""The pydocs corpus, its cache and its mixed pool."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from raysel.data import Article, DataError, corpus_stats, load_mixed_pool, load_pydocs
 from raysel.data.pydocs import MAX_CHARS, MIN_CHARS, PARTS, chunk
-
-import dataclasses
 
 
 def test_every_part_is_nonempty_and_stats_match():
@@ -83,3 +86,65 @@ def test_mixed_pool_off_domain_kinds_and_seed():
     assert [a.key for a in load_mixed_pool(0.5, seed=2)] != [a.key for a in pool]
     with pytest.raises(DataError, match="off_domain_fraction"):
         load_mixed_pool(1.0)
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A private RAYSEL_CACHE and an empty in-process cache (restored empty afterwards)."""
+    from raysel.data import pydocs
+
+    monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path / "cache"))
+    pydocs._corpus.cache_clear()
+    yield tmp_path / "cache"
+    pydocs._corpus.cache_clear()
+
+
+def _refuse_to_build(monkeypatch):
+    from raysel.data import pydocs
+
+    def build():
+        raise AssertionError("built again instead of reading the cached corpus")
+
+    monkeypatch.setattr(pydocs, "_build", build)
+
+
+def test_the_corpus_is_built_once_and_read_back_identical_from_the_cache(private_cache, monkeypatch):
+    from raysel.data import pydocs
+
+    built = pydocs._corpus()
+    path = pydocs.cached_corpus_file()
+    assert path.parent == private_cache / "corpora" and path.is_file()
+    assert path.stat().st_mode & 0o777 == 0o644  # other users' trials read a shared cache
+    pydocs._corpus.cache_clear()
+    _refuse_to_build(monkeypatch)
+    assert pydocs._corpus() == built  # every Article equal: key, text, in_domain
+    assert [type(a) for a in pydocs._corpus()["test"]] == [Article] * len(built["test"])
+
+
+def test_a_change_to_the_build_code_names_a_new_cache_file(private_cache, monkeypatch, tmp_path):
+    from raysel.data import pydocs
+
+    before = pydocs.cached_corpus_file()
+    edited = tmp_path / "pydocs.py"
+    edited.write_text(Path(pydocs.__file__).read_text() + "\n# MAX_CHARS changed\n")
+    monkeypatch.setattr(pydocs, "__file__", str(edited))
+    assert pydocs.cached_corpus_file() != before
+    assert pydocs.cached_corpus_file().parent == before.parent
+
+
+def test_an_unreadable_cached_corpus_is_built_again_and_an_unwritable_cache_is_no_error(private_cache, caplog):
+    from raysel.data import pydocs
+
+    built = pydocs._corpus()
+    path = pydocs.cached_corpus_file()
+    path.write_text('{"pretrain": [["only a key"]]}')
+    pydocs._corpus.cache_clear()
+    assert pydocs._corpus() == built
+    assert "ignoring the unreadable cached pydocs corpus" in caplog.text
+    assert json.loads(path.read_text())["test"][0] == [built["test"][0].key, built["test"][0].text]  # rewritten
+
+    shutil.rmtree(private_cache)
+    private_cache.write_text("a file where the cache folder would be")
+    pydocs._corpus.cache_clear()
+    assert pydocs._corpus() == built
+    assert "could not cache the pydocs corpus" in caplog.text
