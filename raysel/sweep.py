@@ -552,6 +552,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
     finally:
         import ray
 
+        metrics.close()
         ray.kill(registry_actor)
         if board_actor is not None:
             ray.kill(board_actor)

@@ -44,8 +44,10 @@ class SweepMetrics(Callback):
 
     The counts come from the trials' own statuses (so a resumed sweep counts the trials it restored: the
     gauges are first set once Tune has restored them, never 0 before; a phase finished before the
-    interrupt counts when its restored experiment ends), and the gauges are set again every second while
-    Tune's loop turns: Ray's metrics agent forgets a gauge that is not set for about two report intervals."""
+    interrupt counts when its restored experiment ends). Ray's metrics agent forgets a gauge that is not
+    set for about two report intervals, so from the first count on a thread sets them again every
+    ``RESET_EVERY_S`` until ``close()``, also while Tune's loop is busy (a callback logging to MLflow, a
+    checkpoint written) and between phases."""
 
     RESET_EVERY_S = 1.0
     STATUSES = {"running": "RUNNING", "finished": "TERMINATED", "failed": "ERROR"}
@@ -59,11 +61,25 @@ class SweepMetrics(Callback):
         self.status: dict[str, str] = {}  # trial id → its latest status, over every phase
         self.phase: tuple[str, int] | None = None  # the running phase's label and number of trials
         self.phase_trials: set[str] = set()
-        self._exported = 0.0
+        self._lock = threading.Lock()  # Tune's callbacks and the thread that sets the gauges again
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state: leave the lock and the thread behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_closed", "_thread")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock(), _closed=threading.Event(), _thread=None)
 
     def start_phase(self, label: str, total: int) -> None:
         """The driver starts a phase of ``total`` trials (its trials are the ones Tune reports from now)."""
-        self.phase, self.phase_trials = (label, total), set()
+        with self._lock:
+            self.phase, self.phase_trials = (label, total), set()
+
+    def close(self) -> None:
+        """The sweep ended: its gauges are no longer set (the agent drops them)."""
+        self._closed.set()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -78,18 +94,28 @@ class SweepMetrics(Callback):
             tags = {**self.tags, "phase": label}
             self.phase_gauges["done"].set(done, tags=tags)
             self.phase_gauges["total"].set(total, tags=tags)
-        self._exported = time.monotonic()
 
-    def _update(self, trials: list[Any], ended: Any = None, status: str | None = None) -> None:
-        self.phase_trials.update(t.trial_id for t in trials)
-        self.status.update({t.trial_id: t.status for t in trials})
-        if ended is not None:  # Tune calls back before it sets the ended trial's status
-            self.status[ended.trial_id] = status
-        self._export()
+    def _update(self, trials: list[Any], ended: Any = None, status: str | None = None, export: bool = True) -> None:
+        with self._lock:
+            self.phase_trials.update(t.trial_id for t in trials)
+            self.status.update({t.trial_id: t.status for t in trials})
+            if ended is not None:  # Tune calls back before it sets the ended trial's status
+                self.status[ended.trial_id] = status
+            if not export:
+                return
+            self._export()
+            if self._thread is None and not self._closed.is_set():
+                self._thread = threading.Thread(target=self._keep_set, name="raysel-sweep-metrics", daemon=True)
+                self._thread.start()
+
+    def _keep_set(self) -> None:
+        while not self._closed.wait(self.RESET_EVERY_S):
+            with self._lock:
+                self._export()
 
     def on_step_begin(self, iteration, trials, **info):
-        if time.monotonic() - self._exported >= self.RESET_EVERY_S:
-            self._update(trials)
+        # the statuses Tune changes without calling back (a trial a scheduler paused): the thread sets them
+        self._update(trials, export=self._thread is None)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._update(trials, trial, "RUNNING")

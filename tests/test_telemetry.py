@@ -22,8 +22,8 @@ IGF = {"context_len": 16, "size_objective_set": 8, "min_len": 64, "ig_contexts":
        "batch_size": 4, "eval_every": 2, "switch_step": 2, "threshold_units": "learner", "lr": 1e-3,
        "threshold_mode": "constant"}
 KERNEL = {"label_words": ["string", "data", "time", "file", "number"], "max_length": 48}
-# the driver keeps its Ray (and so the endpoint) up after the sweep until the test has scraped
-# everything it wants ("scraped" appears) or 120 s passed: the last values are not lost to timing
+# the driver waits after the sweep until the test has scraped everything it wants ("scraped" appears) or
+# 120 s passed; a sweep that started its own Ray has shut it down, and the endpoint with it, by then
 DRIVER = """
 import pathlib, sys, time, raysel
 from raysel.sweep import SweepInterrupted
@@ -102,13 +102,12 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
 
 
 def scrape_until_swept(driver: subprocess.Popen, port: int, workdir: Path, wanted: set[str]) -> dict[str, list[float]]:
-    """Every value of the metrics in ``wanted`` on the endpoint, scrape by scrape, until the sweep has ended and
-    each was seen since (the driver keeps its Ray up until told "scraped", or 120 s)."""
+    """Every value of the metrics in ``wanted`` on the endpoint, scrape by scrape, until the sweep has ended: a
+    sweep that started its own Ray shuts it down, and the endpoint with it, before it returns (waiting on for
+    values after that only sat out the driver's 120 s)."""
     values: dict[str, list[float]] = {}
-    seen_after: set[str] = set()
     try:
-        while driver.poll() is None and not ((workdir / "swept").exists() and wanted <= seen_after):
-            swept = (workdir / "swept").exists()
+        while driver.poll() is None and not (workdir / "swept").exists():
             try:
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except requests.RequestException:
@@ -116,7 +115,6 @@ def scrape_until_swept(driver: subprocess.Popen, port: int, workdir: Path, wante
             for name, value in re.findall(r"^(ray_raysel_\w+)\{[^}]*\} (\S+)", text, flags=re.M):
                 if name in wanted:
                     values.setdefault(name, []).append(float(value))
-                    seen_after |= {name} if swept else set()
             time.sleep(0.5)
         (workdir / "scraped").touch()
         assert driver.wait(timeout=600) == 0
@@ -169,6 +167,7 @@ def test_the_sweep_counts_are_first_set_from_the_restored_trials_never_0_before(
     from raysel import telemetry
 
     monkeypatch.setattr(telemetry, "_gauge", _Gauge)
+    monkeypatch.setattr(telemetry.SweepMetrics, "RESET_EVERY_S", 3600.0)  # only the callbacks set them here
     metrics = telemetry.SweepMetrics("s")
     assert all(not g.values for g in metrics.gauges.values())  # nothing until Tune has restored the trials
     restored = [SimpleNamespace(trial_id=str(i), status="TERMINATED") for i in range(3)]
@@ -191,6 +190,7 @@ def test_a_trials_tokens_per_second_loss_and_objective_and_a_phases_progress(mon
     assert trial.method["train_loss"].values[-1] == 2.0 and trial.objective.values[-1] == 40.0
     assert len(trial.token_speed.values) >= 1 and trial.token_speed.values[-1] > 0  # 200 tokens since the last report
 
+    monkeypatch.setattr(telemetry.SweepMetrics, "RESET_EVERY_S", 3600.0)  # only the callbacks set them here
     sweep = telemetry.SweepMetrics("s")
     sweep.start_phase("search-a", 3)
     running = [SimpleNamespace(trial_id=str(i), status="RUNNING") for i in range(2)]
@@ -199,3 +199,43 @@ def test_a_trials_tokens_per_second_loss_and_objective_and_a_phases_progress(mon
     sweep.start_phase("seeds", 5)  # the next phase counts its own trials
     sweep.on_trial_start(0, [SimpleNamespace(trial_id="9", status="PENDING")], SimpleNamespace(trial_id="9"))
     assert sweep.phase_gauges["done"].values[-1] == 0 and sweep.phase_gauges["total"].values[-1] == 5
+
+
+def test_the_sweep_counts_are_set_again_while_tunes_loop_is_busy_until_the_sweep_closes_them(monkeypatch):
+    """No callback for a while (Tune's loop busy in a callback, a checkpoint, between phases): a thread sets
+    the latest counts again; close() stops it; a pickled copy (Tune saves its callbacks) holds no thread."""
+    import pickle
+    import threading
+    from types import SimpleNamespace
+
+    from raysel import telemetry
+
+    class _SignallingGauge(_Gauge):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            self.set_again = threading.Event()
+
+        def set(self, value: float, tags: dict[str, str]) -> None:
+            super().set(value, tags)
+            if len(self.values) >= 3:
+                self.set_again.set()
+
+    monkeypatch.setattr(telemetry, "_gauge", _SignallingGauge)
+    monkeypatch.setattr(telemetry.SweepMetrics, "RESET_EVERY_S", 0.01)
+    sweep = telemetry.SweepMetrics("s")
+    assert sweep._thread is None  # nothing set, nothing running, before the first count
+    sweep.start_phase("seeds", 2)
+    trials = [SimpleNamespace(trial_id="1", status="RUNNING"), SimpleNamespace(trial_id="2", status="PENDING")]
+    sweep.on_trial_start(0, trials, trials[0])
+    assert sweep.gauges["running"].set_again.wait(timeout=60)  # set twice more with no callback in between
+    assert set(sweep.gauges["running"].values) == {1} and set(sweep.phase_gauges["total"].values) == {2}
+    sweep.close()
+    sweep._thread.join(timeout=60)
+    assert not sweep._thread.is_alive()
+
+    monkeypatch.setattr(telemetry, "_gauge", _Gauge)
+    running = telemetry.SweepMetrics("s")
+    running.on_trial_start(0, trials, trials[0])
+    copy = pickle.loads(pickle.dumps(running))
+    running.close()
+    assert copy._thread is None and copy.status == running.status and not copy._closed.is_set()
