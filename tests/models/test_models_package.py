@@ -1,0 +1,38 @@
+"""raysel.models imports transformers only when a model function is first used: the CLI's commands that load
+no model (report, stop) start without it, and every public name still resolves to its defining module's."""
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+import raysel.models
+
+
+def test_the_cli_and_model_errors_import_no_transformers():
+    probe = ("import sys, raysel.cli, raysel.report, raysel.sweep\n"
+             "from raysel.models import ModelError, cache_dir\n"
+             "from raysel.models.errors import ModelError as Same\n"
+             "assert ModelError is Same\n"
+             "print(sorted(m for m in ('transformers', 'mlflow', 'ray.tune') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_public_name_is_its_defining_modules_object():
+    for name, module in raysel.models._LAZY.items():
+        assert getattr(raysel.models, name) is getattr(importlib.import_module(f"raysel.models.{module}"), name)
+    assert all(hasattr(raysel.models, name) for name in raysel.models.__all__)
+    assert set(raysel.models.__all__) <= set(dir(raysel.models))
+    from raysel.models import load_model, tokenizers  # a function, and a submodule by the same syntax
+
+    assert callable(load_model) and tokenizers.__name__ == "raysel.models.tokenizers"
+
+
+def test_an_unknown_name_is_an_attribute_error_naming_it():
+    with pytest.raises(AttributeError, match="'raysel.models' has no attribute 'load_modle'"):
+        raysel.models.load_modle
+    with pytest.raises(ImportError, match="load_modle"):
+        from raysel.models import load_modle  # noqa: F401
