@@ -18,7 +18,7 @@ from raysel.data.sources import classification_splits, lm_splits
 from raysel.methods.base import Method, RunContext
 from raysel.methods.loop import Batch, LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import accuracy, perplexity
-from raysel.models import check_model, load_model
+from raysel import models
 from raysel.models.prompt import PromptClassifier
 from raysel.inputs import DataSpec, ModelSpec
 
@@ -44,14 +44,14 @@ class Standard(Method):
 
     def preflight(self, params: StandardParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: the model can be found and the data loads (else ModelError/DataError)."""
-        check_model(model.name, MODEL_TASK[params.task])
+        models.check_model(model.name, MODEL_TASK[params.task])
         if params.task == "causal_lm":
             lm_splits(data)
             return
         for seed in seeds if data.k else seeds[:1]:
             splits = classification_splits(data, seed=seed)
         if params.task == "prompt":
-            _, tokenizer = load_model(model.name, "masked_lm")
+            _, tokenizer = models.load_model(model.name, "masked_lm")
             prompt_and_words(tokenizer, data.name, splits, task=params.prompt_task, label_words=params.label_words)
 
     def train_loop(self, params: StandardParams, run: RunContext) -> dict[str, float]:
@@ -79,7 +79,7 @@ def prepare(params: StandardParams, run: RunContext) -> Prepared:
 
 
 def _causal_lm(params: StandardParams, run: RunContext) -> Prepared:
-    model, tokenizer = load_model(run.model.name, "causal_lm")
+    model, tokenizer = models.load_model(run.model.name, "causal_lm")
     splits = lm_splits(run.data)
     train = TokenWindows(tokenizer, splits["train"], params.context_len)
     dev = TokenWindows(tokenizer, splits["dev"], params.context_len).fixed(params.eval_examples, seed=0)
@@ -108,12 +108,12 @@ def _classification(params: StandardParams, run: RunContext) -> Prepared:
     data = classification_splits(run.data, seed=run.seed)
     prompt = None
     if params.task == "prompt":
-        mlm, tokenizer = load_model(run.model.name, "masked_lm")
+        mlm, tokenizer = models.load_model(run.model.name, "masked_lm")
         prompt, word_ids = prompt_and_words(tokenizer, run.data.name, data, task=params.prompt_task,
                                            label_words=params.label_words)
         model = PromptClassifier(mlm, word_ids)
     else:
-        model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))
+        model, tokenizer = models.load_model(run.model.name, "sequence_classification", num_labels=len(data.labels))
     train = ClassificationBatches(tokenizer, data.train, params.max_length, prompt)
     dev = ClassificationBatches(tokenizer, data.dev[:params.eval_examples], params.max_length, prompt)
     test = ClassificationBatches(tokenizer, data.test[:params.eval_examples], params.max_length, prompt)

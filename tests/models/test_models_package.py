@@ -1,14 +1,18 @@
 """raysel.models imports transformers only when a model function is first used: the CLI's commands that load
-no model (report, stop) start without it, and every public name still resolves to its defining module's."""
+no model (stop, validate) start without it, and every public name still resolves to its defining module's."""
 from __future__ import annotations
 
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import raysel.models
+from raysel.methods import method_names
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_cli_and_model_errors_import_no_transformers():
@@ -19,6 +23,20 @@ def test_the_cli_and_model_errors_import_no_transformers():
              "print(sorted(m for m in ('transformers', 'mlflow', 'ray.tune') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_validating_a_spec_of_every_method_imports_no_model_code():
+    """`raysel validate` (and the report's method figures) look methods up: their modules call models.load_model
+    at run time, so transformers' model code (~1.5 s of imports) is not loaded to check a spec."""
+    specs = [str(ROOT / "tune_configs" / name) for name in ("camels_eval.yaml", "igf_search.yaml", "kernel_5seed.yaml", "quickstart.yaml")]
+    probe = ("import sys\n"
+             "from raysel.cli import main\n"
+             "from raysel.methods import get_method, method_names\n"
+             f"assert all(main(['validate', spec]) == 0 for spec in {specs!r})\n"
+             "methods = [get_method(name) for name in method_names()]\n"
+             "print(len(methods), 'transformers.modeling_utils' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == f"{len(method_names())} False"
 
 
 def test_every_public_name_is_its_defining_modules_object():

@@ -15,7 +15,7 @@ from raysel.methods.camels.algorithm import TokenWeightModel
 from raysel.methods.camels.params import QA_MODEL, WEIGHT_MODEL, CamelsParams
 from raysel.methods.camels.qa import encode_documents
 from raysel.methods.collective import atomic_save
-from raysel.models import load_model
+from raysel import models
 
 
 def artifacts_dir(params: CamelsParams, run: RunContext | None) -> Path:
@@ -84,7 +84,7 @@ def keep_first_layers(encoder: torch.nn.Module, count: int) -> None:
 def build_weight_model(encoder_name: str, head_size: int = 128, beta: float = 3.0, layers: int | None = None):
     """A fresh weight model on ``encoder_name``'s transformer (the LM head dropped; its first ``layers``
     blocks when given), and its tokenizer."""
-    lm, tokenizer = load_model(encoder_name, "causal_lm")
+    lm, tokenizer = models.load_model(encoder_name, "causal_lm")
     encoder = lm.base_model
     if layers is not None:
         keep_first_layers(encoder, layers)

@@ -26,13 +26,13 @@ from raysel.methods.camels.qa import (answer_nll, encode_documents, encode_qa, g
                                       sample_stream, score_answers)
 from raysel.methods.loop import fine_tune
 from raysel.metrics import target_answer
-from raysel.models import load_model
+from raysel import models
 
 
 def evaluate(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]]) -> dict[str, float]:
     device = run.device
     source = base_model_source(params, run)
-    base, tokenizer = load_model(source, "causal_lm")
+    base, tokenizer = models.load_model(source, "causal_lm")
     start_state = {k: v.clone() for k, v in base.state_dict().items()}
     weigh, detector = make_weigher(params, run, tokenizer, splits)
     run.set_tags(**{"camels.weighting": params.weighting, "camels.base_model": source,

@@ -25,7 +25,7 @@ from raysel.methods.camels.params import WEIGHT_MODEL, CamelsParams
 from raysel.methods.camels.qa import encode_documents, encode_qa
 from raysel.methods.loop import fine_tune
 from raysel.metrics import target_answer
-from raysel.models import load_model
+from raysel import models
 
 
 class MetaState:
@@ -47,7 +47,7 @@ class MetaState:
 
 def meta_train(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]]) -> dict[str, float]:
     device = run.device
-    base, tokenizer = load_model(base_model_source(params, run), "causal_lm")
+    base, tokenizer = models.load_model(base_model_source(params, run), "causal_lm")
     base.to(device).eval()  # dropout off in the inner loop: the meta-gradient of a deterministic adaptation
     for p in base.parameters():
         p.requires_grad_(False)

@@ -13,11 +13,11 @@ from raysel.methods.camels.params import QA_MODEL, CamelsParams
 from raysel.methods.camels.qa import answer_nll, encode_qa, generate_answers, question_pairs, score_answers
 from raysel.methods.loop import fine_tune
 from raysel.metrics import target_answer
-from raysel.models import load_model
+from raysel import models
 
 
 def qa_tune(params: CamelsParams, run: RunContext, splits: dict[str, list[dict]]) -> dict[str, float]:
-    model, tokenizer = load_model(run.model.name, "causal_lm")
+    model, tokenizer = models.load_model(run.model.name, "causal_lm")
     rule = params.answer_scoring
     train = [(q, target_answer(answers, rule)) for q, answers in question_pairs(splits["qa_train"])]
     val = question_pairs(splits["val"])[:params.qa_eval_questions]

@@ -44,7 +44,7 @@ from raysel.methods.camels.evaluate import evaluate
 from raysel.methods.camels.meta_train import meta_train
 from raysel.methods.camels.params import QA_MODEL, WEIGHT_MODEL, CamelsParams
 from raysel.methods.camels.qa_tune import qa_tune
-from raysel.models import check_model, model_config, transformer_layers
+from raysel import models
 
 
 class Camels(Method):
@@ -56,14 +56,14 @@ class Camels(Method):
 
     def preflight(self, params: CamelsParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: the models and data load; another sweep's artifacts exist."""
-        check_model(model.name, "causal_lm")
+        models.check_model(model.name, "causal_lm")
         qa_splits(data)
         if params.base_model:
-            check_model(params.base_model, "causal_lm")
+            models.check_model(params.base_model, "causal_lm")
         if params.phase == "meta_train":
             encoder = params.weight_encoder or model.name
-            check_model(encoder, "causal_lm")
-            layers = transformer_layers(model_config(encoder)) if params.weight_encoder_layers else None
+            models.check_model(encoder, "causal_lm")
+            layers = models.transformer_layers(models.model_config(encoder)) if params.weight_encoder_layers else None
             if layers is not None and params.weight_encoder_layers > layers:
                 raise DataError(f"camels: weight_encoder_layers={params.weight_encoder_layers}, but the weight "
                                 f"encoder {encoder!r} has {layers} transformer layers; allowed: 1 to {layers}")

@@ -36,7 +36,7 @@ from raysel.methods.igf.algorithm import (SecondaryLearner, fill_batch, informat
                                           sample_context, threshold_at, train_secondary_learner, zscore)
 from raysel.methods.loop import LoopParams, fine_tune, micro_batch_size
 from raysel.metrics import perplexity
-from raysel.models import check_model, load_model
+from raysel import models
 from raysel.inputs import DataSpec, ModelSpec
 
 LEARNER_FILE = "learner.pt"
@@ -173,12 +173,12 @@ class IGF(Method):
 
     def preflight(self, params: IGFParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: the model loads and the data has enough long articles for the objective set."""
-        check_model(model.name, "causal_lm")
-        _, tokenizer = load_model(model.name, "causal_lm")
+        models.check_model(model.name, "causal_lm")
+        _, tokenizer = models.load_model(model.name, "causal_lm")
         _split_articles(tokenizer, data, params)
 
     def train_loop(self, params: IGFParams, run: RunContext) -> dict[str, float]:
-        model, tokenizer = load_model(run.model.name, "causal_lm")
+        model, tokenizer = models.load_model(run.model.name, "causal_lm")
         model = model.to(run.device)
         objective_articles, pool, test_articles = _split_articles(tokenizer, run.data, params)
         objective, _ = objective_and_pool(objective_articles, size=params.size_objective_set,

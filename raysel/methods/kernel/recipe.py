@@ -33,7 +33,8 @@ from raysel.methods.kernel.algorithm import (binary, classifier_logits_fn, is_ca
                                              ntk, prompt_logits_fn, select_params, solve)
 from raysel.methods.loop import eval_mode
 from raysel.metrics import accuracy, binary_f1
-from raysel.models import ModelError, check_model, load_model
+from raysel import models
+from raysel.models import ModelError
 from raysel.inputs import DataSpec, ModelSpec
 
 KERNELS_FILE = "kernels.pt"
@@ -144,18 +145,18 @@ class Kernel(Method):
 
     def preflight(self, params: KernelParams, model: ModelSpec, data: DataSpec, seeds: list[int]) -> None:
         """Before Ray starts: the model loads, every seed's split loads, the prompt and label words fit."""
-        check_model(model.name, "masked_lm" if params.prompt else "sequence_classification")
+        models.check_model(model.name, "masked_lm" if params.prompt else "sequence_classification")
         for seed in seeds if data.k else seeds[:1]:
             splits = classification_splits(data, seed=seed)
         _check_labels(params, splits)
         if not params.prompt and params.classifier_head == "linear_probe":
-            classifier, _ = load_model(model.name, "sequence_classification", num_labels=len(splits.labels))
+            classifier, _ = models.load_model(model.name, "sequence_classification", num_labels=len(splits.labels))
             if is_causal(classifier):
                 raise ModelError(f"kernel: classifier_head linear_probe reads the first token's final hidden state, "
                                  f"which the causal model {model.name!r} computes from that token alone; set "
                                  "classifier_head: model (its own head) or use a bidirectional model")
         if params.prompt:
-            _, tokenizer = load_model(model.name, "masked_lm")
+            _, tokenizer = models.load_model(model.name, "masked_lm")
             prompt_and_words(tokenizer, data.name, splits, task=params.prompt_task, label_words=params.label_words)
 
     def train_loop(self, params: KernelParams, run: RunContext) -> dict[str, float]:
@@ -197,7 +198,7 @@ class Kernel(Method):
         torch.manual_seed(run.seed)  # a new classifier head (classifier_head: model) is initialised from the seed
         y_train = torch.tensor([label for _, label in splits.train])
         if params.prompt:
-            model, tokenizer = load_model(run.model.name, "masked_lm")
+            model, tokenizer = models.load_model(run.model.name, "masked_lm")
             prompt, word_ids = prompt_and_words(tokenizer, run.data.name, splits, task=params.prompt_task,
                                                label_words=params.label_words)
             logits_fn = prompt_logits_fn(model, word_ids, decoder=params.decoder)
@@ -205,7 +206,8 @@ class Kernel(Method):
             inputs = [encode(tokenizer, prompt, [(text, None) for text, _ in rows], max_length)
                       for rows in (splits.train, dev + test)]
         else:
-            model, tokenizer = load_model(run.model.name, "sequence_classification", num_labels=len(splits.labels))
+            model, tokenizer = models.load_model(run.model.name, "sequence_classification",
+                                                 num_labels=len(splits.labels))
             inputs = [_plain(tokenizer, rows, params.max_length or 128) for rows in (splits.train, dev + test)]
         model = model.to(run.device)
         train, evals = ({k: v.to(run.device) for k, v in batch.items()} for batch in inputs)

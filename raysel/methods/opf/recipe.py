@@ -27,7 +27,8 @@ from raysel.methods.loop import eval_mode, fine_tune
 from raysel.methods.opf.algorithm import (WEIGHT_TYPES, MPOLinear, auto_shapes, decompose, decomposition_rounds,
                                           fisher_scores, layer_dims, matrix_candidates, merge_all, select_top)
 from raysel.methods.standard import MODEL_TASK, Standard, StandardParams, prepare
-from raysel.models import ModelError, load_model
+from raysel import models
+from raysel.models import ModelError
 from raysel.inputs import DataSpec, ModelSpec
 
 
@@ -88,7 +89,7 @@ class OPF(Method):
                 except ValueError as err:
                     raise DataError(f"opf (seed {seed}): {err}; max_steps {params.max_steps} is {epochs} "
                                     "epoch(s) of this training set") from None
-        loaded, _ = load_model(model.name, MODEL_TASK[params.task], num_labels=2)
+        loaded, _ = models.load_model(model.name, MODEL_TASK[params.task], num_labels=2)
         candidates = matrix_candidates(loaded, params.weight_types)
         for kind, shape in params.shapes.items():
             name = next(iter(candidates[kind].values()))[0]
