@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402  (the same trials, params, Ray start and sweep as overhead.py)
+from _common import save  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "trial_profile.json"
 BODIES = ("run_trial", "plain_trial")  # a trial's body: raysel's, the plain loop's
@@ -215,8 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"raysel sweep: {sweep['wall_s']:.2f} s wall, {sweep['errors']} failed; Tune's time_total_s of a "
                      f"warm trial {statistics.median(in_trial[1:]):.3f} s (median), of the first {in_trial[0]:.3f} s")
     print("\n".join(lines), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save(report, args.out)
     print(f"wrote {args.out}")
     return report
 
