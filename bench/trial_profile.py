@@ -162,7 +162,8 @@ def profile_raysel(record: list[str], params: dict, n: int, workdir: Path) -> tu
     sweep = overhead.run_raysel(list(range(n)), params, 1, workdir, label="-profiled")
     spy_thread.join(timeout=120)  # py-spy stops when the actor's process ends with its Tune run
     if not Path(record[-1]).is_file():
-        sys.exit("error: py-spy recorded nothing: the trial actor was not found or could not be attached to")
+        sys.exit("error: py-spy recorded nothing: the trial actor was not found, or py-spy may not attach to it "
+                 "(it needs ptrace: run as root, or with kernel.yama.ptrace_scope 0)")
     return split_samples(Path(record[-1]).read_text()), sweep
 
 
