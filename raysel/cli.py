@@ -112,17 +112,25 @@ def _add_arms(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1") if args.command in ("quickstart", "prepare") else None
+    try:
+        return {"sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list, "report": cmd_report,
+                "stop": cmd_stop, "prepare": cmd_prepare, "quickstart": cmd_quickstart}[args.command](args)
+    except Exception as err:
+        if not isinstance(err, _bad_input_errors()):
+            raise
+        errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, markup=True, soft_wrap=True)
+        return EXIT_BAD_INPUT
+
+
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """The errors `raysel` prints in one line, exit code 2. Imported once one was raised (its module is loaded
+    by then), so that a command does not import the report (pandas, torch) only to catch ReportError."""
     from raysel.data.errors import DataError
     from raysel.models.errors import ModelError
     from raysel.report import ReportError
     from raysel.spec import SpecError
 
-    try:
-        return {"sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list, "report": cmd_report,
-                "stop": cmd_stop, "prepare": cmd_prepare, "quickstart": cmd_quickstart}[args.command](args)
-    except (SpecError, DataError, ModelError, ReportError, FileNotFoundError) as err:
-        errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, markup=True, soft_wrap=True)
-        return EXIT_BAD_INPUT
+    return SpecError, DataError, ModelError, ReportError, FileNotFoundError
 
 
 def cmd_validate(args) -> int:
