@@ -16,7 +16,8 @@ from raysel.models.cache import cache_dir
 from raysel.models.errors import ModelError
 
 # The rest is imported on first use: it imports transformers (~2.5 s), which the CLI's commands that load
-# no model (report, stop) and anything that only catches ModelError should not wait for.
+# no model (stop, validate: the methods call models.load_model at run time) and anything that only catches
+# ModelError should not wait for.
 _LAZY = {"BUILTIN_MODELS": "builtin", "OPTIONAL_BUILTINS": "builtin", "is_builtin": "builtin",
          "prepared_state": "builtin", "TASKS": "hf", "check_model": "loading", "load_model": "loading",
          "model_config": "loading", "transformer_layers": "loading", "prepare_smollm2": "smollm2",
