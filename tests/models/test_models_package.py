@@ -54,4 +54,4 @@ def test_an_unknown_name_is_an_attribute_error_naming_it():
     with pytest.raises(AttributeError, match="'raysel.models' has no attribute 'load_modle'"):
         raysel.models.load_modle
     with pytest.raises(ImportError, match="load_modle"):
-        from raysel.models import load_modle  # noqa: F401
+        exec("from raysel.models import load_modle", {})  # the statement users write
