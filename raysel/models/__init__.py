@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raysel.models.cache import cache_dir
+from raysel.cache import cache_dir
 from raysel.models.errors import ModelError
 
 # The rest is imported on first use: it imports transformers (~2.5 s), which the CLI's commands that load

@@ -10,9 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from raysel.cache import cache_dir
-
-__all__ = ["cache_dir", "install_prepared", "prepared_manifest", "preparing"]
 
 
 def prepared_manifest(directory: Path) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ import torch
 import transformers
 
 from raysel.metrics import perplexity
-from raysel.models.cache import cache_dir as default_cache_dir
+from raysel.cache import cache_dir as default_cache_dir
 from raysel.models.cache import install_prepared, prepared_manifest, preparing
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet

@@ -27,7 +27,7 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from raysel.models import tokenizers as toks
-from raysel.models.cache import cache_dir as default_cache_dir
+from raysel.cache import cache_dir as default_cache_dir
 from raysel.models.cache import install_prepared, prepared_manifest, preparing
 from raysel.metrics import perplexity
 from raysel.models.errors import ModelError
