@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import requests
@@ -27,6 +28,9 @@ KERNEL = {"label_words": ["string", "data", "time", "file", "number"], "max_leng
 DRIVER = """
 import pathlib, sys, time, raysel
 from raysel.sweep import SweepInterrupted
+if {ray_port!r} is not None:  # the driver's own Ray: its endpoint stays up after the sweep, until "scraped"
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port={ray_port!r})
 try:
     errors = raysel.run_sweep({spec!r}, progress=False, resume={resume!r}).num_errors
 except SweepInterrupted:
@@ -56,7 +60,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
             "resources": {"max_concurrent_trials": 2}, "ray": {"num_cpus": 2, "metrics_export_port": port},
             "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}  # reports every second, not every 10
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], env=env, cwd=tmp_path)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False, ray_port=None)], env=env, cwd=tmp_path)
     seen: dict[str, set[str]] = {}  # metric → the sweep tags it carried
     values: dict[str, list[float]] = {}  # metric → every value scraped, in order
     present: list[set[tuple[str, str]]] = []  # per scrape before the sweep ended: the (metric, labels) on it
@@ -101,13 +105,14 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     assert len(present) >= 10 and any(len([f for f in present if one in f]) >= 6 for one in series)
 
 
-def scrape_until_swept(driver: subprocess.Popen, port: int, workdir: Path, wanted: set[str]) -> dict[str, list[float]]:
-    """Every value of the metrics in ``wanted`` on the endpoint, scrape by scrape, until the sweep has ended: a
-    sweep that started its own Ray shuts it down, and the endpoint with it, before it returns (waiting on for
-    values after that only sat out the driver's 120 s)."""
+def scrape_until_swept(driver: subprocess.Popen, port: int, workdir: Path, wanted: set[str],
+                       until: Callable[[dict[str, list[float]]], bool] = lambda seen: True) -> dict[str, list[float]]:
+    """Every value of the metrics in ``wanted`` on the endpoint, scrape by scrape, until the sweep has ended and
+    ``until(values)`` holds (on the driver's own Ray, whose endpoint outlives the sweep; a sweep that started its
+    own Ray shuts it down, and the endpoint with it, before it returns), or the driver gave up after 120 s."""
     values: dict[str, list[float]] = {}
     try:
-        while driver.poll() is None and not (workdir / "swept").exists():
+        while driver.poll() is None and not ((workdir / "swept").exists() and until(values)):
             try:
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except requests.RequestException:
@@ -134,7 +139,7 @@ def test_the_finished_count_survives_resume(tmp_path):
             "protocol": {"kind": "seeds", "seeds": [0, 1, 2, 3], "metric": "test_perplexity", "mode": "min"},
             "resources": {"max_concurrent_trials": 1}, "ray": {"num_cpus": 2},
             "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
-    first = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], cwd=tmp_path,
+    first = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False, ray_port=None)], cwd=tmp_path,
                              start_new_session=True)
     assert interrupt_when(first, lambda: finished_trials(tmp_path / "results" / "counts", 4) >= 2) == 130
     before = finished_trials(tmp_path / "results" / "counts", 4)
@@ -143,8 +148,12 @@ def test_the_finished_count_survives_resume(tmp_path):
     port = free_port()
     spec["ray"]["metrics_export_port"] = port
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
-    resumed = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=True)], env=env, cwd=tmp_path)
-    values = scrape_until_swept(resumed, port, tmp_path, {"ray_raysel_trials_finished", "ray_raysel_trials_failed"})
+    # on the driver's own Ray, so that the endpoint outlives the sweep until the final count was scraped (a sweep's
+    # own Ray, and its endpoint, end when it returns: the last count could go before it was exported)
+    resumed = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=True, ray_port=port)], env=env,
+                               cwd=tmp_path)
+    values = scrape_until_swept(resumed, port, tmp_path, {"ray_raysel_trials_finished", "ray_raysel_trials_failed"},
+                                until=lambda seen: seen.get("ray_raysel_trials_finished", [None])[-1] == 4)
     finished = values["ray_raysel_trials_finished"]
     assert finished[-1] == 4 and finished == sorted(finished)
     assert min(finished) >= before, f"counted from 0 again after --resume: {finished}"
