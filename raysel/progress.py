@@ -13,7 +13,7 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from raysel.results import TrialResult
+from raysel.results import TrialResult, num_finished
 
 
 class SweepProgress(Callback):
@@ -40,7 +40,7 @@ class SweepProgress(Callback):
         """The phase's final counts and best value from its results. A restored Tuner calls back the
         copy of this callback it saved, not this one, so a resumed phase's bar learns its end here."""
         self.running = set()
-        self.done, self.failed = grid.num_terminated, grid.num_errors
+        self.done, self.failed = num_finished(grid), grid.num_errors
         for result in grid:
             self._consider(TrialResult.from_tune(result.metrics or {}).latest.get(self.metric))
         self._refresh()

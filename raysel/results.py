@@ -16,7 +16,7 @@ A leaf module: trials, the sweep, the progress bar and the report import it; it 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 SWEEP_FILE = "sweep.json"  # in storage_path/NAME and logged to the parent run: what --resume and a report need
 STEP_KEY = "step"
@@ -27,6 +27,13 @@ TUNE_KEYS = frozenset({"timestamp", "checkpoint_dir_name", "should_checkpoint", 
                        "trial_id", "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
                        "config", "time_since_restore", "iterations_since_restore", "experiment_tag"})
 RECORD_KEYS = frozenset({STEP_KEY, RUN_ID_KEY, FRESH_KEY})
+
+
+def num_finished(grid: Iterable[Any]) -> int:
+    """The trials of a Tune ResultGrid that finished without error: their last result is done (the trial returned,
+    or its scheduler or stopper stopped it). Tune marks the trials a Ctrl+C interrupted TERMINATED too, which
+    ``ResultGrid.num_terminated`` counts, but their last result is not done: --resume runs them again."""
+    return sum(result.error is None and bool((result.metrics or {}).get("done")) for result in grid)
 
 
 @dataclass(frozen=True)

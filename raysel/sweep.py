@@ -23,7 +23,7 @@ from raysel.methods import get_method
 from raysel.protocols import Phase, expand
 from raysel.provenance import code_and_spec_tags, package_versions
 from raysel.resources import Cluster, Plan, describe_cluster, extra_per_worker, local_machine, plan, wait_for_nodes
-from raysel.results import SWEEP_FILE, table_row
+from raysel.results import SWEEP_FILE, num_finished, table_row
 from raysel.searchers import make_sampler, missing_package
 from raysel.space import Categorical, IntRange, LogUniform, Uniform, is_distribution
 from raysel.spec import SchedulerSpec, SpecError, SweepSpec, load_spec, parse_overrides
@@ -502,7 +502,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
         if asked is None:
             return
         deferred = sum("TrialDeferred" in repr(r.error) for r in grid) if grid is not None else phase.num_trials
-        finished = grid.num_terminated if grid is not None else 0
+        finished = num_finished(grid) if grid is not None else 0
         raise SweepStopped(f"sweep {spec.name!r} stopped gracefully ({asked['requested_by']}) in phase {phase.label}: "
                            f"{finished} trial(s) finished, {deferred} not started; continue it with --resume")
 
@@ -517,7 +517,7 @@ def _run_phases(spec: SweepSpec, storage: Storage, sweep_dir: Storage, state: di
         if phase.asks_searcher and not spec.protocol.study_storage:
             sweep_dir.upload(studies.STUDY_FILE)  # a URI storage's: the study kept in its local mirror
         check_stop(phase, grid)
-        ended = grid.num_terminated + grid.num_errors
+        ended = num_finished(grid) + grid.num_errors
         if ended < phase.num_trials:  # Tune returns normally when interrupted: later phases must not start
             raise SweepInterrupted(f"sweep {spec.name!r} was interrupted in phase {phase.label} ({ended} of "
                                    f"{phase.num_trials} trials ended); continue it with --resume")

@@ -27,6 +27,16 @@ def finished_trials(sweep_dir: Path, last_step: int, phase: str = "seeds") -> in
     return sum(bool(lines) and json.loads(lines[-1]).get("step") == last_step for lines in results)
 
 
+def tune_finished_trials(sweep_dir: Path, phase: str = "seeds") -> int:
+    """Trials that Tune's saved experiment state (on local storage) holds as TERMINATED: what --resume restores
+    as finished. A trial that reported its last step but was interrupted before it returned is still RUNNING
+    there (and runs again from its checkpoint)."""
+    (state,) = sweep_dir.glob(f"{phase}/experiment_state-*.json")
+    trials = [json.loads(config) if isinstance(config, str) else config
+              for config, _ in json.loads(state.read_text())["trial_data"]]
+    return sum(trial["status"] == "TERMINATED" for trial in trials)
+
+
 def interrupt_when(driver: subprocess.Popen, ready: Callable[[], bool], stop: int = signal.SIGINT,
                    timeout: float = 400) -> int:
     """Once ``ready()`` holds, send ``stop`` to the driver's process group (started with

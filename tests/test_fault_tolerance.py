@@ -108,6 +108,23 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(lm_spec,
         assert sorted(steps) == list(range(1, 21))
 
 
+def test_ctrl_c_while_the_phases_last_trials_run_is_an_interrupt_not_a_finished_sweep(lm_spec, ray_session):
+    """Ctrl-C with no trial pending: Tune marks the running trials it stops TERMINATED, as if they had finished;
+    raysel counts only trials whose last result is done, so the sweep is interrupted (exit 130, parent run
+    KILLED), not FINISHED with a trial cut short."""
+    spec = lm_spec(name="last", params={"max_steps": 5000, "eval_every": 10},
+                   protocol={"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"},
+                   ray={"address": ray_session.get_runtime_context().gcs_address})
+    sweep_dir = Path(spec["storage_path"]) / "last"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], start_new_session=True)
+    reported = lambda: any(p.stat().st_size for p in sweep_dir.glob("seeds/trial_*/result.json"))  # noqa: E731
+    assert interrupt_when(driver, reported) == 130
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    parent = mlflow.MlflowClient(state["tracking_uri"]).get_run(state["parent_run_id"])
+    assert parent.info.status == "KILLED"
+    assert "interrupted in phase seeds (0 of 1 trials ended)" in parent.data.tags["raysel.interrupted"]
+
+
 @pytest.mark.parametrize("how", ["raysel-stop", "sigterm"])
 def test_a_graceful_stop_lets_running_trials_finish_starts_no_new_one_and_resumes(lm_spec, ray_session, how):
     """`raysel stop` (or SIGTERM to the driver) once the first of four trials (one at a time) has reported:

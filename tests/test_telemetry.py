@@ -1,5 +1,5 @@
-"""raysel's metrics on Ray's Prometheus endpoint: a sweep with an IGF arm and a kernel arm runs in its
-own local Ray (a subprocess, metrics reported every second) while the test scrapes the endpoint;
+"""raysel's metrics on Ray's Prometheus endpoint: a sweep with an IGF arm and a kernel arm runs in a
+subprocess on a local Ray (metrics reported every second) while the test scrapes the endpoint;
 every metric that dashboards/raysel-grafana.json queries must show up, with the sweep's tag."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 import requests
 from mlflow_helpers import free_port
-from sweep_helpers import finished_trials, interrupt_when
+from sweep_helpers import finished_trials, interrupt_when, tune_finished_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 IGF = {"context_len": 16, "size_objective_set": 8, "min_len": 64, "ig_contexts": 48, "ig_chunk_size": 16,
@@ -49,7 +49,7 @@ def dashboard_metrics() -> set[str]:
     return {name for e in exprs for name in re.findall(r"\bray_raysel_\w+", e)}
 
 
-@pytest.mark.system  # the sweep runs in a subprocess with its own local Ray
+@pytest.mark.system  # the sweep runs in a subprocess with a local Ray
 def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoint(tmp_path):
     port = free_port()
     spec = {"name": "telemetry", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
@@ -57,18 +57,25 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
                      {"name": "kernel", "method": "kernel", "params": KERNEL, "model": {"name": "tiny-bert"},
                       "data": {"name": "pydocs-topics", "k": 4}}],
             "protocol": {"kind": "seeds", "seeds": [13], "metric": "test_perplexity", "mode": "min"},
-            "resources": {"max_concurrent_trials": 2}, "ray": {"num_cpus": 2, "metrics_export_port": port},
+            "resources": {"max_concurrent_trials": 2}, "ray": {"num_cpus": 2},
             "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}  # reports every second, not every 10
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False, ray_port=None)], env=env, cwd=tmp_path)
+    # on the driver's own Ray, whose endpoint outlives the sweep until the final counts were scraped (a sweep's
+    # own Ray ends when it returns, maybe before its last counts were exported; the spec's port on a sweep's own
+    # Ray is the next test's)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False, ray_port=port)], env=env,
+                              cwd=tmp_path)
     seen: dict[str, set[str]] = {}  # metric → the sweep tags it carried
     values: dict[str, list[float]] = {}  # metric → every value scraped, in order
     present: list[set[tuple[str, str]]] = []  # per scrape before the sweep ended: the (metric, labels) on it
     wanted = dashboard_metrics()
     try:
-        # scrape while the sweep runs (gauges of running trials) and after it (the final counts), until
-        # every wanted metric was seen after the sweep ended, or the driver gave up waiting
-        while driver.poll() is None and not ((tmp_path / "swept").exists() and wanted <= set(seen)):
+        # scrape while the sweep runs (gauges of running trials) and after it, until every wanted metric was
+        # seen and the final counts were exported after the sweep ended, or the driver gave up waiting
+        def final() -> bool:
+            return wanted <= set(seen) and all(values[name][-1] == 2 for name in
+                                               ("ray_raysel_trials_finished", "ray_raysel_phase_trials_done"))
+        while driver.poll() is None and not ((tmp_path / "swept").exists() and final()):
             try:
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except requests.RequestException:
@@ -91,9 +98,9 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     assert all(seen[name] == {"telemetry"} for name in wanted)
     # the sweep counts reached their final values (2 trials, none failed), and never went backwards
     finished = values["ray_raysel_trials_finished"]
-    assert max(finished) == 2 and finished == sorted(finished)
+    assert finished[-1] == 2 and finished == sorted(finished)
     assert set(values["ray_raysel_trials_failed"]) == {0.0}
-    assert set(values["ray_raysel_phase_trials_total"]) == {2.0} and max(values["ray_raysel_phase_trials_done"]) == 2
+    assert set(values["ray_raysel_phase_trials_total"]) == {2.0} and values["ray_raysel_phase_trials_done"][-1] == 2
     assert all(v > 1 for v in values["ray_raysel_trial_metric"])  # IGF's test perplexity
     assert all(v > 0 for v in values["ray_raysel_trial_tokens_per_second"] + values["ray_raysel_trial_train_loss"])
     # no gaps: a series, once on the endpoint, stays there at every scrape until its last one (the sweep's
@@ -142,8 +149,8 @@ def test_the_finished_count_survives_resume(tmp_path):
     first = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False, ray_port=None)], cwd=tmp_path,
                              start_new_session=True)
     assert interrupt_when(first, lambda: finished_trials(tmp_path / "results" / "counts", 4) >= 2) == 130
-    before = finished_trials(tmp_path / "results" / "counts", 4)
-    assert 2 <= before < 4
+    before = tune_finished_trials(tmp_path / "results" / "counts")  # what --resume restores as finished
+    assert 1 <= before < 4
 
     port = free_port()
     spec["ray"]["metrics_export_port"] = port
@@ -158,6 +165,33 @@ def test_the_finished_count_survives_resume(tmp_path):
     assert finished[-1] == 4 and finished == sorted(finished)
     assert min(finished) >= before, f"counted from 0 again after --resume: {finished}"
     assert set(values["ray_raysel_trials_failed"]) == {0.0}
+
+
+@pytest.mark.system
+def test_a_sweep_that_starts_its_own_ray_serves_its_metrics_on_the_specs_port(tmp_path):
+    """spec.ray.metrics_export_port: the local Ray a sweep starts serves the endpoint there while the sweep runs."""
+    port = free_port()
+    spec = {"name": "own", "method": "standard", "model": {"name": "tiny-gpt2-random"}, "data": {"name": "pydocs"},
+            "params": {"max_steps": 2000, "eval_every": 1000, "context_len": 32, "batch_size": 8, "eval_examples": 32},
+            "protocol": {"kind": "seeds", "seeds": [0], "metric": "test_perplexity", "mode": "min"},
+            "ray": {"num_cpus": 2, "metrics_export_port": port},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage_path": str(tmp_path / "results")}
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False, ray_port=None)], env=env,
+                              cwd=tmp_path, start_new_session=True)
+    running: list[str] = []  # the sweep tags of a running trial's count on the endpoint
+
+    def a_trial_runs() -> bool:
+        try:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except requests.RequestException:
+            return False  # not up yet
+        running.extend(re.findall(r'^ray_raysel_trials_running\{[^}]*sweep="([^"]*)"[^}]*\} 1\.0$', text, flags=re.M))
+        return bool(running)
+
+    # the trial runs for minutes: it is interrupted once seen, and the sweep ending first is a failure
+    assert interrupt_when(driver, a_trial_runs) == 130
+    assert set(running) == {"own"}
 
 
 class _Gauge:
