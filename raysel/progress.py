@@ -13,7 +13,7 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from raysel.results import TrialResult, num_finished
+from raysel.results import TrialResult, num_finished, trial_status
 
 
 class SweepProgress(Callback):
@@ -76,7 +76,7 @@ class SweepProgress(Callback):
     def _count(self, trials: list[Any], ended: Any = None, status: str | None = None) -> None:
         """Running, done and failed from the trials' own statuses, and the best of their last results:
         right also for a resumed phase, whose restored trials end without callbacks."""
-        statuses = {t.trial_id: t.status for t in trials}
+        statuses = {t.trial_id: trial_status(t) for t in trials}
         if ended is not None:  # Tune calls back before it sets the ended trial's status
             statuses[ended.trial_id] = status
         self.running = {i for i, s in statuses.items() if s == "RUNNING"}

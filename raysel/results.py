@@ -29,11 +29,21 @@ TUNE_KEYS = frozenset({"timestamp", "checkpoint_dir_name", "should_checkpoint", 
 RECORD_KEYS = frozenset({STEP_KEY, RUN_ID_KEY, FRESH_KEY})
 
 
+# A trial finished when its last result is done: it returned, or its scheduler or stopper stopped it. Tune marks
+# the trials a Ctrl+C interrupted TERMINATED too (``ResultGrid.num_terminated`` counts them), but their last
+# result is not done: --resume runs them again.
 def num_finished(grid: Iterable[Any]) -> int:
-    """The trials of a Tune ResultGrid that finished without error: their last result is done (the trial returned,
-    or its scheduler or stopper stopped it). Tune marks the trials a Ctrl+C interrupted TERMINATED too, which
-    ``ResultGrid.num_terminated`` counts, but their last result is not done: --resume runs them again."""
-    return sum(result.error is None and bool((result.metrics or {}).get("done")) for result in grid)
+    """The trials of a Tune ResultGrid that finished without error."""
+    return sum(result.error is None and _is_done(result.metrics) for result in grid)
+
+
+def trial_status(trial: Any) -> str:
+    """A Tune trial's status, INTERRUPTED for a trial Tune stopped on a Ctrl+C (not TERMINATED)."""
+    return "INTERRUPTED" if trial.status == "TERMINATED" and not _is_done(trial.last_result) else trial.status
+
+
+def _is_done(result: dict[str, Any] | None) -> bool:
+    return bool((result or {}).get("done"))
 
 
 @dataclass(frozen=True)

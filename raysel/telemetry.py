@@ -27,6 +27,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from raysel.results import trial_status
+
 TRIAL_TAGS = ("sweep", "arm", "trial_id")
 # a reported metric → the gauge that carries it
 METHOD_GAUGES = {"acceptance_rate": ("raysel_igf_acceptance_rate", "IGF: share of examined contexts accepted"),
@@ -98,7 +100,7 @@ class SweepMetrics(Callback):
     def _update(self, trials: list[Any], ended: Any = None, status: str | None = None, export: bool = True) -> None:
         with self._lock:
             self.phase_trials.update(t.trial_id for t in trials)
-            self.status.update({t.trial_id: t.status for t in trials})
+            self.status.update({t.trial_id: trial_status(t) for t in trials})  # an interrupted trial: not finished
             if ended is not None:  # Tune calls back before it sets the ended trial's status
                 self.status[ended.trial_id] = status
             if not export:

@@ -24,7 +24,8 @@ def test_the_progress_bar_counts_trials_from_their_statuses_and_a_resumed_phase_
 
     def trial(i, status, value=None):
         return SimpleNamespace(trial_id=f"t{i}", status=status, path="/x",
-                               last_result={} if value is None else {"dev_loss": value, "step": 3})
+                               last_result={} if value is None else {"dev_loss": value, "step": 3,
+                                                                     "done": status == "TERMINATED"})
 
     bar = SweepProgress("s", "seeds", 4, "dev_loss", "min", enabled=False)
     restored = [trial(0, "TERMINATED", 2.0), trial(1, "TERMINATED", 1.5), trial(2, "PENDING")]
@@ -37,12 +38,14 @@ def test_the_progress_bar_counts_trials_from_their_statuses_and_a_resumed_phase_
     assert (bar.done, bar.failed, bar.running) == (2, 1, set())
 
     fresh = SweepProgress("s", "seeds", 4, "dev_loss", "min", enabled=False)  # a restored Tuner never calls it
-    results = [SimpleNamespace(metrics={"dev_loss": v}) for v in (2.0, 1.5, 1.2)]
-    fresh.count_results(_Grid(results, terminated=3, errors=1))
+    results = [SimpleNamespace(metrics={"dev_loss": v, "done": True}, error=None) for v in (2.0, 1.5, 1.2)]
+    failed = SimpleNamespace(metrics={}, error=RuntimeError("boom"))
+    interrupted = SimpleNamespace(metrics={"dev_loss": 1.9}, error=None)  # TERMINATED by a Ctrl+C, not done
+    fresh.count_results(_Grid(results + [failed, interrupted]))
     assert (fresh.done, fresh.failed, fresh.best) == (3, 1, 1.2)
 
 
 class _Grid(list):
-    def __init__(self, results, terminated, errors):
-        super().__init__(results)
-        self.num_terminated, self.num_errors = terminated, errors
+    @property
+    def num_errors(self) -> int:
+        return sum(result.error is not None for result in self)

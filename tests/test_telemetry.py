@@ -213,11 +213,14 @@ def test_the_sweep_counts_are_first_set_from_the_restored_trials_never_0_before(
     monkeypatch.setattr(telemetry.SweepMetrics, "RESET_EVERY_S", 3600.0)  # only the callbacks set them here
     metrics = telemetry.SweepMetrics("s")
     assert all(not g.values for g in metrics.gauges.values())  # nothing until Tune has restored the trials
-    restored = [SimpleNamespace(trial_id=str(i), status="TERMINATED") for i in range(3)]
+    restored = [SimpleNamespace(trial_id=str(i), status="TERMINATED", last_result={"done": True}) for i in range(3)]
     metrics.on_experiment_end(restored)  # a phase finished before the interrupt, restored
-    metrics.on_trial_start(0, restored + [SimpleNamespace(trial_id="3", status="PENDING")],
+    metrics.on_trial_start(0, restored + [SimpleNamespace(trial_id="3", status="PENDING", last_result={})],
                            SimpleNamespace(trial_id="3"))
     assert metrics.gauges["finished"].values == [3, 3] and metrics.gauges["running"].values == [0, 1]
+    # Ctrl+C: Tune marks the running trial it stops TERMINATED, but its last result is not done
+    metrics.on_experiment_end(restored + [SimpleNamespace(trial_id="3", status="TERMINATED", last_result={"step": 2})])
+    assert metrics.gauges["finished"].values[-1] == 3 and metrics.gauges["running"].values[-1] == 0
 
 
 def test_a_trials_tokens_per_second_loss_and_objective_and_a_phases_progress(monkeypatch):
