@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune import Callback
 
@@ -39,6 +39,30 @@ def _gauge(name: str, description: str, tag_keys: tuple[str, ...]):
     from ray.util.metrics import Gauge
 
     return Gauge(name, description=description, tag_keys=tag_keys)
+
+
+class _SetAgain:
+    """A daemon thread that calls ``export`` under ``lock`` every ``every_s`` seconds, from ``start()`` until
+    ``close()``: Ray's metrics agent forgets a gauge that is not set for about two report intervals."""
+
+    def __init__(self, export: Callable[[], None], every_s: float, name: str):
+        self.lock = threading.Lock()  # the owner's updates and the thread's exports
+        self.closed = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._export, self._every_s, self._name = export, every_s, name
+
+    def start(self) -> None:
+        if self.thread is None and not self.closed.is_set():
+            self.thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self.thread.start()
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def _run(self) -> None:
+        while not self.closed.wait(self._every_s):
+            with self.lock:
+                self._export()
 
 
 class SweepMetrics(Callback):
@@ -63,25 +87,24 @@ class SweepMetrics(Callback):
         self.status: dict[str, str] = {}  # trial id → its latest status, over every phase
         self.phase: tuple[str, int] | None = None  # the running phase's label and number of trials
         self.phase_trials: set[str] = set()
-        self._lock = threading.Lock()  # Tune's callbacks and the thread that sets the gauges again
-        self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.again = _SetAgain(self._export, self.RESET_EVERY_S, "raysel-sweep-metrics")  # from the first count
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment state: leave the lock and the thread behind
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_closed", "_thread")}
+        # Tune pickles its callbacks with the experiment state: leave the thread and its lock behind
+        return {k: v for k, v in self.__dict__.items() if k != "again"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _lock=threading.Lock(), _closed=threading.Event(), _thread=None)
+        self.__dict__.update(state)
+        self.again = _SetAgain(self._export, self.RESET_EVERY_S, "raysel-sweep-metrics")
 
     def start_phase(self, label: str, total: int) -> None:
         """The driver starts a phase of ``total`` trials (its trials are the ones Tune reports from now)."""
-        with self._lock:
+        with self.again.lock:
             self.phase, self.phase_trials = (label, total), set()
 
     def close(self) -> None:
         """The sweep ended: its gauges are no longer set (the agent drops them)."""
-        self._closed.set()
+        self.again.close()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -98,7 +121,7 @@ class SweepMetrics(Callback):
             self.phase_gauges["total"].set(total, tags=tags)
 
     def _update(self, trials: list[Any], ended: Any = None, status: str | None = None, export: bool = True) -> None:
-        with self._lock:
+        with self.again.lock:
             self.phase_trials.update(t.trial_id for t in trials)
             self.status.update({t.trial_id: trial_status(t) for t in trials})  # an interrupted trial: not finished
             if ended is not None:  # Tune calls back before it sets the ended trial's status
@@ -106,18 +129,11 @@ class SweepMetrics(Callback):
             if not export:
                 return
             self._export()
-            if self._thread is None and not self._closed.is_set():
-                self._thread = threading.Thread(target=self._keep_set, name="raysel-sweep-metrics", daemon=True)
-                self._thread.start()
-
-    def _keep_set(self) -> None:
-        while not self._closed.wait(self.RESET_EVERY_S):
-            with self._lock:
-                self._export()
+            self.again.start()
 
     def on_step_begin(self, iteration, trials, **info):
         # the statuses Tune changes without calling back (a trial a scheduler paused): the thread sets them
-        self._update(trials, export=self._thread is None)
+        self._update(trials, export=self.again.thread is None)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._update(trials, trial, "RUNNING")
@@ -155,9 +171,8 @@ class TrialMetrics:
         self._last: tuple[int, float] | None = None
         self._tokens: tuple[float, float] | None = None  # (train_tokens, when) at the previous report
         self._values: dict[Any, float] = {}  # gauge → its latest value
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        threading.Thread(target=self._keep_set, name="raysel-trial-metrics", daemon=True).start()
+        self.again = _SetAgain(lambda: self._set_all(self._values), self.RESET_EVERY_S, "raysel-trial-metrics")
+        self.again.start()
 
     def record(self, step: int, metrics: dict[str, float]) -> None:
         now = time.monotonic()
@@ -173,18 +188,13 @@ class TrialMetrics:
         values.update({gauge: metrics[key] for key, gauge in self.method.items() if key in metrics})
         if self.metric in metrics:
             values[self.objective] = metrics[self.metric]
-        with self._lock:
+        with self.again.lock:
             self._values.update(values)
             self._set_all(values)
 
     def close(self) -> None:
         """The trial ended: its gauges are no longer set (the agent drops them)."""
-        self._closed.set()
-
-    def _keep_set(self) -> None:
-        while not self._closed.wait(self.RESET_EVERY_S):
-            with self._lock:
-                self._set_all(self._values)
+        self.again.close()
 
     def _set_all(self, values: dict[Any, float]) -> None:
         for gauge, value in values.items():

@@ -49,6 +49,37 @@ def dashboard_metrics() -> set[str]:
     return {name for e in exprs for name in re.findall(r"\bray_raysel_\w+", e)}
 
 
+Scrape = list[tuple[str, str, float]]  # raysel's metrics on the endpoint: (name, labels, value)
+
+
+def scrape(port: int) -> Scrape | None:
+    """raysel's metrics on the endpoint now; None while it is not up."""
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except requests.RequestException:
+        return None
+    return [(name, labels, float(value))
+            for name, labels, value in re.findall(r"^(ray_raysel_\w+)\{([^}]*)\} (\S+)", text, flags=re.M)]
+
+
+def scrape_until_swept(driver: subprocess.Popen, port: int, workdir: Path,
+                       keep: Callable[[Scrape | None, bool], None], until: Callable[[], bool]) -> None:
+    """Scrape every half second, handing ``keep`` each scrape and whether the sweep had ended by then, until the
+    sweep has ended and ``until()`` holds (on the driver's own Ray, whose endpoint outlives the sweep; a sweep
+    that started its own Ray shuts it down, and the endpoint with it, before it returns) or the driver gave up
+    after 120 s; the driver must exit 0."""
+    try:
+        while driver.poll() is None and not ((workdir / "swept").exists() and until()):
+            found = scrape(port)
+            keep(found, (workdir / "swept").exists())  # not ended after the scrape: it was before the end
+            time.sleep(0.5)
+        (workdir / "scraped").touch()
+        assert driver.wait(timeout=600) == 0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
 @pytest.mark.system  # the sweep runs in a subprocess with a local Ray
 def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoint(tmp_path):
     port = free_port()
@@ -69,30 +100,21 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
     values: dict[str, list[float]] = {}  # metric → every value scraped, in order
     present: list[set[tuple[str, str]]] = []  # per scrape before the sweep ended: the (metric, labels) on it
     wanted = dashboard_metrics()
-    try:
-        # scrape while the sweep runs (gauges of running trials) and after it, until every wanted metric was
-        # seen and the final counts were exported after the sweep ended, or the driver gave up waiting
-        def final() -> bool:
-            return wanted <= set(seen) and all(values[name][-1] == 2 for name in
-                                               ("ray_raysel_trials_finished", "ray_raysel_phase_trials_done"))
-        while driver.poll() is None and not ((tmp_path / "swept").exists() and final()):
-            try:
-                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            except requests.RequestException:
-                text = ""  # the endpoint is not up yet
-            found = re.findall(r"^(ray_raysel_\w+)\{([^}]*)\} (\S+)", text, flags=re.M)
-            for name, labels, value in found:
-                seen.setdefault(name, set()).update(re.findall(r'sweep="([^"]*)"', labels))
-                values.setdefault(name, []).append(float(value))
-            if text and not (tmp_path / "swept").exists():
-                present.append({(name, re.sub(r',?Component="[^"]*"|,?WorkerId="[^"]*"', "", labels))
-                                for name, labels, _ in found})
-            time.sleep(0.5)
-        (tmp_path / "scraped").touch()
-        assert driver.wait(timeout=600) == 0
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+
+    def keep(found: Scrape | None, swept: bool) -> None:
+        for name, labels, value in found or []:
+            seen.setdefault(name, set()).update(re.findall(r'sweep="([^"]*)"', labels))
+            values.setdefault(name, []).append(value)
+        if found is not None and not swept:
+            present.append({(name, re.sub(r',?Component="[^"]*"|,?WorkerId="[^"]*"', "", labels))
+                            for name, labels, _ in found})
+
+    def final() -> bool:  # every wanted metric seen, and the final counts exported
+        return wanted <= set(seen) and all(values[name][-1] == 2 for name in
+                                           ("ray_raysel_trials_finished", "ray_raysel_phase_trials_done"))
+
+    # while the sweep runs (gauges of running trials) and after it (the final counts)
+    scrape_until_swept(driver, port, tmp_path, keep, until=final)
     assert len(wanted) == 12
     assert wanted <= set(seen), f"missing on the endpoint: {sorted(wanted - set(seen))}"
     assert all(seen[name] == {"telemetry"} for name in wanted)
@@ -110,30 +132,6 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_rays_prometheus_endpoi
         scrapes = [i for i, found in enumerate(present) if one in found]
         assert scrapes == list(range(scrapes[0], scrapes[-1] + 1)), f"{one} missing from scrapes in between"
     assert len(present) >= 10 and any(len([f for f in present if one in f]) >= 6 for one in series)
-
-
-def scrape_until_swept(driver: subprocess.Popen, port: int, workdir: Path, wanted: set[str],
-                       until: Callable[[dict[str, list[float]]], bool] = lambda seen: True) -> dict[str, list[float]]:
-    """Every value of the metrics in ``wanted`` on the endpoint, scrape by scrape, until the sweep has ended and
-    ``until(values)`` holds (on the driver's own Ray, whose endpoint outlives the sweep; a sweep that started its
-    own Ray shuts it down, and the endpoint with it, before it returns), or the driver gave up after 120 s."""
-    values: dict[str, list[float]] = {}
-    try:
-        while driver.poll() is None and not ((workdir / "swept").exists() and until(values)):
-            try:
-                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            except requests.RequestException:
-                text = ""  # the endpoint is not up yet
-            for name, value in re.findall(r"^(ray_raysel_\w+)\{[^}]*\} (\S+)", text, flags=re.M):
-                if name in wanted:
-                    values.setdefault(name, []).append(float(value))
-            time.sleep(0.5)
-        (workdir / "scraped").touch()
-        assert driver.wait(timeout=600) == 0
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    return values
 
 
 @pytest.mark.system
@@ -159,8 +157,15 @@ def test_the_finished_count_survives_resume(tmp_path):
     # own Ray, and its endpoint, end when it returns: the last count could go before it was exported)
     resumed = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=True, ray_port=port)], env=env,
                                cwd=tmp_path)
-    values = scrape_until_swept(resumed, port, tmp_path, {"ray_raysel_trials_finished", "ray_raysel_trials_failed"},
-                                until=lambda seen: seen.get("ray_raysel_trials_finished", [None])[-1] == 4)
+    values: dict[str, list[float]] = {}
+
+    def keep(found: Scrape | None, swept: bool) -> None:
+        for name, _, value in found or []:
+            if name in ("ray_raysel_trials_finished", "ray_raysel_trials_failed"):
+                values.setdefault(name, []).append(value)
+
+    scrape_until_swept(resumed, port, tmp_path, keep,
+                       until=lambda: values.get("ray_raysel_trials_finished", [None])[-1] == 4)
     finished = values["ray_raysel_trials_finished"]
     assert finished[-1] == 4 and finished == sorted(finished)
     assert min(finished) >= before, f"counted from 0 again after --resume: {finished}"
@@ -182,11 +187,8 @@ def test_a_sweep_that_starts_its_own_ray_serves_its_metrics_on_the_specs_port(tm
     running: list[str] = []  # the sweep tags of a running trial's count on the endpoint
 
     def a_trial_runs() -> bool:
-        try:
-            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        except requests.RequestException:
-            return False  # not up yet
-        running.extend(re.findall(r'^ray_raysel_trials_running\{[^}]*sweep="([^"]*)"[^}]*\} 1\.0$', text, flags=re.M))
+        running.extend(tag for name, labels, value in scrape(port) or [] if name == "ray_raysel_trials_running"
+                       and value == 1 for tag in re.findall(r'sweep="([^"]*)"', labels))
         return bool(running)
 
     # the trial runs for minutes: it is interrupted once seen, and the sweep ending first is a failure
@@ -269,19 +271,19 @@ def test_the_sweep_counts_are_set_again_while_tunes_loop_is_busy_until_the_sweep
     monkeypatch.setattr(telemetry, "_gauge", _SignallingGauge)
     monkeypatch.setattr(telemetry.SweepMetrics, "RESET_EVERY_S", 0.01)
     sweep = telemetry.SweepMetrics("s")
-    assert sweep._thread is None  # nothing set, nothing running, before the first count
+    assert sweep.again.thread is None  # nothing set, nothing running, before the first count
     sweep.start_phase("seeds", 2)
     trials = [SimpleNamespace(trial_id="1", status="RUNNING"), SimpleNamespace(trial_id="2", status="PENDING")]
     sweep.on_trial_start(0, trials, trials[0])
     assert sweep.gauges["running"].set_again.wait(timeout=60)  # set twice more with no callback in between
     assert set(sweep.gauges["running"].values) == {1} and set(sweep.phase_gauges["total"].values) == {2}
     sweep.close()
-    sweep._thread.join(timeout=60)
-    assert not sweep._thread.is_alive()
+    sweep.again.thread.join(timeout=60)
+    assert not sweep.again.thread.is_alive()
 
     monkeypatch.setattr(telemetry, "_gauge", _Gauge)
     running = telemetry.SweepMetrics("s")
     running.on_trial_start(0, trials, trials[0])
     copy = pickle.loads(pickle.dumps(running))
     running.close()
-    assert copy._thread is None and copy.status == running.status and not copy._closed.is_set()
+    assert copy.again.thread is None and copy.status == running.status and not copy.again.closed.is_set()
