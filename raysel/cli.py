@@ -219,7 +219,7 @@ def _print_table(title: str, frame, columns: list[str]) -> None:
 
 def cmd_list(args) -> int:
     from raysel.data.sources import BUILTIN_DATA
-    from raysel.methods import get_method, method_names
+    from raysel.methods import method_names, method_summary
     from raysel.models import BUILTIN_MODELS, prepared_state
     from raysel.searchers import SEARCHERS, setting_names
 
@@ -231,8 +231,7 @@ def cmd_list(args) -> int:
             t.add_row(*row)
         console.print(t)
 
-    table("methods", [(n, (get_method(n).__doc__ or "").strip().splitlines()[0] if get_method(n).__doc__ else "")
-                      for n in method_names()])
+    table("methods", [(name, method_summary(name)) for name in method_names()])
     table("protocols", [("search", "the searcher over the search space (seeded TPE by default)"),
                         ("seeds", "a fixed config on every seed (50-run: 0..49; 5-seed: 13 21 42 87 100)"),
                         ("search+seeds", "the searcher on dev, then the best config on every seed"),

@@ -16,15 +16,15 @@ from raysel.cache import cache_dir
 from raysel.models.errors import ModelError
 
 # The rest is imported on first use: it imports transformers (~2.5 s), which the CLI's commands that load
-# no model (stop, validate: the methods call models.load_model at run time) and anything that only catches
-# ModelError should not wait for.
-_LAZY = {"BUILTIN_MODELS": "builtin", "OPTIONAL_BUILTINS": "builtin", "is_builtin": "builtin",
-         "prepared_state": "builtin", "TASKS": "hf", "check_model": "loading", "load_model": "loading",
+# no model (stop, validate: the methods call models.load_model at run time; list reads the catalog, which
+# imports neither torch nor transformers) and anything that only catches ModelError should not wait for.
+_LAZY = {"BUILTIN_MODELS": "catalog", "OPTIONAL_BUILTINS": "catalog", "is_builtin": "catalog",
+         "prepared_state": "catalog", "TASKS": "hf", "check_model": "loading", "load_model": "loading",
          "model_config": "loading", "transformer_layers": "loading", "prepare_smollm2": "smollm2",
          "prepare_tiny_gpt2": "tiny_gpt2"}  # name → the module of raysel.models that defines it
 
 if TYPE_CHECKING:
-    from raysel.models.builtin import BUILTIN_MODELS, OPTIONAL_BUILTINS, is_builtin, prepared_state
+    from raysel.models.catalog import BUILTIN_MODELS, OPTIONAL_BUILTINS, is_builtin, prepared_state
     from raysel.models.hf import TASKS
     from raysel.models.loading import check_model, load_model, model_config, transformer_layers
     from raysel.models.smollm2 import prepare_smollm2

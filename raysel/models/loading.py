@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from raysel.models.builtin import (BUILTINS, RANDOM_SEED, builtin_config, builtin_dir, check_builtin, is_builtin,
-                                   load_builtin)
+from raysel.models.builtin import RANDOM_SEED, builtin_config, builtin_dir, check_builtin, load_builtin
+from raysel.models.catalog import BUILTINS, is_builtin
 from raysel.models.errors import ModelError
 from raysel.models.hf import DType, check_task_name, load_pretrained, resolve_dtype
 from raysel.provenance import Loaded, content_digest, directory_digest, is_recording, record_load

@@ -26,8 +26,8 @@ import torch
 import transformers
 
 from raysel.metrics import perplexity
-from raysel.cache import cache_dir as default_cache_dir
 from raysel.models.cache import install_prepared, prepared_manifest, preparing
+from raysel.models.catalog import prepared_dir
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet
 
@@ -40,7 +40,7 @@ EVAL_CONTEXT, EVAL_WINDOWS = 128, 40  # the pydocs test perplexity in the manife
 
 def model_dir(cache: str | Path | None = None) -> Path:
     """Where smollm2-135m lives: ``<cache>/smollm2-135m`` (default cache: ``cache_dir()``)."""
-    return (Path(cache).expanduser() if cache else default_cache_dir()) / NAME
+    return prepared_dir(NAME, cache)
 
 
 def read_manifest(cache: str | Path | None = None) -> dict[str, Any] | None:

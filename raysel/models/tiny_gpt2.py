@@ -27,8 +27,8 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from raysel.models import tokenizers as toks
-from raysel.cache import cache_dir as default_cache_dir
 from raysel.models.cache import install_prepared, prepared_manifest, preparing
+from raysel.models.catalog import prepared_dir
 from raysel.metrics import perplexity
 from raysel.models.errors import ModelError
 from raysel.models.hf import quiet
@@ -57,7 +57,7 @@ class Recipe:
 
 def model_dir(cache: str | Path | None = None) -> Path:
     """Where tiny-gpt2 lives: ``<cache>/tiny-gpt2`` (default cache: ``cache_dir()``)."""
-    return Path(cache).expanduser() / NAME if cache else default_cache_dir() / NAME
+    return prepared_dir(NAME, cache)
 
 
 def read_manifest(cache: str | Path | None = None) -> dict[str, Any] | None:

@@ -1,8 +1,10 @@
-"""raysel.models imports transformers only when a model function is first used: the CLI's commands that load
-no model (stop, validate) start without it, and every public name still resolves to its defining module's."""
+"""raysel.models imports transformers, and raysel.methods torch, only when a model function or the method contract
+is first used: the CLI's commands that load no model (stop, validate, list) start without them, and every public
+name still resolves to its defining module's."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +57,42 @@ def test_an_unknown_name_is_an_attribute_error_naming_it():
         raysel.models.load_modle
     with pytest.raises(ImportError, match="load_modle"):
         exec("from raysel.models import load_modle", {})  # the statement users write
+
+
+def test_raysel_list_imports_no_torch_and_shows_every_method_and_built_in():
+    probe = ("import sys\n"
+             "from raysel.cli import main\n"
+             "assert main(['list']) == 0\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'raysel.methods.base') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "COLUMNS": "400"})  # one table row per line
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    from raysel.methods import method_summary
+    from raysel.models import BUILTIN_MODELS
+
+    rows = [line.strip("│ ") for line in out.stdout.splitlines()]
+    for name in method_names():
+        assert any(row.startswith(name) and row.endswith(method_summary(name)) for row in rows), name
+    assert all(any(row.startswith(name) and text in row for row in rows) for name, text in BUILTIN_MODELS.items())
+
+
+def test_a_methods_summary_is_the_first_line_of_its_class_docstring():
+    from raysel.methods import get_method, method_summary
+
+    for name in method_names():
+        summary = method_summary(name)
+        assert summary and summary == type(get_method(name)).__doc__.strip().splitlines()[0]
+
+
+def test_the_method_contract_resolves_lazily_and_subpackages_still_import():
+    import raysel.methods
+    import raysel.methods.base
+
+    for name in ("Method", "MethodFigure", "MethodParams", "NonFiniteLossError", "RunContext", "check_finite"):
+        assert getattr(raysel.methods, name) is getattr(raysel.methods.base, name)
+    assert all(hasattr(raysel.methods, name) for name in raysel.methods.__all__)
+    from raysel.methods import kernel  # a subpackage, by the same syntax
+
+    assert kernel.__name__ == "raysel.methods.kernel"
+    with pytest.raises(AttributeError, match="'raysel.methods' has no attribute 'Methd'"):
+        raysel.methods.Methd
