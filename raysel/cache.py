@@ -7,9 +7,14 @@ This module imports nothing heavy: the data, storage and tracking modules use it
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -31,3 +36,21 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_or_build(path: Path, parse: Callable[[str], T], build: Callable[[], T], dump: Callable[[T], str],
+                  what: str) -> T:
+    """``parse`` of the file at ``path``; when it is missing or unreadable (not ours, cut short), ``build()``,
+    written there for the next process. A cache that cannot be written is warned about, not an error."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # whatever parse makes of a file that is not what it wrote
+        log.warning("ignoring the unreadable cached %s %s: %s", what, path, e)
+    built = build()
+    try:
+        write_atomic(path, dump(built))
+    except OSError as e:
+        log.warning("could not cache the %s at %s: %s", what, path, e)
+    return built

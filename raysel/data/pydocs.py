@@ -15,18 +15,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import random
 import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from raysel.cache import cache_dir, write_atomic
+from raysel.cache import cache_dir, read_or_build
 from raysel.data import _stdlib
 from raysel.data.errors import DataError
 
-log = logging.getLogger(__name__)
 
 PARTS: tuple[str, ...] = ("pretrain", "finetune", "objective", "test")
 FRACTIONS: tuple[float, ...] = (0.55, 0.25, 0.10, 0.10)
@@ -137,20 +135,14 @@ def cached_corpus_file() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _corpus() -> dict[str, tuple[Article, ...]]:
-    path = cached_corpus_file()
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
+    def parse(text: str) -> dict[str, tuple[Article, ...]]:
+        stored = json.loads(text)
         return {p: tuple(Article(key, text) for key, text in stored[p]) for p in PARTS}
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable or not ours: build it again
-        log.warning("ignoring the unreadable cached pydocs corpus %s: %s", path, e)
-    corpus = _build()
-    try:
-        write_atomic(path, json.dumps({p: [[a.key, a.text] for a in corpus[p]] for p in PARTS}))
-    except OSError as e:
-        log.warning("could not cache the pydocs corpus at %s: %s", path, e)
-    return corpus
+
+    def dump(corpus: dict[str, tuple[Article, ...]]) -> str:
+        return json.dumps({p: [[a.key, a.text] for a in corpus[p]] for p in PARTS})
+
+    return read_or_build(cached_corpus_file(), parse, _build, dump, "pydocs corpus")
 
 
 def load_pydocs(part: str) -> list[Article]:

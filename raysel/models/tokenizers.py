@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -18,9 +17,8 @@ import tokenizers as tk
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from raysel.cache import cache_dir, write_atomic
+from raysel.cache import cache_dir, read_or_build, write_atomic
 
-log = logging.getLogger(__name__)
 
 Style = Literal["gpt2", "bert"]
 EOT = "<|endoftext|>"
@@ -99,19 +97,13 @@ def _cache_file(style: Style, vocab_size: int, sha: str) -> Path:
 @functools.lru_cache(maxsize=None)
 def _builtin_raw(style: Style, vocab_size: int) -> tk.Tokenizer:
     texts = builtin_corpus()
-    sha = corpus_sha256([style, str(vocab_size), tk.__version__, *texts])
-    path = _cache_file(style, vocab_size, sha)
-    if path.is_file():
-        try:
-            return tk.Tokenizer.from_file(str(path))
-        except Exception as e:  # corrupt cache file: retrain
-            log.warning("ignoring unreadable cached tokenizer %s: %s", path, e)
-    tok = train_bpe(texts, vocab_size, style)
-    try:
-        write_atomic(path, tok.to_str())
-    except OSError as e:
-        log.warning("could not cache tokenizer at %s: %s", path, e)
-    return tok
+    return read_or_build(_builtin_file(style, vocab_size), tk.Tokenizer.from_str,
+                         lambda: train_bpe(texts, vocab_size, style), tk.Tokenizer.to_str, "tokenizer")
+
+
+def _builtin_file(style: Style, vocab_size: int) -> Path:
+    sha = corpus_sha256([style, str(vocab_size), tk.__version__, *builtin_corpus()])
+    return _cache_file(style, vocab_size, sha)
 
 
 def builtin_tokenizer(style: Style, vocab_size: int = BUILTIN_VOCAB) -> PreTrainedTokenizerFast:
@@ -122,8 +114,7 @@ def builtin_tokenizer(style: Style, vocab_size: int = BUILTIN_VOCAB) -> PreTrain
 def builtin_tokenizer_path(style: Style, vocab_size: int = BUILTIN_VOCAB) -> Path:
     """Build (if needed) and return the cached JSON file of a built-in tokenizer."""
     tok = _builtin_raw(style, vocab_size)
-    sha = corpus_sha256([style, str(vocab_size), tk.__version__, *builtin_corpus()])
-    path = _cache_file(style, vocab_size, sha)
-    if not path.is_file():
+    path = _builtin_file(style, vocab_size)
+    if not path.is_file():  # the cache could not be written
         write_atomic(path, tok.to_str())
     return path

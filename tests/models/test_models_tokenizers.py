@@ -47,3 +47,13 @@ def test_cached_on_disk(models_cache):
     path = toks.builtin_tokenizer_path("gpt2")
     assert path.is_file() and str(path).startswith(models_cache)
     assert os.path.basename(os.path.dirname(path)) == "tokenizers"
+
+
+def test_an_unreadable_cached_tokenizer_is_trained_again_and_rewritten(caplog):
+    path = toks.builtin_tokenizer_path("bert")
+    whole = path.read_text()
+    path.write_text(whole[: len(whole) // 2])  # cut short, as by a full disk
+    toks._builtin_raw.cache_clear()
+    assert toks.builtin_tokenizer("bert").convert_tokens_to_ids(list(toks.BERT_SPECIALS)) == [0, 1, 2, 3, 4]
+    assert "ignoring the unreadable cached tokenizer" in caplog.text
+    assert path.read_text() == whole  # trained again, identically, and written back
