@@ -1,5 +1,5 @@
-"""What trials and sweeps leave behind, in one place: the record a trial reports at each step, and
-the sweep's state file.
+"""What trials and sweeps leave behind, in one place: the record a trial reports at each step, when a
+trial counts as finished, and the sweep's state file.
 
 A trial reports to Ray Tune at its own global steps. Each result carries the latest value of every
 metric so far (Optuna and ASHA read the objective from every result, while evaluations come only

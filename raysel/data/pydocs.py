@@ -135,8 +135,8 @@ def cached_corpus_file() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _corpus() -> dict[str, tuple[Article, ...]]:
-    def parse(text: str) -> dict[str, tuple[Article, ...]]:
-        stored = json.loads(text)
+    def parse(file_text: str) -> dict[str, tuple[Article, ...]]:
+        stored = json.loads(file_text)
         return {p: tuple(Article(key, text) for key, text in stored[p]) for p in PARTS}
 
     def dump(corpus: dict[str, tuple[Article, ...]]) -> str:
