@@ -27,6 +27,11 @@ def finished_trials(sweep_dir: Path, last_step: int, phase: str = "seeds") -> in
     return sum(bool(lines) and json.loads(lines[-1]).get("step") == last_step for lines in results)
 
 
+def a_trial_reported(sweep_dir: Path, phase: str = "seeds") -> bool:
+    """Whether a trial of the sweep on local storage has reported to Tune (its result.json is not empty)."""
+    return any(path.stat().st_size for path in sweep_dir.glob(f"{phase}/trial_*/result.json"))
+
+
 def tune_finished_trials(sweep_dir: Path, phase: str = "seeds") -> int:
     """Trials that Tune's saved experiment state (on local storage) holds as TERMINATED: what --resume restores
     as finished. A trial that reported its last step but was interrupted before it returned is still RUNNING

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from sweep_helpers import DRIVER, finished_trials, interrupt_when
+from sweep_helpers import DRIVER, a_trial_reported, finished_trials, interrupt_when
 
 import raysel
 
@@ -117,8 +117,7 @@ def test_ctrl_c_while_the_phases_last_trials_run_is_an_interrupt_not_a_finished_
                    ray={"address": ray_session.get_runtime_context().gcs_address})
     sweep_dir = Path(spec["storage_path"]) / "last"
     driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(spec=spec, resume=False)], start_new_session=True)
-    reported = lambda: any(p.stat().st_size for p in sweep_dir.glob("seeds/trial_*/result.json"))  # noqa: E731
-    assert interrupt_when(driver, reported) == 130
+    assert interrupt_when(driver, lambda: a_trial_reported(sweep_dir)) == 130
     state = json.loads((sweep_dir / "sweep.json").read_text())
     parent = mlflow.MlflowClient(state["tracking_uri"]).get_run(state["parent_run_id"])
     assert parent.info.status == "KILLED"
@@ -136,7 +135,7 @@ def test_a_graceful_stop_lets_running_trials_finish_starts_no_new_one_and_resume
     spec, sweep_dir, driver = four_trials_in_a_driver(lm_spec, ray_session, "graceful")
     try:
         deadline = time.monotonic() + 400
-        while not any(p.stat().st_size for p in sweep_dir.glob("seeds/trial_*/result.json")):
+        while not a_trial_reported(sweep_dir):
             assert driver.poll() is None and time.monotonic() < deadline, "the sweep ended before the stop"
             time.sleep(0.5)
         if how == "sigterm":

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-
 def prepared_manifest(directory: Path) -> dict[str, Any] | None:
     """The ``manifest.json`` of a model raysel prepared in ``directory``, or None if it is not
     (completely) prepared: the manifest unreadable or the weights missing."""

@@ -96,14 +96,18 @@ def _cache_file(style: Style, vocab_size: int, sha: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _builtin_raw(style: Style, vocab_size: int) -> tk.Tokenizer:
-    texts = builtin_corpus()
     return read_or_build(_builtin_file(style, vocab_size), tk.Tokenizer.from_str,
-                         lambda: train_bpe(texts, vocab_size, style), tk.Tokenizer.to_str, "tokenizer")
+                         lambda: train_bpe(builtin_corpus(), vocab_size, style), tk.Tokenizer.to_str, "tokenizer")
 
 
 def _builtin_file(style: Style, vocab_size: int) -> Path:
-    sha = corpus_sha256([style, str(vocab_size), tk.__version__, *builtin_corpus()])
-    return _cache_file(style, vocab_size, sha)
+    return _cache_file(style, vocab_size, _builtin_sha(style, vocab_size))  # under the cache_dir() of now
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin_sha(style: Style, vocab_size: int) -> str:
+    """What a built-in tokenizer is made of (once per process: it hashes the whole corpus)."""
+    return corpus_sha256([style, str(vocab_size), tk.__version__, *builtin_corpus()])
 
 
 def builtin_tokenizer(style: Style, vocab_size: int = BUILTIN_VOCAB) -> PreTrainedTokenizerFast:
